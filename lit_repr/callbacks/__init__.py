@@ -1,0 +1,3 @@
+"""Callbacks that read representations during any Lightning run."""
+
+__all__: list[str] = []

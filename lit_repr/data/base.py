@@ -1,0 +1,177 @@
+"""The data contract: DataModules yield dict batches carrying every piece of ground truth.
+
+A batch is a ``dict`` of tensors: ``"x"`` (the input), ``"y"`` (the label, if any), ``"index"`` (the
+sample's position in its split) and whatever ground truth the data has (``"latents"``,
+``"codes"``, ...). :class:`TensorDictDataset` serves one such dict per sample; the default collate
+stacks them into batches.
+
+:class:`ArrayDataModule` is the base of lit_repr's DataModules whose data fits in memory: a
+subclass implements :meth:`ArrayDataModule.build_splits` and gets loaders for ``train``/``val``/
+``test``, ``predict`` (the test split) and :meth:`ArrayDataModule.probe_dataloaders` (unshuffled
+loaders over every split, used by frozen-feature probes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["TensorDictDataset", "ArrayDataModule", "split_indices"]
+
+
+class TensorDictDataset(Dataset):
+    """A dataset over a dict of equally long tensors; item ``i`` is ``{key: value[i]}`` + ``index``.
+
+    Args:
+        tensors: mapping of names to tensors (or arrays) sharing their first dimension.
+        add_index: add an ``"index"`` entry holding the sample's position (default ``True``).
+
+    Example:
+        >>> ds = TensorDictDataset({"x": torch.zeros(3, 2), "y": torch.tensor([0, 1, 0])})
+        >>> sorted(ds[1].keys()), len(ds)
+        (['index', 'x', 'y'], 3)
+    """
+
+    def __init__(self, tensors: Mapping[str, Tensor | np.ndarray], add_index: bool = True) -> None:
+        if not tensors:
+            raise ValueError("tensors must hold at least one entry, e.g. {'x': ...}")
+        self.tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
+        lengths = {k: v.shape[0] if v.ndim else -1 for k, v in self.tensors.items()}
+        n = next(iter(lengths.values()))
+        if any(length != n for length in lengths.values()):
+            raise ValueError(f"all tensors must share their first dimension; got lengths {lengths}")
+        self.n = n
+        if add_index and "index" not in self.tensors:
+            self.tensors["index"] = torch.arange(n)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {k: v[i] for k, v in self.tensors.items()}
+
+
+def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.ndarray]:
+    """Random disjoint index sets of ``n`` samples with the given fractions (the rest goes last).
+
+    Example:
+        >>> [len(s) for s in split_indices(10, (0.2, 0.3), seed=0)]
+        [2, 3, 5]
+    """
+    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+        raise ValueError(f"split fractions must be >= 0 and sum to < 1, got {fractions}")
+    perm = np.random.default_rng(seed).permutation(n)
+    out, start = [], 0
+    for f in fractions:
+        k = int(round(f * n))
+        out.append(perm[start : start + k])
+        start += k
+    out.append(perm[start:])
+    return out
+
+
+class ArrayDataModule(pl.LightningDataModule):
+    """Base DataModule for in-memory data with dict batches.
+
+    Subclasses implement :meth:`build_splits`, returning ``{split: {key: tensor}}`` with at least
+    ``"train"`` (and usually ``"val"``, ``"test"``, and any extra evaluation split such as
+    ``"ood"``). Everything else (datasets, loaders, probe loaders) is handled here.
+
+    Args:
+        batch_size: samples per batch for every loader.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        seed: seed for splitting and any randomness in building the data.
+        eval_batch_size: batch size of evaluation and probe loaders (default: ``batch_size``).
+        drop_last: drop the last incomplete training batch.
+
+    Example:
+        >>> class Ones(ArrayDataModule):
+        ...     def build_splits(self):
+        ...         return {"train": {"x": torch.ones(8, 2)}, "val": {"x": torch.ones(4, 2)}}
+        >>> dm = Ones(batch_size=4); dm.setup("fit")
+        >>> next(iter(dm.train_dataloader()))["x"].shape
+        torch.Size([4, 2])
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_batch_size: int | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
+            raise ValueError(f"eval_batch_size must be a positive int or None, got {eval_batch_size!r}")
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.drop_last = drop_last
+        self.datasets: dict[str, TensorDictDataset] = {}
+
+    # -------------------------------------------------------------- subclass API
+    def build_splits(self) -> dict[str, dict[str, Tensor]]:
+        """Return ``{split: {key: tensor}}``; must contain ``"train"``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_splits()")
+
+    # -------------------------------------------------------------- Lightning API
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        splits = self.build_splits()
+        if "train" not in splits:
+            raise ValueError(f"{type(self).__name__}.build_splits() must return a 'train' split, got {list(splits)}")
+        self.datasets = {name: TensorDictDataset(t) for name, t in splits.items()}
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
+        if not self.datasets:
+            self.setup()
+        if split not in self.datasets:
+            raise ValueError(f"{type(self).__name__} has no {split!r} split; it has {sorted(self.datasets)}")
+        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(
+            self.datasets[split],
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=generator,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=self.drop_last)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val" if "val" in self.datasets or not self.datasets else "train", False, self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test" if "test" in self.datasets else "val", False, self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def probe_dataloaders(self) -> dict[str, DataLoader]:
+        """Unshuffled loaders over every split, keyed by split name (``train`` fits a probe)."""
+        if not self.datasets:
+            self.setup()
+        return {name: self._loader(name, False, self.eval_batch_size) for name in self.datasets}
+
+    # -------------------------------------------------------------- info
+    @property
+    def num_features(self) -> int:
+        """Flattened input dimension (after :meth:`setup`)."""
+        if not self.datasets:
+            self.setup()
+        return int(self.datasets["train"].tensors["x"][0].numel())

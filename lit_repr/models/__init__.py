@@ -1,0 +1,6 @@
+"""LightningModules: the models this research trains and reads."""
+
+from lit_repr.models.backbones import MLP, build_backbone
+from lit_repr.models.classifier import Classifier
+
+__all__ = ["MLP", "build_backbone", "Classifier"]
