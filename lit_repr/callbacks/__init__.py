@@ -1,3 +1,6 @@
 """Callbacks that read representations during any Lightning run."""
 
-__all__: list[str] = []
+from lit_repr.callbacks.base import TapCallback, frozen_mode
+from lit_repr.callbacks.probe import LinearProbe
+
+__all__ = ["TapCallback", "frozen_mode", "LinearProbe"]

@@ -1,0 +1,451 @@
+"""Linear probe readouts: closed-form ridge (and optional logistic) probes with split-wise scores.
+
+:class:`ProbeReadout` is the science behind :class:`lit_repr.callbacks.LinearProbe`: it streams
+features and targets into a :class:`~lit_repr.metrics.ridge.StreamingRidge` (sufficient
+statistics, exact under DDP), fits in closed form, and scores the fitted probe on any number of
+evaluation splits with torchmetrics (R², Pearson, Spearman, MSE; accuracy and AUROC).
+:func:`fit_probe` does the same for arrays already in memory.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor, nn
+from torchmetrics import Metric, MetricCollection
+
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge
+
+__all__ = [
+    "ProbeReadout",
+    "ProbeResult",
+    "fit_probe",
+    "fit_logistic",
+    "FeatureCache",
+    "evaluation_metrics",
+    "Task",
+]
+
+Task = Literal["regression", "classification"]
+_TASKS = ("regression", "classification")
+_CLASSIFIERS = ("ridge", "logistic")
+
+
+def _check_task(task: str, num_classes: int | None, what: str = "task") -> None:
+    if task not in _TASKS:
+        raise ValueError(f"{what} must be 'regression' or 'classification', got {task!r}")
+    if task == "classification" and (not isinstance(num_classes, int) or num_classes < 2):
+        raise ValueError(f"classification probes need num_classes >= 2, got {num_classes!r}")
+
+
+def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, name: str = "target") -> Tensor:
+    """Check a target batch against its task and return it as ``(B, K)`` float (or ``(B,)`` long).
+
+    Raises ``ValueError`` on shape mismatch, NaN, or class indices outside ``[0, num_classes)``.
+    """
+    if y.shape[0] != batch:
+        raise ValueError(f"target {name!r} has {y.shape[0]} samples but the features have {batch}")
+    if task == "classification":
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(
+                f"classification target {name!r} must hold class indices of shape (batch,), got {tuple(y.shape)}"
+            )
+        if y.is_floating_point():
+            if not bool(torch.isfinite(y).all()) or bool((y != y.round()).any()):
+                raise ValueError(f"classification target {name!r} must hold integer class indices")
+        y = y.long()
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):  # type: ignore[operator]
+            raise ValueError(
+                f"classification target {name!r} has class indices in [{int(y.min())}, {int(y.max())}], "
+                f"outside [0, {num_classes}); set num_classes"
+            )
+        return y
+    y = y.float()
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim > 2:
+        y = y.flatten(1)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError(f"regression target {name!r} contains NaN or inf")
+    return y
+
+
+def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
+    """The torchmetrics a probe is scored with: R²/Pearson/Spearman/MSE or accuracy/AUROC."""
+    if task == "regression":
+        return MetricCollection(
+            {
+                "r2": torchmetrics.R2Score(multioutput="raw_values"),
+                "pearson": torchmetrics.PearsonCorrCoef(num_outputs=num_outputs),
+                "spearman": torchmetrics.SpearmanCorrCoef(num_outputs=num_outputs),
+                "mse": torchmetrics.MeanSquaredError(num_outputs=num_outputs),
+            }
+        )
+    return MetricCollection(
+        {
+            "acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_outputs),
+            "auroc": torchmetrics.AUROC(task="multiclass", num_classes=num_outputs),
+        }
+    )
+
+
+class FeatureCache(Metric):
+    """Bounded cache of features and targets (for probes that need the samples, e.g. logistic).
+
+    Args:
+        max_samples: keep at most this many samples per process (later ones are dropped, with a
+            warning once).
+
+    Example:
+        >>> cache = FeatureCache(max_samples=3); cache.update(torch.ones(5, 2), torch.zeros(5))
+        >>> x, y = cache.compute(); x.shape
+        torch.Size([3, 2])
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, max_samples: int = 100_000, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(max_samples, int) or max_samples < 1:
+            raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
+        self.max_samples = max_samples
+        self.add_state("x", [], dist_reduce_fx="cat")
+        self.add_state("y", [], dist_reduce_fx="cat")
+        self._count = 0
+        self._warned = False
+
+    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
+        room = self.max_samples - self._count
+        if room <= 0:
+            if not self._warned:
+                warnings.warn(f"FeatureCache is full ({self.max_samples} samples); later samples are dropped", stacklevel=2)
+                self._warned = True
+            return
+        self.x.append(x[:room].detach())
+        self.y.append(y[:room].detach())
+        self._count += min(room, x.shape[0])
+
+    def compute(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        x = torch.cat(self.x) if isinstance(self.x, list) else self.x
+        y = torch.cat(self.y) if isinstance(self.y, list) else self.y
+        return x, y
+
+    def reset(self) -> None:
+        super().reset()
+        self._count = 0
+
+
+def fit_logistic(
+    x: Tensor, y: Tensor, num_classes: int, C: float = 1.0, max_iter: int = 200, tol: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """Multinomial logistic regression by L-BFGS (float64), scikit-learn's objective.
+
+    Minimises ``Σ_i CE(x_i W + b, y_i) + ‖W‖² / (2C)`` (intercept unpenalised), the objective of
+    ``sklearn.linear_model.LogisticRegression(C=C)``.
+
+    Returns:
+        ``(weight (D, num_classes), bias (num_classes,))``.
+    """
+    if C <= 0:
+        raise ValueError(f"C must be > 0, got {C}")
+    x = x.to(torch.float64)
+    y = y.long()
+    mu, sd = x.mean(0), x.std(0).clamp_min(1e-12)
+    xs = (x - mu) / sd  # conditioning only; mapped back below (penalty rescaled to match)
+    d = x.shape[1]
+    w = torch.zeros(d, num_classes, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-2,
+                            history_size=20, line_search_fn="strong_wolfe")
+    scale = sd[:, None]
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        # the penalty acts on the weights of the *raw* features: W_raw = W / sd
+        loss = F.cross_entropy(xs @ w + b, y, reduction="sum") + ((w / scale) ** 2).sum() / (2 * C)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    w_raw = (w / scale).detach()
+    b_raw = (b - (mu[:, None] / scale * w).sum(0)).detach()
+    return w_raw, b_raw
+
+
+@dataclass
+class ProbeResult:
+    """A fitted probe for in-memory arrays: weights, bias, chosen penalty and scores."""
+
+    task: str
+    weight: Tensor
+    bias: Tensor
+    alpha: float
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    num_classes: int | None = None
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Regression predictions, or class scores for classification."""
+        return torch.as_tensor(x).to(torch.float64) @ self.weight.to(torch.float64) + self.bias.to(torch.float64)
+
+
+def fit_probe(
+    features: Tensor,
+    targets: Tensor,
+    task: Task = "regression",
+    num_classes: int | None = None,
+    eval_sets: dict[str, tuple[Tensor, Tensor]] | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    selection: Literal["gcv", "heldout"] = "gcv",
+    classifier: Literal["ridge", "logistic"] = "ridge",
+    logistic_C: float = 1.0,
+) -> ProbeResult:
+    """Fit a linear probe on arrays already in memory and score it on each evaluation set.
+
+    Args:
+        features: ``(N, D)`` features of the fitting split.
+        targets: ``(N,)`` class indices, or ``(N,)``/``(N, K)`` regression targets.
+        task: ``"regression"`` or ``"classification"``.
+        num_classes: number of classes (default: ``targets.max() + 1``).
+        eval_sets: ``{split: (features, targets)}`` to score on; the fitting split is always
+            scored as ``"fit"``.
+        alphas: ridge penalty grid.
+        selection: ``"gcv"``, or ``"heldout"`` (uses the first evaluation set to pick the penalty).
+        classifier: ``"ridge"`` (least squares on one-hot targets) or ``"logistic"``.
+        logistic_C: inverse L2 strength of the logistic probe (scikit-learn's ``C``).
+
+    Example:
+        >>> x = torch.randn(300, 4); y = (x[:, 0] > 0).long()
+        >>> res = fit_probe(x, y, task="classification")
+        >>> res.scores["fit"]["acc"] > 0.9
+        True
+    """
+    features = torch.as_tensor(features)
+    targets = torch.as_tensor(targets)
+    if task == "classification" and num_classes is None:
+        num_classes = int(targets.max()) + 1
+    readout = ProbeReadout(
+        features.shape[1] if features.ndim == 2 else -1,
+        task=task, num_targets=None if task == "classification" else (1 if targets.ndim == 1 else targets.shape[1]),
+        num_classes=num_classes, alphas=alphas, selection=selection, classifier=classifier, logistic_C=logistic_C,
+    )
+    readout.update_fit(features, targets)
+    eval_sets = dict(eval_sets or {})
+    heldout = None
+    if selection == "heldout":
+        if not eval_sets:
+            raise ValueError("selection='heldout' needs at least one evaluation set in eval_sets")
+        name, (hx, hy) = next(iter(eval_sets.items()))
+        readout.update_heldout(hx, hy)
+        heldout = name
+    readout.fit()
+    scores = {}
+    for split, (ex, ey) in {"fit": (features, targets), **eval_sets}.items():
+        readout.update_eval(split, ex, ey)
+        scores[split] = {k: float(v.mean()) for k, v in readout.compute_eval(split).items()}
+    del heldout
+    return ProbeResult(task, readout.weight, readout.bias, readout.alpha, scores, num_classes)
+
+
+class ProbeReadout(nn.Module):
+    """One linear probe: streamed fit statistics, a closed-form fit, and per-split scores.
+
+    Args:
+        num_features: feature dimension ``D``.
+        task: ``"regression"`` or ``"classification"``.
+        num_targets: regression output dimension ``K`` (ignored for classification).
+        num_classes: number of classes (classification).
+        alphas: ridge penalty grid (scikit-learn convention).
+        selection: ``"gcv"`` or ``"heldout"`` (feed held-out statistics with :meth:`update_heldout`).
+        classifier: ``"ridge"`` (one-hot least squares) or ``"logistic"`` (L-BFGS on cached
+            features, at most ``max_cache_samples`` per process).
+        logistic_C: inverse L2 strength of the logistic probe.
+        projection_dim: random projection of the features before fitting (bounds memory).
+        max_components: ridge on the leading principal components only.
+        max_cache_samples: cap of the logistic probe's feature cache.
+        max_plot_samples: predictions kept per split for the predicted-vs-true figure.
+
+    Example:
+        >>> r = ProbeReadout(3, task="regression", num_targets=1)
+        >>> x = torch.randn(100, 3); r.update_fit(x, x[:, 0]); r.fit()
+        >>> r.update_eval("val", x, x[:, 0]); float(r.compute_eval("val")["r2"]) > 0.99
+        True
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        task: Task = "regression",
+        num_targets: int | None = 1,
+        num_classes: int | None = None,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        selection: Literal["gcv", "heldout"] = "gcv",
+        classifier: Literal["ridge", "logistic"] = "ridge",
+        logistic_C: float = 1.0,
+        projection_dim: int | None = None,
+        max_components: int | None = None,
+        max_cache_samples: int = 100_000,
+        max_plot_samples: int = 2000,
+    ) -> None:
+        super().__init__()
+        _check_task(task, num_classes)
+        if classifier not in _CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {_CLASSIFIERS}, got {classifier!r}")
+        if classifier == "logistic" and task != "classification":
+            raise ValueError("classifier='logistic' applies to classification targets only")
+        if task == "regression" and (not isinstance(num_targets, int) or num_targets < 1):
+            raise ValueError(f"regression probes need num_targets >= 1, got {num_targets!r}")
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        self.task = task
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.num_outputs = num_classes if task == "classification" else num_targets
+        self.classifier = classifier
+        self.logistic_C = logistic_C
+        self.max_plot_samples = max_plot_samples
+        ridge_kw = dict(alphas=alphas, selection=selection, projection_dim=projection_dim, max_components=max_components)
+        self.stats = StreamingRidge(num_features, self.num_outputs, **ridge_kw)
+        self.heldout = StreamingRidge(num_features, self.num_outputs, **ridge_kw)
+        self.stats.persistent(True)
+        self.heldout.persistent(True)
+        self.cache = FeatureCache(max_cache_samples) if classifier == "logistic" else None
+        self.evals = nn.ModuleDict()
+        self._plot: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
+        self.register_buffer("_alpha", torch.tensor(float("nan"), dtype=torch.float64))
+        self.projection = self.stats.projection
+
+    # ---------------------------------------------------------------- helpers
+    def _targets(self, y: Tensor, n: int) -> Tensor:
+        y = prepare_targets(y, self.task, self.num_classes, n)
+        if self.task == "regression" and y.shape[1] != self.num_outputs:
+            raise ValueError(
+                f"regression target has {y.shape[1]} dimensions but this probe was built for {self.num_outputs}"
+            )
+        return y
+
+    def _design(self, y: Tensor) -> Tensor:
+        return F.one_hot(y, self.num_classes).to(torch.float64) if self.task == "classification" else y
+
+    def _check_features(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"features must have shape (batch, {self.num_features}), got {tuple(x.shape)}")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(
+                f"features contain {int((~torch.isfinite(x)).sum())} NaN/inf values; the probe was not updated"
+            )
+        return x
+
+    @property
+    def fitted(self) -> bool:
+        return self.weight.numel() > 0
+
+    @property
+    def alpha(self) -> float:
+        return float(self._alpha)
+
+    @property
+    def n_fit(self) -> int:
+        return int(self.stats.n)
+
+    # ---------------------------------------------------------------- fitting
+    def update_fit(self, x: Tensor, y: Tensor) -> None:
+        """Accumulate a batch of the fitting split."""
+        x = self._check_features(x)
+        y = self._targets(y, x.shape[0])
+        self.stats.update(x, self._design(y))
+        if self.cache is not None:
+            self.cache.update(x.to(torch.float64), y)
+
+    def update_heldout(self, x: Tensor, y: Tensor) -> None:
+        """Accumulate a batch of the split used to choose the penalty (``selection="heldout"``)."""
+        x = self._check_features(x)
+        y = self._targets(y, x.shape[0])
+        self.heldout.update(x, self._design(y))
+
+    def fit(self) -> None:
+        """Solve for the probe from the accumulated statistics (synchronised under DDP)."""
+        heldout = self.heldout if self.stats.selection == "heldout" else None
+        sol: RidgeFit = self.stats.solve(heldout)
+        w, b = sol.weight, sol.bias
+        if sol.projection is not None:
+            w = sol.projection.to(w) @ w
+        if self.cache is not None:
+            xs, ys = self.cache.compute()
+            w, b = fit_logistic(xs, ys, self.num_classes, C=self.logistic_C)  # type: ignore[arg-type]
+        self.weight = w.to(torch.float64)
+        self.bias = b.to(torch.float64)
+        self._alpha = torch.tensor(sol.alpha, dtype=torch.float64, device=self._alpha.device)
+
+    def reset_fit(self) -> None:
+        """Forget the fitting statistics (the fitted weights stay until the next :meth:`fit`)."""
+        self.stats.reset()
+        self.heldout.reset()
+        if self.cache is not None:
+            self.cache.reset()
+
+    def predict(self, x: Tensor) -> Tensor:
+        if not self.fitted:
+            raise RuntimeError("the probe has not been fitted yet: call update_fit(...) then fit()")
+        return x.to(torch.float64) @ self.weight + self.bias
+
+    # ---------------------------------------------------------------- evaluation
+    def _eval(self, split: str) -> MetricCollection:
+        if split not in self.evals:
+            self.evals[split] = evaluation_metrics(self.task, self.num_outputs).to(self.weight.device)
+        return self.evals[split]  # type: ignore[return-value]
+
+    def update_eval(self, split: str, x: Tensor, y: Tensor) -> None:
+        """Score the fitted probe on a batch of evaluation split ``split``."""
+        x = self._check_features(x)
+        y = self._targets(y, x.shape[0])
+        pred = self.predict(x)
+        if self.task == "classification":
+            self._eval(split).update(pred.float().softmax(-1), y)
+        else:
+            self._eval(split).update(pred.float(), y.float())
+            buf = self._plot.setdefault(split, [])
+            kept = sum(p.shape[0] for p, _ in buf)
+            if kept < self.max_plot_samples:
+                room = self.max_plot_samples - kept
+                buf.append((pred[:room].float().cpu(), y[:room].float().cpu()))
+
+    def compute_eval(self, split: str) -> dict[str, Tensor]:
+        """Scores of split ``split`` (per output for regression), synchronised under DDP."""
+        if split not in self.evals:
+            raise ValueError(f"no evaluation data for split {split!r}; splits seen: {list(self.evals)}")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*variance.*")
+            raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}
+        bad = [k for k, v in raw.items() if not bool(torch.isfinite(v).all())]
+        if bad:
+            warnings.warn(
+                f"probe scores {bad} on split {split!r} are undefined (constant predictions or targets); "
+                f"they are reported as 0",
+                stacklevel=2,
+            )
+        return {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in raw.items()}
+
+    def plot_data(self, split: str) -> tuple[Tensor, Tensor] | None:
+        """Up to ``max_plot_samples`` (prediction, truth) pairs of ``split`` (regression only)."""
+        buf = self._plot.get(split)
+        if not buf:
+            return None
+        return torch.cat([p for p, _ in buf]), torch.cat([t for _, t in buf])
+
+    def reset_eval(self) -> None:
+        for m in self.evals.values():
+            m.reset()
+        self._plot.clear()
