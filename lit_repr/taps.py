@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
@@ -26,12 +27,41 @@ def _module_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
+def _glob_regex(glob: str) -> re.Pattern:
+    """``*`` matches within one path component, ``**`` across components, ``?`` one character."""
+    parts = []
+    i = 0
+    while i < len(glob):
+        if glob.startswith("**", i):
+            parts.append(".*")
+            i += 2
+        elif glob[i] == "*":
+            parts.append(r"[^.]*")
+            i += 1
+        elif glob[i] == "?":
+            parts.append(r"[^.]")
+            i += 1
+        elif glob[i] == "[":
+            j = glob.find("]", i)
+            if j < 0:
+                parts.append(re.escape(glob[i:]))
+                break
+            parts.append(fnmatch.translate(glob[i : j + 1])[4:-3])
+            i = j + 1
+        else:
+            parts.append(re.escape(glob[i]))
+            i += 1
+    return re.compile("".join(parts))
+
+
 def resolve_sites(model: nn.Module, sites: str | Sequence[str]) -> list[str]:
     """Expand site names and globs against ``model.named_modules()``.
 
     Args:
         model: the module whose submodules are searched.
-        sites: a dotted name or glob, or a sequence of them. ``""`` names the model itself.
+        sites: a dotted name or glob, or a sequence of them. ``""`` names the model itself. In a
+            glob, ``*`` matches within one name component (``"layers.*"`` gives ``layers.0``,
+            ``layers.1``, not their children) and ``**`` matches across components.
 
     Returns:
         The matching submodule names, in the order the sites were given, without duplicates.
@@ -56,7 +86,8 @@ def resolve_sites(model: nn.Module, sites: str | Sequence[str]) -> list[str]:
         if site == "":
             matches = [""]
         elif any(ch in site for ch in "*?["):
-            matches = [n for n in names if fnmatch.fnmatchcase(n, site)]
+            pattern = _glob_regex(site)
+            matches = [n for n in names if pattern.fullmatch(n)]
         else:
             matches = [site] if site in names else []
         if not matches:

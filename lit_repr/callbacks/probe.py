@@ -259,6 +259,8 @@ class LinearProbe(TapCallback):
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for r in self.readouts.values():
+            r.reset_eval()
         if self.mode == "online" and not trainer.sanity_checking:
             self._fit_all(trainer)
 
@@ -267,7 +269,7 @@ class LinearProbe(TapCallback):
                                   dataloader_idx: int = 0) -> None:
         if self.mode == "online" and self.tap is not None:
             self.tap.clear()
-            self.tap.enabled = any(r.fitted for r in self.readouts.values())
+            self.tap.enabled = not trainer.sanity_checking and any(r.fitted for r in self.readouts.values())
 
     @override
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-__all__ = ["TensorDictDataset", "ArrayDataModule", "split_indices"]
+__all__ = ["TensorDictDataset", "ArrayDataModule", "EpochSeededSampler", "split_indices"]
 
 
 class TensorDictDataset(Dataset):
@@ -73,6 +73,37 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.nd
         start += k
     out.append(perm[start:])
     return out
+
+
+class EpochSeededSampler(torch.utils.data.Sampler[int]):
+    """A random permutation per epoch drawn from ``seed + epoch``: resuming from a checkpoint
+    replays exactly the order an uninterrupted run would have seen (Lightning calls
+    :meth:`set_epoch` at the start of every epoch).
+
+    Args:
+        num_samples: size of the dataset.
+        seed: base seed.
+
+    Example:
+        >>> s = EpochSeededSampler(4, seed=0); s.set_epoch(1)
+        >>> sorted(s) == [0, 1, 2, 3]
+        True
+    """
+
+    def __init__(self, num_samples: int, seed: int = 0) -> None:
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class ArrayDataModule(pl.LightningDataModule):
@@ -139,15 +170,14 @@ class ArrayDataModule(pl.LightningDataModule):
             self.setup()
         if split not in self.datasets:
             raise ValueError(f"{type(self).__name__} has no {split!r} split; it has {sorted(self.datasets)}")
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = EpochSeededSampler(len(self.datasets[split]), self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],
             batch_size=batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=generator,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,0 +1,204 @@
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import RidgeCV
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lit_repr.callbacks import LinearProbe
+from lit_repr.data import DigitsDataModule
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS
+from lit_repr.models import Classifier
+
+
+def _fit(probe, trainer_kwargs, epochs=2, model=None, dm=None, **kw):
+    pl.seed_everything(0)
+    model = model or Classifier(in_features=64, hidden=[32, 32], batch_norm=True)
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=[probe], **{**trainer_kwargs, **kw})
+    trainer.fit(model, dm or DigitsDataModule(batch_size=64))
+    return trainer, model
+
+
+def test_online_probe_logs_and_does_no_second_forward(trainer_kwargs):
+    calls = {"n": 0}
+    probe = LinearProbe(["backbone.0", "backbone.1"], targets={"digit": "y"})
+    model = Classifier(in_features=64, hidden=[32, 32])
+    model.backbone.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    trainer, _ = _fit(probe, trainer_kwargs, model=model, num_sanity_val_steps=0)
+    m = trainer.callback_metrics
+    assert m["probe/backbone.1/digit/val/acc"] > 0.75
+    assert 0 < m["probe/backbone.1/digit/val/auroc"] <= 1
+    assert "probe/backbone.0/digit/alpha" in m
+    # one forward per training batch and per validation batch: no extra pass
+    n_train, n_val = len(trainer.train_dataloader), len(trainer.val_dataloaders)
+    assert calls["n"] == 2 * (n_train + n_val)
+
+
+def test_frozen_probe_all_splits_and_batchnorm_untouched(trainer_kwargs):
+    probe = LinearProbe(["backbone.1"], targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+                        task={"digit": "classification", "ink": "regression"}, mode="frozen")
+    trainer, model = _fit(probe, trainer_kwargs, epochs=1)
+    m = trainer.callback_metrics
+    for split in ("val", "test"):
+        assert m[f"probe/backbone.1/digit/{split}/acc"] > 0.7
+        assert m[f"probe/backbone.1/ink/{split}/r2"] > 0.3
+    # frozen probing must not move BatchNorm statistics nor leave the model in eval mode
+    bn = model.backbone[0][1]
+    before = bn.running_mean.clone()
+    model.train()
+    probe.probe_frozen(trainer, model)
+    torch.testing.assert_close(bn.running_mean, before)
+    assert model.training and bn.training
+
+
+def test_frozen_probe_equals_sklearn_on_same_features(trainer_kwargs):
+    probe = LinearProbe("backbone.0", targets={"ink": lambda b: b["x"][:, 30]}, task="regression", mode="frozen")
+    trainer, model = _fit(probe, trainer_kwargs, epochs=1)
+    dm = trainer.datamodule
+    model.eval()
+    with torch.no_grad():
+        feats = {s: model.backbone[0](dm.datasets[s].tensors["x"]).numpy() for s in ("train", "val")}
+    y = {s: dm.datasets[s].tensors["x"][:, 30].numpy() for s in ("train", "val")}
+    sk = RidgeCV(alphas=DEFAULT_ALPHAS, gcv_mode="eigen").fit(feats["train"], y["train"])
+    r = probe.readout("backbone.0", "ink")
+    assert r.alpha == pytest.approx(sk.alpha_)
+    r2 = trainer.callback_metrics["probe/backbone.0/ink/val/r2"]
+    assert abs(float(r2) - sk.score(feats["val"], y["val"])) < 1e-3
+
+
+class PlainModule(pl.LightningModule):
+    """A LightningModule with no lit_repr base class, trained on (x, y) tuples."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(64, 32), nn.ReLU())
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(self.encoder(x))
+
+    def training_step(self, batch, i):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, i):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+def _tuple_loaders():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.tensor(d.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    return (DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=64, shuffle=True),
+            DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=128))
+
+
+@pytest.mark.parametrize("mode", ["online", "frozen"])
+def test_foreign_module_and_tuple_batches(trainer_kwargs, mode):
+    train, val = _tuple_loaders()
+    probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, mode=mode, input_key=0)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[probe], **trainer_kwargs)
+    trainer.fit(PlainModule(), train, val)
+    assert trainer.callback_metrics["probe/encoder/digit/val/acc"] > 0.75
+
+
+def test_bad_inputs(trainer_kwargs):
+    with pytest.raises(ValueError, match="closest valid names"):
+        _fit(LinearProbe("backbone.7"), trainer_kwargs, epochs=1)
+    with pytest.raises(KeyError, match=r"'latents' is not a key of the batch; the batch has keys \['index', 'x', 'y'\]"):
+        _fit(LinearProbe("backbone.0", targets={"z": "latents"}, task="regression"), trainer_kwargs, epochs=1)
+    with pytest.raises(ValueError, match="num_classes"):
+        train, val = _tuple_loaders()
+        pl.Trainer(max_epochs=1, callbacks=[LinearProbe("encoder", targets={"d": 1}, input_key=0)],
+                   **trainer_kwargs).fit(PlainModule(), train, val)
+    with pytest.raises(ValueError, match=r"target 'digit' must hold class indices|class indices"):
+        _fit(LinearProbe("backbone.0", targets={"digit": "x"}), trainer_kwargs, epochs=1)
+    with pytest.raises(ValueError, match="mode must be"):
+        LinearProbe("a", mode="offline")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="task for target"):
+        LinearProbe("a", task="ranking")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="alphas"):
+        LinearProbe("a", alphas=[])
+
+
+def test_nan_features_raise_clearly(trainer_kwargs):
+    class Diverging(nn.Module):
+        def forward(self, h):
+            return h if self.training else h * float("nan")
+
+    class NaNModel(Classifier):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.bad = Diverging()
+
+        def forward(self, x):
+            return self.head(torch.nan_to_num(self.bad(self.backbone(x))))
+
+    probe = LinearProbe("bad", mode="frozen")
+    with pytest.raises(ValueError, match="NaN"):
+        _fit(probe, trainer_kwargs, model=NaNModel(in_features=64, hidden=[8]), epochs=1)
+
+
+def test_checkpoint_resume_identical(tmp_path, trainer_kwargs):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(epochs, ckpt=None, save=False):
+        pl.seed_everything(0)
+        probe = LinearProbe(["backbone.0"], targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+                            task={"digit": "classification", "ink": "regression"})
+        cbs = [probe]
+        kw = dict(trainer_kwargs)
+        if save:
+            cbs.append(ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0))
+            kw["enable_checkpointing"] = True
+        trainer = pl.Trainer(max_epochs=epochs, callbacks=cbs, **kw)
+        trainer.fit(Classifier(in_features=64, hidden=[16]), DigitsDataModule(batch_size=64), ckpt_path=ckpt)
+        return probe, trainer
+
+    straight, t_straight = run(3)
+    run(2, save=True)
+    resumed, t_resumed = run(3, ckpt=str(tmp_path / "last.ckpt"))
+    for key in ("digit", "ink"):
+        a, b = straight.readout("backbone.0", key), resumed.readout("backbone.0", key)
+        torch.testing.assert_close(a.weight, b.weight)
+        torch.testing.assert_close(a.bias, b.bias)
+    torch.testing.assert_close(t_straight.callback_metrics["probe/backbone.0/ink/val/r2"],
+                               t_resumed.callback_metrics["probe/backbone.0/ink/val/r2"])
+    # the checkpoint alone restores the fitted probe (state keyed per configuration)
+    ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    key = next(k for k in ckpt["callbacks"] if k.startswith("LinearProbe"))
+    fresh = LinearProbe(["backbone.0"], targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+                        task={"digit": "classification", "ink": "regression"})
+    fresh.load_state_dict(ckpt["callbacks"][key])
+    assert fresh.readout("backbone.0", "digit").fitted
+    assert int(fresh.readout("backbone.0", "digit").stats.n) == int(ckpt["callbacks"][key]["readouts"]["r0"]["stats.n"])
+
+
+def test_logistic_and_high_dimensional_projection(trainer_kwargs):
+    probe = LinearProbe("backbone.0", classifier="logistic", mode="frozen")
+    trainer, _ = _fit(probe, trainer_kwargs, epochs=1)
+    assert trainer.callback_metrics["probe/backbone.0/y/val/acc"] > 0.8
+    probe = LinearProbe("backbone.0", projection_dim=16, mode="frozen")
+    trainer, _ = _fit(probe, trainer_kwargs, epochs=1, model=Classifier(in_features=64, hidden=[512]))
+    assert probe.readout("backbone.0", "y").weight.shape == (512, 10)
+    assert trainer.callback_metrics["probe/backbone.0/y/val/acc"] > 0.7
+
+
+def test_figure_logged_to_tensorboard(tmp_path, trainer_kwargs):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    probe = LinearProbe("backbone.0", targets={"ink": lambda b: b["x"].sum(1)}, task="regression", mode="frozen")
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    _fit(probe, {**trainer_kwargs, "logger": logger}, epochs=1)
+    acc = EventAccumulator(logger.log_dir)
+    acc.Reload()
+    assert any(t.endswith("pred_vs_true") for t in acc.Tags()["images"])
+    assert "probe/backbone.0/ink/val/r2" in acc.Tags()["scalars"]
+

@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+
+from lit_repr.metrics.probe import ProbeReadout, fit_logistic, fit_probe
+
+
+def _blobs(n=600, d=8, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(c, d)) * 2
+    y = rng.integers(0, c, n)
+    return rng.normal(size=(n, d)) + centers[y], y
+
+
+def test_ridge_classifier_equals_sklearn_accuracy():
+    x, y = _blobs()
+    res = fit_probe(torch.tensor(x[:400]), torch.tensor(y[:400]), task="classification", alphas=[1.0],
+                    eval_sets={"test": (torch.tensor(x[400:]), torch.tensor(y[400:]))})
+    sk = RidgeClassifier(alpha=1.0).fit(x[:400], y[:400])
+    # sklearn codes one-hot as ±1, we use 0/1: same argmax
+    assert abs(res.scores["test"]["acc"] - sk.score(x[400:], y[400:])) < 1e-3
+
+
+def test_logistic_equals_sklearn():
+    x, y = _blobs(d=5, c=3)
+    w, b = fit_logistic(torch.tensor(x), torch.tensor(y), 3, C=0.5)
+    sk = LogisticRegression(C=0.5, tol=1e-10, max_iter=5000).fit(x, y)
+    pred = (torch.tensor(x) @ w + b).argmax(1).numpy()
+    assert (pred == sk.predict(x)).mean() > 0.999
+    # multinomial logits are defined up to a shift per sample: compare centred logits
+    ours = (torch.tensor(x) @ w + b).numpy()
+    theirs = sk.decision_function(x)
+    np.testing.assert_allclose(ours - ours.mean(1, keepdims=True), theirs - theirs.mean(1, keepdims=True), atol=2e-3)
+
+
+def test_regression_scores_and_multioutput():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 6))
+    y = x[:, :2] * [1.0, -2.0] + 0.1 * rng.normal(size=(500, 2))
+    res = fit_probe(torch.tensor(x[:300]), torch.tensor(y[:300]), eval_sets={"ood": (torch.tensor(x[300:]), torch.tensor(y[300:]))})
+    assert res.scores["ood"]["r2"] > 0.99 and res.scores["ood"]["pearson"] > 0.99 and res.scores["ood"]["spearman"] > 0.99
+
+
+def test_readout_bad_inputs():
+    r = ProbeReadout(4, task="classification", num_classes=3)
+    with pytest.raises(ValueError, match=r"outside \[0, 3\)"):
+        r.update_fit(torch.randn(2, 4), torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="NaN"):
+        r.update_fit(torch.full((2, 4), float("nan")), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="class indices of shape"):
+        r.update_fit(torch.randn(2, 4), torch.zeros(2, 3))
+    with pytest.raises(RuntimeError, match="not been fitted"):
+        r.update_eval("val", torch.randn(2, 4), torch.tensor([0, 1]))
+    rr = ProbeReadout(4, task="regression", num_targets=2)
+    with pytest.raises(ValueError, match="2 dimensions|has 1 dimensions"):
+        rr.update_fit(torch.randn(3, 4), torch.randn(3))
+    with pytest.raises(ValueError, match="num_classes"):
+        ProbeReadout(4, task="classification")
+    with pytest.raises(ValueError, match="task must be"):
+        ProbeReadout(4, task="ranking")  # type: ignore[arg-type]
+
+
+def test_constant_features_do_not_log_nan():
+    r = ProbeReadout(3, task="regression", num_targets=1)
+    r.update_fit(torch.ones(50, 3), torch.randn(50))
+    with pytest.warns(UserWarning):
+        r.fit()
+    r.update_eval("val", torch.ones(20, 3), torch.randn(20))
+    with pytest.warns(UserWarning, match="undefined"):
+        scores = r.compute_eval("val")
+    assert all(torch.isfinite(v).all() for v in scores.values())

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.metrics import r2_score
+
+from lit_repr.metrics.ridge import StreamingRidge, moments_score
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    y = x @ rng.normal(size=(12, 3)) + 3 * rng.normal(size=(400, 3)) + 4.0
+    return x, y
+
+
+@pytest.mark.parametrize("alpha", [1e-3, 1.0, 100.0])
+def test_equals_sklearn_ridge_streamed(data, alpha):
+    x, y = data
+    r = StreamingRidge(12, 3, alphas=[alpha])
+    for xb, yb in zip(np.array_split(x, 7), np.array_split(y, 7)):
+        r.update(torch.tensor(xb), torch.tensor(yb))
+    fit = r.compute()
+    sk = Ridge(alpha=alpha).fit(x, y)
+    np.testing.assert_allclose(fit.weight.numpy(), sk.coef_.T, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(fit.bias.numpy(), sk.intercept_, rtol=1e-8, atol=1e-8)
+
+
+def test_gcv_picks_sklearn_alpha(data):
+    x, y = data
+    alphas = [1e-3, 1e-2, 0.1, 1, 10, 100, 1e3, 1e4]
+    r = StreamingRidge(12, 3, alphas=alphas)
+    r.update(torch.tensor(x), torch.tensor(y))
+    sk = RidgeCV(alphas=alphas, gcv_mode="eigen").fit(x, y)
+    assert r.compute().alpha == sk.alpha_
+
+
+def test_moments_score_matches_predictions(data):
+    x, y = data
+    r = StreamingRidge(12, 3)
+    r.update(torch.tensor(x[:300]), torch.tensor(y[:300]))
+    fit = r.compute()
+    h = StreamingRidge(12, 3)
+    h.update(torch.tensor(x[300:]), torch.tensor(y[300:]))
+    scores = moments_score(fit, h)
+    pred = fit.predict(torch.tensor(x[300:])).numpy()
+    np.testing.assert_allclose(scores["r2"].numpy(), r2_score(y[300:], pred, multioutput="raw_values"), rtol=1e-8)
+    np.testing.assert_allclose(scores["mse"].numpy(), ((y[300:] - pred) ** 2).mean(0), rtol=1e-8)
+    pear = [np.corrcoef(pred[:, k], y[300:, k])[0, 1] for k in range(3)]
+    np.testing.assert_allclose(scores["pearson"].numpy(), pear, rtol=1e-8)
+
+
+def test_heldout_selection(data):
+    x, y = data
+    r = StreamingRidge(12, 3, selection="heldout", alphas=[1e-3, 1e5])
+    r.update(torch.tensor(x[:300]), torch.tensor(y[:300]))
+    h = StreamingRidge(12, 3)
+    h.update(torch.tensor(x[300:]), torch.tensor(y[300:]))
+    assert r.solve(h).alpha == 1e-3
+    with pytest.raises(ValueError, match="held-out"):
+        r.solve()
+
+
+def test_projection_and_components(data):
+    x, y = data
+    r = StreamingRidge(12, 3, projection_dim=6)
+    r.update(torch.tensor(x), torch.tensor(y))
+    fit = r.compute()
+    assert fit.weight.shape == (6, 3) and fit.predict(torch.tensor(x)).shape == (400, 3)
+    r2 = StreamingRidge(12, 3, max_components=2)
+    r2.update(torch.tensor(x), torch.tensor(y))
+    w = r2.compute().weight
+    assert torch.linalg.matrix_rank(w) <= 2
+
+
+def test_bad_input_leaves_state_untouched():
+    r = StreamingRidge(3, 1)
+    r.update(torch.randn(5, 3), torch.randn(5))
+    n_before = float(r.n)
+    with pytest.raises(ValueError, match="NaN"):
+        r.update(torch.tensor([[1.0, float("nan"), 0.0]]), torch.zeros(1))
+    with pytest.raises(ValueError, match=r"shape \(batch, 3\)"):
+        r.update(torch.randn(2, 4), torch.randn(2))
+    with pytest.raises(ValueError, match="targets must have shape"):
+        r.update(torch.randn(2, 3), torch.randn(3))
+    assert float(r.n) == n_before
+    for kw in ({"alphas": []}, {"alphas": [-1.0]}, {"selection": "cv"}, {"projection_dim": 0}):
+        with pytest.raises(ValueError):
+            StreamingRidge(3, 1, **kw)
+
+
+def test_few_samples_and_constant_features_warn_not_nan():
+    r = StreamingRidge(10, 1)
+    r.update(torch.randn(4, 10), torch.randn(4))
+    with pytest.warns(UserWarning, match="fewer samples than features"):
+        fit = r.compute()
+    assert torch.isfinite(fit.weight).all()
+    c = StreamingRidge(2, 1)
+    c.update(torch.ones(20, 2), torch.randn(20))
+    with pytest.warns(UserWarning, match="constant"):
+        fit = c.compute()
+    assert torch.isfinite(fit.weight).all() and torch.isfinite(fit.bias).all()
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        StreamingRidge(2, 1).compute()
