@@ -8,6 +8,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from typing_extensions import override
@@ -138,6 +139,7 @@ class LinearProbe(TapCallback):
         self._keys: dict[tuple[str, str], str] = {}
         self._dims: dict[str, tuple[int, int]] = {}
         self._module: pl.LightningModule | None = None
+        self.scores: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -217,23 +219,32 @@ class LinearProbe(TapCallback):
             if trainer.world_size > 1 or r.n_fit >= 2:
                 r.fit()
 
-    def _log_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule, splits: Sequence[str]) -> None:
+    def _log_eval(self, trainer: pl.Trainer, pl_module: pl.LightningModule, splits: Sequence[str]) -> dict[str, float]:
+        scores: dict[str, float] = {}
         for (site, target), key in self._keys.items():
             r: ProbeReadout = self.readouts[key]  # type: ignore[assignment]
             if not r.fitted:
                 continue
             prefix = f"{self.name}/{site}/{target}"
-            pl_module.log(f"{prefix}/alpha", r.alpha, sync_dist=False)
+            scores[f"{prefix}/alpha"] = r.alpha
             for split in splits:
                 if split not in r.evals:
                     continue
                 for q, v in r.compute_eval(split).items():
-                    pl_module.log(f"{prefix}/{split}/{q}", v.float().mean(), sync_dist=False)
+                    scores[f"{prefix}/{split}/{q}"] = float(v.float().mean())
                 if self.log_figures and r.task == "regression" and trainer.is_global_zero:
                     data = r.plot_data(split)
                     if data is not None:
-                        self.add_figure(trainer, f"{prefix}/{split}/pred_vs_true", _pred_vs_true(*data, title=f"{prefix} ({split})"))
+                        fig = _pred_vs_true(*data, title=f"{prefix} ({split})")
+                        self.add_figure(trainer, f"{prefix}/{split}/pred_vs_true", fig)
             r.reset_eval()
+        self.scores = scores
+        try:
+            for k, v in scores.items():
+                pl_module.log(k, v, sync_dist=False)
+        except MisconfigurationException:
+            pass  # called outside a Trainer loop (by hand): scores are returned and kept in .scores
+        return scores
 
     # ------------------------------------------------------------------ online mode
     @override
@@ -298,6 +309,17 @@ class LinearProbe(TapCallback):
         loaders = probe_loaders_for(trainer, self.probe_loaders)
         if self.fit_split not in loaders:
             raise ValueError(f"fit_split {self.fit_split!r} is not among the probe loaders {sorted(loaders)}")
+        temporary = self.tap is None  # called by hand after a run: attach, probe, detach
+        if temporary:
+            TapCallback.setup(self, trainer, pl_module, "validate")
+        try:
+            return self._probe_frozen(trainer, pl_module, loaders)
+        finally:
+            if temporary:
+                self.teardown(trainer, pl_module, "validate")
+
+    def _probe_frozen(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                      loaders: dict[str, DataLoader]) -> dict[str, float]:
         for r in self.readouts.values():
             r.reset_fit()
         self.run_frozen(trainer, pl_module, loaders[self.fit_split],
@@ -307,9 +329,7 @@ class LinearProbe(TapCallback):
         for split in evals:
             self.run_frozen(trainer, pl_module, loaders[split],
                             lambda f, b, s=split: self._feed(f, b, pl_module, trainer, split=s))
-        before = set(trainer.callback_metrics)
-        self._log_eval(trainer, pl_module, evals)
-        return {k: float(v) for k, v in trainer.callback_metrics.items() if k not in before or k.startswith(self.name + "/")}
+        return self._log_eval(trainer, pl_module, evals)
 
     # ------------------------------------------------------------------ state
     @override

@@ -1,0 +1,31 @@
+"""LinearProbe is exact under DDP: 2 CPU processes (gloo) give the probe of 1 process."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).with_name("ddp_probe_script.py")
+
+
+def _run(tmp_path, devices, mode):
+    out = tmp_path / f"{mode}_{devices}.pt"
+    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), mode],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return torch.load(out, weights_only=False)
+
+
+@pytest.mark.parametrize("mode", ["frozen", "online"])
+def test_ddp_two_processes_equal_one(tmp_path, mode):
+    one, two = _run(tmp_path, 1, mode), _run(tmp_path, 2, mode)
+    for key in ("digit", "ink"):
+        # the statistics of both processes are summed: same sample count, same probe
+        assert one[key]["n"] == 1438 if mode == "online" else True
+        torch.testing.assert_close(one[key]["weight"], two[key]["weight"], rtol=1e-6, atol=1e-8)
+        torch.testing.assert_close(one[key]["bias"], two[key]["bias"], rtol=1e-6, atol=1e-8)
+    if mode == "frozen":  # frozen evaluation splits are sharded without padding: identical scores
+        for k, v in one["scores"].items():
+            assert two["scores"][k] == pytest.approx(v, abs=1e-6), k
