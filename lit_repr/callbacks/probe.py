@@ -55,6 +55,10 @@ class LinearProbe(TapCallback):
             datamodule's ``num_classes`` attribute.
         mode: ``"online"`` or ``"frozen"``.
         alphas: ridge penalties to choose from (scikit-learn's convention).
+        selection: how the penalty is chosen: ``"gcv"`` (generalised cross-validation on the
+            fitting split, exact from its statistics) or ``"heldout"`` (lowest error on the
+            ``heldout_split`` loader; frozen mode only).
+        heldout_split: the probe loader that chooses the penalty when ``selection="heldout"``.
         classifier: ``"ridge"`` (least squares on one-hot targets) or ``"logistic"`` (L-BFGS on
             cached features; memory grows with the fitting split up to ``max_cache_samples``).
         reduction: how a site's output becomes a feature matrix (``"flatten"``, ``"mean"``, ...).
@@ -87,6 +91,8 @@ class LinearProbe(TapCallback):
         num_classes: int | Mapping[str, int] | None = None,
         mode: Mode = "online",
         alphas: Sequence[float] = DEFAULT_ALPHAS,
+        selection: Literal["gcv", "heldout"] = "gcv",
+        heldout_split: str = "val",
         classifier: Literal["ridge", "logistic"] = "ridge",
         reduction: Reduction = "flatten",
         projection_dim: int | None = None,
@@ -126,6 +132,12 @@ class LinearProbe(TapCallback):
         self.alphas = tuple(float(a) for a in alphas)
         if not self.alphas or any(a <= 0 for a in self.alphas):
             raise ValueError(f"alphas must be a non-empty list of penalties > 0, got {list(alphas)}")
+        if selection not in ("gcv", "heldout"):
+            raise ValueError(f"selection must be 'gcv' or 'heldout', got {selection!r}")
+        if selection == "heldout" and mode != "frozen":
+            raise ValueError("selection='heldout' needs mode='frozen' (online probes choose the penalty by GCV)")
+        self.selection = selection
+        self.heldout_split = heldout_split
         if classifier not in ("ridge", "logistic"):
             raise ValueError(f"classifier must be 'ridge' or 'logistic', got {classifier!r}")
         self.classifier = classifier
@@ -179,7 +191,7 @@ class LinearProbe(TapCallback):
             num_features, task=task,
             num_targets=num_out if task == "regression" else None,
             num_classes=num_out if task == "classification" else None,
-            alphas=self.alphas, classifier=self.classifier if task == "classification" else "ridge",
+            alphas=self.alphas, selection=self.selection, classifier=self.classifier if task == "classification" else "ridge",
             projection_dim=self.projection_dim, max_components=self.max_components,
         ).to(device)
         self.readouts[key] = readout
@@ -195,7 +207,7 @@ class LinearProbe(TapCallback):
         return self.readouts[key]  # type: ignore[return-value]
 
     def _feed(self, feats: dict[str, Tensor], batch: Any, pl_module: pl.LightningModule, trainer: pl.Trainer | None,
-              split: str | None) -> None:
+              split: str | None, heldout: bool = False) -> None:
         """Send a batch of features to every readout: to the fit statistics (split None) or an eval split."""
         ys = {t: get_target(batch, spec, f"target {t!r}") for t, spec in self.targets.items()}
         for t, y in ys.items():
@@ -208,7 +220,9 @@ class LinearProbe(TapCallback):
                         f"target spec that matches"
                     )
                 r = self._readout(site, t, f, y, pl_module, trainer)
-                if split is None:
+                if heldout:
+                    r.update_heldout(f, y)
+                elif split is None:
                     r.update_fit(f, y)
                 else:
                     r.update_eval(split, f, y)
@@ -324,6 +338,13 @@ class LinearProbe(TapCallback):
             r.reset_fit()
         self.run_frozen(trainer, pl_module, loaders[self.fit_split],
                         lambda f, b: self._feed(f, b, pl_module, trainer, split=None))
+        if self.selection == "heldout":
+            if self.heldout_split not in loaders:
+                raise ValueError(
+                    f"heldout_split {self.heldout_split!r} is not among the probe loaders {sorted(loaders)}"
+                )
+            self.run_frozen(trainer, pl_module, loaders[self.heldout_split],
+                            lambda f, b: self._feed(f, b, pl_module, trainer, split=None, heldout=True))
         self._fit_all(trainer)
         evals = [s for s in loaders if s != self.fit_split]
         for split in evals:

@@ -91,6 +91,19 @@ def moments_score(fit: RidgeFit, stats: "StreamingRidge") -> dict[str, Tensor]:
     return {"mse": mse, "r2": r2, "pearson": pearson}
 
 
+def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric eigendecomposition; small CPU matrices are solved on one thread, which is both
+    faster (no thread start-up) and immune to the stalls multi-threaded LAPACK suffers on busy cores."""
+    if a.device.type == "cpu" and a.shape[0] <= 1024 and torch.get_num_threads() > 1:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return torch.linalg.eigh(a)
+        finally:
+            torch.set_num_threads(n)
+    return torch.linalg.eigh(a)
+
+
 class StreamingRidge(Metric):
     """Ridge regression fitted in closed form from streamed sufficient statistics.
 
@@ -255,7 +268,7 @@ class StreamingRidge(Metric):
                 stacklevel=2,
             )
         mx, my, sxx, sxy, syy = self._centred()
-        evals, evecs = torch.linalg.eigh(sxx)
+        evals, evecs = _eigh(sxx)
         evals = evals.clamp_min(0)
         if self.max_components is not None and self.max_components < evals.numel():
             evals, evecs = evals[-self.max_components :], evecs[:, -self.max_components :]

@@ -202,3 +202,15 @@ def test_figure_logged_to_tensorboard(tmp_path, trainer_kwargs):
     assert any(t.endswith("pred_vs_true") for t in acc.Tags()["images"])
     assert "probe/backbone.0/ink/val/r2" in acc.Tags()["scalars"]
 
+
+
+def test_heldout_selection_frozen(trainer_kwargs):
+    probe = LinearProbe("backbone.0", targets={"ink": lambda b: b["x"][:, 30]}, task="regression",
+                        mode="frozen", selection="heldout", heldout_split="val")
+    trainer, model = _fit(probe, trainer_kwargs, epochs=1)
+    r = probe.readout("backbone.0", "ink")
+    scores = r.stats.alphas.numel()
+    assert scores == len(DEFAULT_ALPHAS) and r.alpha in DEFAULT_ALPHAS
+    assert trainer.callback_metrics["probe/backbone.0/ink/test/r2"] > 0.3
+    with pytest.raises(ValueError, match="needs mode='frozen'"):
+        LinearProbe("a", selection="heldout")

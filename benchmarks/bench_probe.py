@@ -1,0 +1,167 @@
+"""LinearProbe against its peers: overhead on a run, scikit-learn's solvers, an SGD-trained head.
+
+    python benchmarks/bench_probe.py [--repeats 3]
+
+Prints ratios (lower time ratio = lit_repr faster); nothing here is a pass/fail test.
+1. Overhead: the quickstart run (MLP on digits, 15 epochs) with and without the online probe on
+   both hidden layers (aim: wall-time ratio under 1.05).
+2. Closed form vs. scikit-learn on the same frozen features: RidgeCV (regression R²) and
+   RidgeClassifierCV / LogisticRegression (accuracy); same score within 1e-3, and the time ratio.
+3. Against an SGD-trained linear head on detached features (the approach of lightning-bolts'
+   SSLOnlineEvaluator: a second optimiser, a learning rate to tune), on the same run: final probe
+   accuracy and the wall-time ratio of the two runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import nn
+
+from lit_repr.callbacks import LinearProbe
+from lit_repr.data import DigitsDataModule
+from lit_repr.metrics import fit_probe
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS
+from lit_repr.models import Classifier
+
+warnings.filterwarnings("ignore")
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+class SGDHeadProbe(Callback):
+    """Linear head on detached penultimate features, trained by SGD during training (bolts-style)."""
+
+    def __init__(self, dim: int, num_classes: int, lr: float = 1e-2) -> None:
+        self.head = nn.Linear(dim, num_classes)
+        self.opt = torch.optim.Adam(self.head.parameters(), lr=lr)
+        self.correct = self.total = 0
+        self.acc = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # a second forward pass of the backbone, as the SSL online evaluator does
+        with torch.no_grad():
+            feats = pl_module.backbone(batch["x"])
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(self.head(feats), batch["y"])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        with torch.no_grad():
+            pred = self.head(pl_module.backbone(batch["x"])).argmax(1)
+        self.correct += int((pred == batch["y"]).sum())
+        self.total += len(pred)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if not trainer.sanity_checking and self.total:
+            self.acc = self.correct / self.total
+        self.correct = self.total = 0
+
+
+def run(callbacks, epochs=15) -> tuple[float, pl.Trainer]:
+    pl.seed_everything(0)
+    model = Classifier(num_classes=10, in_features=64, hidden=[128, 128], lr=3e-3, max_epochs_hint=epochs)
+    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
+                         num_sanity_val_steps=0)
+    t0 = time.perf_counter()
+    trainer.fit(model, DigitsDataModule(batch_size=64))
+    return time.perf_counter() - t0, trainer
+
+
+def best_of(fn, repeats):
+    times, out = [], None
+    for _ in range(repeats):
+        t, out = fn()
+        times.append(t)
+    return min(times), out
+
+
+def overhead(repeats: int) -> None:
+    base, _ = best_of(lambda: run([]), repeats)
+    with_probe, tr = best_of(lambda: run([LinearProbe(["backbone.0", "backbone.1"], targets={"digit": "y"})]), repeats)
+    acc = float(tr.callback_metrics["probe/backbone.1/digit/val/acc"])
+    print("1. online probe overhead (quickstart run, 15 epochs, best of %d)" % repeats)
+    print(f"   without probe {base:7.2f} s | with probe {with_probe:7.2f} s | ratio {with_probe / base:.3f} "
+          f"(aim < 1.05) | probe val acc {acc:.4f}")
+
+
+def features(n_hidden=128):
+    pl.seed_everything(0)
+    _, trainer = run([], epochs=5)
+    model = trainer.lightning_module.eval()
+    dm = trainer.datamodule
+    with torch.no_grad():
+        f = {s: model.backbone(dm.datasets[s].tensors["x"]).double() for s in ("train", "val")}
+    y = {s: dm.datasets[s].tensors["y"] for s in ("train", "val")}
+    return f, y, dm
+
+
+def versus_sklearn(repeats: int) -> None:
+    from sklearn.linear_model import LogisticRegression, RidgeClassifierCV, RidgeCV
+
+    f, y, dm = features()
+    ink = {s: dm.datasets[s].tensors["x"].sum(1).double() for s in ("train", "val")}
+    print("2. closed form vs scikit-learn on the same frozen features (1258 x 128 train, 359 val)")
+
+    def timed(fn):
+        best, out = float("inf"), None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            out = fn()
+            best = min(best, time.perf_counter() - t0)
+        return best, out
+
+    t_ours, ours = timed(lambda: fit_probe(f["train"], ink["train"], eval_sets={"val": (f["val"], ink["val"])}))
+    t_sk, sk = timed(lambda: RidgeCV(alphas=DEFAULT_ALPHAS, gcv_mode="eigen").fit(f["train"].numpy(), ink["train"].numpy()))
+    r2_sk = sk.score(f["val"].numpy(), ink["val"].numpy())
+    print(f"   regression  R2 ours {ours.scores['val']['r2']:.6f} | RidgeCV {r2_sk:.6f} | "
+          f"|diff| {abs(ours.scores['val']['r2'] - r2_sk):.1e} | time ratio ours/sklearn {t_ours / t_sk:.2f}")
+
+    t_ours, ours = timed(lambda: fit_probe(f["train"], y["train"], task="classification",
+                                           eval_sets={"val": (f["val"], y["val"])}))
+    t_sk, sk = timed(lambda: RidgeClassifierCV(alphas=DEFAULT_ALPHAS).fit(f["train"].numpy(), y["train"].numpy()))
+    acc_sk = sk.score(f["val"].numpy(), y["val"].numpy())
+    print(f"   ridge clf   acc ours {ours.scores['val']['acc']:.4f} | RidgeClassifierCV {acc_sk:.4f} | "
+          f"time ratio {t_ours / t_sk:.2f}  (one-hot 0/1 vs +-1 coding: the chosen penalties may differ)")
+
+    t_ours, ours = timed(lambda: fit_probe(f["train"], y["train"], task="classification", classifier="logistic",
+                                           eval_sets={"val": (f["val"], y["val"])}))
+    t_sk, sk = timed(lambda: LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(f["train"].numpy(), y["train"].numpy()))
+    acc_sk = sk.score(f["val"].numpy(), y["val"].numpy())
+    print(f"   logistic    acc ours {ours.scores['val']['acc']:.4f} | LogisticRegression {acc_sk:.4f} | "
+          f"|diff| {abs(ours.scores['val']['acc'] - acc_sk):.1e} | time ratio {t_ours / t_sk:.2f}")
+
+
+def versus_sgd_head(repeats: int) -> None:
+    t_ours, tr = best_of(lambda: run([LinearProbe(["backbone"], targets={"digit": "y"})]), repeats)
+    acc_ours = float(tr.callback_metrics["probe/backbone/digit/val/acc"])
+    sgd = {}
+
+    def sgd_run():
+        cb = SGDHeadProbe(128, 10)
+        t, trainer = run([cb])
+        sgd["acc"] = cb.acc
+        return t, trainer
+
+    t_sgd, _ = best_of(sgd_run, repeats)
+    print("3. online closed-form probe vs SGD-trained linear head (same run, penultimate features)")
+    print(f"   final val acc ours {acc_ours:.4f} | SGD head {sgd['acc']:.4f} | "
+          f"wall-time ratio ours/SGD {t_ours / t_sgd:.3f}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    overhead(args.repeats)
+    versus_sklearn(args.repeats)
+    versus_sgd_head(args.repeats)
