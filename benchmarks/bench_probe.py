@@ -19,7 +19,6 @@ import time
 import warnings
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch import nn
@@ -68,9 +67,16 @@ class SGDHeadProbe(Callback):
 def run(callbacks, epochs=15) -> tuple[float, pl.Trainer]:
     pl.seed_everything(0)
     model = Classifier(num_classes=10, in_features=64, hidden=[128, 128], lr=3e-3, max_epochs_hint=epochs)
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
-                         enable_checkpointing=False, enable_model_summary=False, accelerator="cpu",
-                         num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
     t0 = time.perf_counter()
     trainer.fit(model, DigitsDataModule(batch_size=64))
     return time.perf_counter() - t0, trainer
@@ -89,8 +95,10 @@ def overhead(repeats: int) -> None:
     with_probe, tr = best_of(lambda: run([LinearProbe(["backbone.0", "backbone.1"], targets={"digit": "y"})]), repeats)
     acc = float(tr.callback_metrics["probe/backbone.1/digit/val/acc"])
     print("1. online probe overhead (quickstart run, 15 epochs, best of %d)" % repeats)
-    print(f"   without probe {base:7.2f} s | with probe {with_probe:7.2f} s | ratio {with_probe / base:.3f} "
-          f"(aim < 1.05) | probe val acc {acc:.4f}")
+    print(
+        f"   without probe {base:7.2f} s | with probe {with_probe:7.2f} s | ratio {with_probe / base:.3f} "
+        f"(aim < 1.05) | probe val acc {acc:.4f}"
+    )
 
 
 def features(n_hidden=128):
@@ -120,24 +128,42 @@ def versus_sklearn(repeats: int) -> None:
         return best, out
 
     t_ours, ours = timed(lambda: fit_probe(f["train"], ink["train"], eval_sets={"val": (f["val"], ink["val"])}))
-    t_sk, sk = timed(lambda: RidgeCV(alphas=DEFAULT_ALPHAS, gcv_mode="eigen").fit(f["train"].numpy(), ink["train"].numpy()))
+    t_sk, sk = timed(
+        lambda: RidgeCV(alphas=DEFAULT_ALPHAS, gcv_mode="eigen").fit(f["train"].numpy(), ink["train"].numpy())
+    )
     r2_sk = sk.score(f["val"].numpy(), ink["val"].numpy())
-    print(f"   regression  R2 ours {ours.scores['val']['r2']:.6f} | RidgeCV {r2_sk:.6f} | "
-          f"|diff| {abs(ours.scores['val']['r2'] - r2_sk):.1e} | time ratio ours/sklearn {t_ours / t_sk:.2f}")
+    print(
+        f"   regression  R2 ours {ours.scores['val']['r2']:.6f} | RidgeCV {r2_sk:.6f} | "
+        f"|diff| {abs(ours.scores['val']['r2'] - r2_sk):.1e} | time ratio ours/sklearn {t_ours / t_sk:.2f}"
+    )
 
-    t_ours, ours = timed(lambda: fit_probe(f["train"], y["train"], task="classification",
-                                           eval_sets={"val": (f["val"], y["val"])}))
+    t_ours, ours = timed(
+        lambda: fit_probe(f["train"], y["train"], task="classification", eval_sets={"val": (f["val"], y["val"])})
+    )
     t_sk, sk = timed(lambda: RidgeClassifierCV(alphas=DEFAULT_ALPHAS).fit(f["train"].numpy(), y["train"].numpy()))
     acc_sk = sk.score(f["val"].numpy(), y["val"].numpy())
-    print(f"   ridge clf   acc ours {ours.scores['val']['acc']:.4f} | RidgeClassifierCV {acc_sk:.4f} | "
-          f"time ratio {t_ours / t_sk:.2f}  (one-hot 0/1 vs +-1 coding: the chosen penalties may differ)")
+    print(
+        f"   ridge clf   acc ours {ours.scores['val']['acc']:.4f} | RidgeClassifierCV {acc_sk:.4f} | "
+        f"time ratio {t_ours / t_sk:.2f}  (one-hot 0/1 vs +-1 coding: the chosen penalties may differ)"
+    )
 
-    t_ours, ours = timed(lambda: fit_probe(f["train"], y["train"], task="classification", classifier="logistic",
-                                           eval_sets={"val": (f["val"], y["val"])}))
-    t_sk, sk = timed(lambda: LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(f["train"].numpy(), y["train"].numpy()))
+    t_ours, ours = timed(
+        lambda: fit_probe(
+            f["train"],
+            y["train"],
+            task="classification",
+            classifier="logistic",
+            eval_sets={"val": (f["val"], y["val"])},
+        )
+    )
+    t_sk, sk = timed(
+        lambda: LogisticRegression(C=1.0, max_iter=5000, tol=1e-8).fit(f["train"].numpy(), y["train"].numpy())
+    )
     acc_sk = sk.score(f["val"].numpy(), y["val"].numpy())
-    print(f"   logistic    acc ours {ours.scores['val']['acc']:.4f} | LogisticRegression {acc_sk:.4f} | "
-          f"|diff| {abs(ours.scores['val']['acc'] - acc_sk):.1e} | time ratio {t_ours / t_sk:.2f}")
+    print(
+        f"   logistic    acc ours {ours.scores['val']['acc']:.4f} | LogisticRegression {acc_sk:.4f} | "
+        f"|diff| {abs(ours.scores['val']['acc'] - acc_sk):.1e} | time ratio {t_ours / t_sk:.2f}"
+    )
 
 
 def versus_sgd_head(repeats: int) -> None:
@@ -153,8 +179,10 @@ def versus_sgd_head(repeats: int) -> None:
 
     t_sgd, _ = best_of(sgd_run, repeats)
     print("3. online closed-form probe vs SGD-trained linear head (same run, penultimate features)")
-    print(f"   final val acc ours {acc_ours:.4f} | SGD head {sgd['acc']:.4f} | "
-          f"wall-time ratio ours/SGD {t_ours / t_sgd:.3f}")
+    print(
+        f"   final val acc ours {acc_ours:.4f} | SGD head {sgd['acc']:.4f} | "
+        f"wall-time ratio ours/SGD {t_ours / t_sgd:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,23 +56,32 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     g = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(y), generator=g)
     tr, va = perm[:1400], perm[1400:]
-    return (DataLoader(TensorDataset(x[tr], y[tr]), batch_size=64, shuffle=True),
-            DataLoader(TensorDataset(x[va], y[va]), batch_size=256))
+    return (
+        DataLoader(TensorDataset(x[tr], y[tr]), batch_size=64, shuffle=True),
+        DataLoader(TensorDataset(x[va], y[va]), batch_size=256),
+    )
 
 
 def main(epochs: int = 5, logger: bool = True) -> dict[str, float]:
     pl.seed_everything(0)
     train, val = loaders()
     probe = LinearProbe(
-        sites=["encoder.1", "encoder.3"],   # the two ReLU outputs, by dotted name
-        targets={"digit": 1},               # position 1 of the (x, y) batch
+        sites=["encoder.1", "encoder.3"],  # the two ReLU outputs, by dotted name
+        targets={"digit": 1},  # position 1 of the (x, y) batch
         num_classes=10,
-        input_key=0,                        # frozen passes call model(batch[0])
-        mode="frozen",                      # eval mode, no grad, over the train and val loaders
+        input_key=0,  # frozen passes call model(batch[0])
+        mode="frozen",  # eval mode, no grad, over the train and val loaders
         probe_loaders={"train": train, "val": val},
     )
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[probe], logger=logger, enable_progress_bar=False,
-                         enable_model_summary=False, enable_checkpointing=False, default_root_dir="runs/plain")
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[probe],
+        logger=logger,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir="runs/plain",
+    )
     trainer.fit(MyModel(), train, val)
     scores = {k: round(v, 4) for k, v in probe.scores.items()}
     for k, v in scores.items():

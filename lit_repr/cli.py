@@ -111,8 +111,11 @@ def _class_path_hints(args: Sequence[str]) -> list[str]:
             cp = entry.get("class_path") if isinstance(entry, dict) else None
             if not isinstance(cp, str):
                 continue
-            known = {c.__name__: f"{c.__module__}.{c.__qualname__}" for c in _all_subclasses(base)
-                     if not c.__module__.startswith(("lightning.", "pytorch_lightning."))}
+            known = {
+                c.__name__: f"{c.__module__}.{c.__qualname__}"
+                for c in _all_subclasses(base)
+                if not c.__module__.startswith(("lightning.", "pytorch_lightning."))
+            }
             if "." not in cp:
                 if cp in known:
                     continue

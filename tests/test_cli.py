@@ -71,7 +71,8 @@ def test_unknown_class_path_is_a_clear_error(tmp_path, capsys):
 def test_plugin_entry_point_resolves_by_short_name(tmp_path):
     site = tmp_path / "site"
     (site / "toy_plugin").mkdir(parents=True)
-    (site / "toy_plugin" / "__init__.py").write_text(textwrap.dedent("""
+    (site / "toy_plugin" / "__init__.py").write_text(
+        textwrap.dedent("""
         from lit_repr.models import Classifier
 
         class PluginClassifier(Classifier):
@@ -80,7 +81,8 @@ def test_plugin_entry_point_resolves_by_short_name(tmp_path):
             def __init__(self, marker: str = "plugin", **kwargs):
                 super().__init__(**kwargs)
                 self.marker = marker
-    """))
+    """)
+    )
     dist = site / "toy_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
@@ -97,7 +99,9 @@ def test_plugin_entry_point_resolves_by_short_name(tmp_path):
         f"cli = LitReprCLI(args=['fit', '--config', r'{cfg}'])\n"
         "print('MODEL', type(cli.model).__module__, type(cli.model).__name__, cli.model.marker)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "MODEL toy_plugin PluginClassifier found" in out.stdout
 

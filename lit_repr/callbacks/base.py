@@ -58,8 +58,13 @@ def _shard(loader: DataLoader, rank: int, world: int) -> DataLoader:
     if not hasattr(dataset, "__len__") or isinstance(dataset, torch.utils.data.IterableDataset):
         return loader if rank == 0 else DataLoader([], batch_size=1)
     idx = list(range(rank, len(dataset), world))  # type: ignore[arg-type]
-    return DataLoader(Subset(dataset, idx), batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn,
-                      num_workers=0, shuffle=False)
+    return DataLoader(
+        Subset(dataset, idx),
+        batch_size=loader.batch_size or 1,
+        collate_fn=loader.collate_fn,
+        num_workers=0,
+        shuffle=False,
+    )
 
 
 def probe_loaders_for(trainer: pl.Trainer, given: Mapping[str, DataLoader] | None) -> dict[str, DataLoader]:

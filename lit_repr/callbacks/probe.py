@@ -6,7 +6,6 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch import Tensor, nn
@@ -156,7 +155,10 @@ class LinearProbe(TapCallback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            name=self.name, sites=self.site_patterns, targets=sorted(self.targets), mode=self.mode,
+            name=self.name,
+            sites=self.site_patterns,
+            targets=sorted(self.targets),
+            mode=self.mode,
         )
 
     # ------------------------------------------------------------------ readouts
@@ -172,8 +174,15 @@ class LinearProbe(TapCallback):
             f"(neither the LightningModule nor the datamodule has a num_classes attribute)"
         )
 
-    def _readout(self, site: str, target: str, feats: Tensor, y: Tensor, pl_module: pl.LightningModule,
-                 trainer: pl.Trainer | None) -> ProbeReadout:
+    def _readout(
+        self,
+        site: str,
+        target: str,
+        feats: Tensor,
+        y: Tensor,
+        pl_module: pl.LightningModule,
+        trainer: pl.Trainer | None,
+    ) -> ProbeReadout:
         key = self._keys.get((site, target))
         if key is not None:
             return self.readouts[key]  # type: ignore[return-value]
@@ -188,11 +197,15 @@ class LinearProbe(TapCallback):
         task = self.tasks[target]
         key = f"r{len(self._keys)}"
         readout = ProbeReadout(
-            num_features, task=task,
+            num_features,
+            task=task,
             num_targets=num_out if task == "regression" else None,
             num_classes=num_out if task == "classification" else None,
-            alphas=self.alphas, selection=self.selection, classifier=self.classifier if task == "classification" else "ridge",
-            projection_dim=self.projection_dim, max_components=self.max_components,
+            alphas=self.alphas,
+            selection=self.selection,
+            classifier=self.classifier if task == "classification" else "ridge",
+            projection_dim=self.projection_dim,
+            max_components=self.max_components,
         ).to(device)
         self.readouts[key] = readout
         self._keys[(site, target)] = key
@@ -206,8 +219,15 @@ class LinearProbe(TapCallback):
             raise KeyError(f"no probe for site {site!r} and target {target!r} yet; probes: {list(self._keys)}")
         return self.readouts[key]  # type: ignore[return-value]
 
-    def _feed(self, feats: dict[str, Tensor], batch: Any, pl_module: pl.LightningModule, trainer: pl.Trainer | None,
-              split: str | None, heldout: bool = False) -> None:
+    def _feed(
+        self,
+        feats: dict[str, Tensor],
+        batch: Any,
+        pl_module: pl.LightningModule,
+        trainer: pl.Trainer | None,
+        split: str | None,
+        heldout: bool = False,
+    ) -> None:
         """Send a batch of features to every readout: to the fit statistics (split None) or an eval split."""
         ys = {t: get_target(batch, spec, f"target {t!r}") for t, spec in self.targets.items()}
         for t, y in ys.items():
@@ -268,14 +288,17 @@ class LinearProbe(TapCallback):
                 r.reset_fit()
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.mode == "online" and self.tap is not None:
             self.tap.clear()
             self.tap.enabled = True
 
     @override
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if self.mode != "online" or self.tap is None:
             return
         self.tap.enabled = False
@@ -290,15 +313,23 @@ class LinearProbe(TapCallback):
             self._fit_all(trainer)
 
     @override
-    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int,
-                                  dataloader_idx: int = 0) -> None:
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         if self.mode == "online" and self.tap is not None:
             self.tap.clear()
             self.tap.enabled = not trainer.sanity_checking and any(r.fitted for r in self.readouts.values())
 
     @override
-    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if self.mode != "online" or self.tap is None or not self.tap.enabled:
             return
         self.tap.enabled = False
@@ -332,24 +363,31 @@ class LinearProbe(TapCallback):
             if temporary:
                 self.teardown(trainer, pl_module, "validate")
 
-    def _probe_frozen(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                      loaders: dict[str, DataLoader]) -> dict[str, float]:
+    def _probe_frozen(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: dict[str, DataLoader]
+    ) -> dict[str, float]:
         for r in self.readouts.values():
             r.reset_fit()
-        self.run_frozen(trainer, pl_module, loaders[self.fit_split],
-                        lambda f, b: self._feed(f, b, pl_module, trainer, split=None))
+        self.run_frozen(
+            trainer, pl_module, loaders[self.fit_split], lambda f, b: self._feed(f, b, pl_module, trainer, split=None)
+        )
         if self.selection == "heldout":
             if self.heldout_split not in loaders:
                 raise ValueError(
                     f"heldout_split {self.heldout_split!r} is not among the probe loaders {sorted(loaders)}"
                 )
-            self.run_frozen(trainer, pl_module, loaders[self.heldout_split],
-                            lambda f, b: self._feed(f, b, pl_module, trainer, split=None, heldout=True))
+            self.run_frozen(
+                trainer,
+                pl_module,
+                loaders[self.heldout_split],
+                lambda f, b: self._feed(f, b, pl_module, trainer, split=None, heldout=True),
+            )
         self._fit_all(trainer)
         evals = [s for s in loaders if s != self.fit_split]
         for split in evals:
-            self.run_frozen(trainer, pl_module, loaders[split],
-                            lambda f, b, s=split: self._feed(f, b, pl_module, trainer, split=s))
+            self.run_frozen(
+                trainer, pl_module, loaders[split], lambda f, b, s=split: self._feed(f, b, pl_module, trainer, split=s)
+            )
         return self._log_eval(trainer, pl_module, evals)
 
     # ------------------------------------------------------------------ state
@@ -357,7 +395,11 @@ class LinearProbe(TapCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         self._module = pl_module
-        if self.mode == "online" and stage in ("validate", "test") and not any(r.fitted for r in self.readouts.values()):
+        if (
+            self.mode == "online"
+            and stage in ("validate", "test")
+            and not any(r.fitted for r in self.readouts.values())
+        ):
             rank_zero_warn(
                 f"LinearProbe(mode='online') in trainer.{stage}(): no training batches pass, so the probe is "
                 f"scored only if it was fitted before (e.g. restored from a checkpoint); use mode='frozen'"

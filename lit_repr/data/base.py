@@ -184,7 +184,9 @@ class ArrayDataModule(pl.LightningDataModule):
         return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=self.drop_last)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val" if "val" in self.datasets or not self.datasets else "train", False, self.eval_batch_size)
+        return self._loader(
+            "val" if "val" in self.datasets or not self.datasets else "train", False, self.eval_batch_size
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test" if "test" in self.datasets else "val", False, self.eval_batch_size)

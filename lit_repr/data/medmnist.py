@@ -141,4 +141,6 @@ class MedMNISTDataModule(ArrayDataModule):
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         self.prepare_data()
-        return {split: self._convert(*load_medmnist_npz(self.path, self.flag, split)) for split in ("train", "val", "test")}
+        return {
+            split: self._convert(*load_medmnist_npz(self.path, self.flag, split)) for split in ("train", "val", "test")
+        }

@@ -128,7 +128,9 @@ class FeatureCache(Metric):
         room = self.max_samples - self._count
         if room <= 0:
             if not self._warned:
-                warnings.warn(f"FeatureCache is full ({self.max_samples} samples); later samples are dropped", stacklevel=2)
+                warnings.warn(
+                    f"FeatureCache is full ({self.max_samples} samples); later samples are dropped", stacklevel=2
+                )
                 self._warned = True
             return
         self.x.append(x[:room].detach())
@@ -165,8 +167,15 @@ def fit_logistic(
     d = x.shape[1]
     w = torch.zeros(d, num_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=tol * 1e-2,
-                            history_size=20, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(
+        [w, b],
+        lr=1,
+        max_iter=max_iter,
+        tolerance_grad=tol,
+        tolerance_change=tol * 1e-2,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
     scale = sd[:, None]
 
     def closure() -> Tensor:
@@ -236,8 +245,13 @@ def fit_probe(
         num_classes = int(targets.max()) + 1
     readout = ProbeReadout(
         features.shape[1] if features.ndim == 2 else -1,
-        task=task, num_targets=None if task == "classification" else (1 if targets.ndim == 1 else targets.shape[1]),
-        num_classes=num_classes, alphas=alphas, selection=selection, classifier=classifier, logistic_C=logistic_C,
+        task=task,
+        num_targets=None if task == "classification" else (1 if targets.ndim == 1 else targets.shape[1]),
+        num_classes=num_classes,
+        alphas=alphas,
+        selection=selection,
+        classifier=classifier,
+        logistic_C=logistic_C,
     )
     readout.update_fit(features, targets)
     eval_sets = dict(eval_sets or {})
@@ -314,7 +328,9 @@ class ProbeReadout(nn.Module):
         self.classifier = classifier
         self.logistic_C = logistic_C
         self.max_plot_samples = max_plot_samples
-        ridge_kw = dict(alphas=alphas, selection=selection, projection_dim=projection_dim, max_components=max_components)
+        ridge_kw = dict(
+            alphas=alphas, selection=selection, projection_dim=projection_dim, max_components=max_components
+        )
         self.stats = StreamingRidge(num_features, self.num_outputs, **ridge_kw)
         self.heldout = StreamingRidge(num_features, self.num_outputs, **ridge_kw)
         self.stats.persistent(True)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from contextlib import ExitStack
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,8 +59,12 @@ class RidgeFit:
 
     def state_dict(self) -> dict[str, Tensor | float | None]:
         return {
-            "weight": self.weight, "bias": self.bias, "alpha": self.alpha, "alphas": self.alphas,
-            "scores": self.scores, "projection": self.projection,
+            "weight": self.weight,
+            "bias": self.bias,
+            "alpha": self.alpha,
+            "alphas": self.alphas,
+            "scores": self.scores,
+            "projection": self.projection,
         }
 
     @classmethod
@@ -193,9 +197,7 @@ class StreamingRidge(Metric):
 
     def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(
-                f"features must have shape (batch, {self.num_features}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"features must have shape (batch, {self.num_features}), got {tuple(x.shape)}")
         if y.ndim == 1:
             y = y.unsqueeze(1)
         if y.ndim != 2 or y.shape[1] != self.num_targets or y.shape[0] != x.shape[0]:

@@ -89,8 +89,14 @@ class Classifier(pl.LightningModule):
         self.input_key = input_key
         self.target_key = target_key
         self.backbone = build_backbone(
-            backbone, in_features=in_features, in_chans=in_chans, hidden=hidden, activation=activation,
-            dropout=dropout, batch_norm=batch_norm, timm_kwargs=timm_kwargs,
+            backbone,
+            in_features=in_features,
+            in_chans=in_chans,
+            hidden=hidden,
+            activation=activation,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            timm_kwargs=timm_kwargs,
         )
         self.head = nn.Linear(self.backbone.num_features, num_classes, bias=head_bias)
         metric_kw: dict[str, Any] = (

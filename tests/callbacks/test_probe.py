@@ -1,5 +1,4 @@
 import lightning.pytorch as pl
-import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import RidgeCV
@@ -36,8 +35,12 @@ def test_online_probe_logs_and_does_no_second_forward(trainer_kwargs):
 
 
 def test_frozen_probe_all_splits_and_batchnorm_untouched(trainer_kwargs):
-    probe = LinearProbe(["backbone.1"], targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
-                        task={"digit": "classification", "ink": "regression"}, mode="frozen")
+    probe = LinearProbe(
+        ["backbone.1"],
+        targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+        task={"digit": "classification", "ink": "regression"},
+        mode="frozen",
+    )
     trainer, model = _fit(probe, trainer_kwargs, epochs=1)
     m = trainer.callback_metrics
     for split in ("val", "test"):
@@ -96,8 +99,10 @@ def _tuple_loaders():
     d = load_digits()
     x = torch.tensor(d.data / 16.0, dtype=torch.float32)
     y = torch.tensor(d.target)
-    return (DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=64, shuffle=True),
-            DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=128))
+    return (
+        DataLoader(TensorDataset(x[:1400], y[:1400]), batch_size=64, shuffle=True),
+        DataLoader(TensorDataset(x[1400:], y[1400:]), batch_size=128),
+    )
 
 
 @pytest.mark.parametrize("mode", ["online", "frozen"])
@@ -112,12 +117,15 @@ def test_foreign_module_and_tuple_batches(trainer_kwargs, mode):
 def test_bad_inputs(trainer_kwargs):
     with pytest.raises(ValueError, match="closest valid names"):
         _fit(LinearProbe("backbone.7"), trainer_kwargs, epochs=1)
-    with pytest.raises(KeyError, match=r"'latents' is not a key of the batch; the batch has keys \['index', 'x', 'y'\]"):
+    with pytest.raises(
+        KeyError, match=r"'latents' is not a key of the batch; the batch has keys \['index', 'x', 'y'\]"
+    ):
         _fit(LinearProbe("backbone.0", targets={"z": "latents"}, task="regression"), trainer_kwargs, epochs=1)
     with pytest.raises(ValueError, match="num_classes"):
         train, val = _tuple_loaders()
-        pl.Trainer(max_epochs=1, callbacks=[LinearProbe("encoder", targets={"d": 1}, input_key=0)],
-                   **trainer_kwargs).fit(PlainModule(), train, val)
+        pl.Trainer(
+            max_epochs=1, callbacks=[LinearProbe("encoder", targets={"d": 1}, input_key=0)], **trainer_kwargs
+        ).fit(PlainModule(), train, val)
     with pytest.raises(ValueError, match=r"target 'digit' must hold class indices|class indices"):
         _fit(LinearProbe("backbone.0", targets={"digit": "x"}), trainer_kwargs, epochs=1)
     with pytest.raises(ValueError, match="mode must be"):
@@ -151,8 +159,11 @@ def test_checkpoint_resume_identical(tmp_path, trainer_kwargs):
 
     def run(epochs, ckpt=None, save=False):
         pl.seed_everything(0)
-        probe = LinearProbe(["backbone.0"], targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
-                            task={"digit": "classification", "ink": "regression"})
+        probe = LinearProbe(
+            ["backbone.0"],
+            targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+            task={"digit": "classification", "ink": "regression"},
+        )
         cbs = [probe]
         kw = dict(trainer_kwargs)
         if save:
@@ -169,13 +180,18 @@ def test_checkpoint_resume_identical(tmp_path, trainer_kwargs):
         a, b = straight.readout("backbone.0", key), resumed.readout("backbone.0", key)
         torch.testing.assert_close(a.weight, b.weight)
         torch.testing.assert_close(a.bias, b.bias)
-    torch.testing.assert_close(t_straight.callback_metrics["probe/backbone.0/ink/val/r2"],
-                               t_resumed.callback_metrics["probe/backbone.0/ink/val/r2"])
+    torch.testing.assert_close(
+        t_straight.callback_metrics["probe/backbone.0/ink/val/r2"],
+        t_resumed.callback_metrics["probe/backbone.0/ink/val/r2"],
+    )
     # the checkpoint alone restores the fitted probe (state keyed per configuration)
     ckpt = torch.load(tmp_path / "last.ckpt", weights_only=False)
     key = next(k for k in ckpt["callbacks"] if k.startswith("LinearProbe"))
-    fresh = LinearProbe(["backbone.0"], targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
-                        task={"digit": "classification", "ink": "regression"})
+    fresh = LinearProbe(
+        ["backbone.0"],
+        targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+        task={"digit": "classification", "ink": "regression"},
+    )
     fresh.load_state_dict(ckpt["callbacks"][key])
     assert fresh.readout("backbone.0", "digit").fitted
     assert int(fresh.readout("backbone.0", "digit").stats.n) == int(ckpt["callbacks"][key]["readouts"]["r0"]["stats.n"])
@@ -203,10 +219,15 @@ def test_figure_logged_to_tensorboard(tmp_path, trainer_kwargs):
     assert "probe/backbone.0/ink/val/r2" in acc.Tags()["scalars"]
 
 
-
 def test_heldout_selection_frozen(trainer_kwargs):
-    probe = LinearProbe("backbone.0", targets={"ink": lambda b: b["x"][:, 30]}, task="regression",
-                        mode="frozen", selection="heldout", heldout_split="val")
+    probe = LinearProbe(
+        "backbone.0",
+        targets={"ink": lambda b: b["x"][:, 30]},
+        task="regression",
+        mode="frozen",
+        selection="heldout",
+        heldout_split="val",
+    )
     trainer, model = _fit(probe, trainer_kwargs, epochs=1)
     r = probe.readout("backbone.0", "ink")
     scores = r.stats.alphas.numel()

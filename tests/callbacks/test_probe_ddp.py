@@ -14,8 +14,14 @@ SCRIPT = Path(__file__).with_name("ddp_probe_script.py")
 def _run(tmp_path, devices, mode):
     out = tmp_path / f"{mode}_{devices}.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out), str(devices), mode], env=env,
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(out), str(devices), mode],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return torch.load(out, weights_only=False)
 

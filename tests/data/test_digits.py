@@ -28,8 +28,9 @@ def test_image_layout():
     assert dm.datasets["train"].tensors["x"].shape[1:] == (3, 8, 8)
 
 
-@pytest.mark.parametrize("kw", [{"batch_size": 0}, {"val_fraction": 1.2}, {"layout": "cube"},
-                                {"val_fraction": 0.6, "test_fraction": 0.5}])
+@pytest.mark.parametrize(
+    "kw", [{"batch_size": 0}, {"val_fraction": 1.2}, {"layout": "cube"}, {"val_fraction": 0.6, "test_fraction": 0.5}]
+)
 def test_bad_args(kw):
     with pytest.raises(ValueError):
         DigitsDataModule(**kw)

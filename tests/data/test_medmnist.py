@@ -6,7 +6,8 @@ from lit_repr.data import MedMNISTDataModule
 from lit_repr.data.medmnist import medmnist_filename
 
 
-def _write(path, n_channels, label_dim, n=(12, 4, 6), size=28, n_classes=9, rng=np.random.default_rng(0)):
+def _write(path, n_channels, label_dim, n=(12, 4, 6), size=28, n_classes=9):
+    rng = np.random.default_rng(0)
     arrays = {}
     for split, k in zip(("train", "val", "test"), n):
         shape = (k, size, size) if n_channels == 1 else (k, size, size, 3)

@@ -15,8 +15,13 @@ def _blobs(n=600, d=8, c=4, seed=0):
 
 def test_ridge_classifier_equals_sklearn_accuracy():
     x, y = _blobs()
-    res = fit_probe(torch.tensor(x[:400]), torch.tensor(y[:400]), task="classification", alphas=[1.0],
-                    eval_sets={"test": (torch.tensor(x[400:]), torch.tensor(y[400:]))})
+    res = fit_probe(
+        torch.tensor(x[:400]),
+        torch.tensor(y[:400]),
+        task="classification",
+        alphas=[1.0],
+        eval_sets={"test": (torch.tensor(x[400:]), torch.tensor(y[400:]))},
+    )
     sk = RidgeClassifier(alpha=1.0).fit(x[:400], y[:400])
     # sklearn codes one-hot as ±1, we use 0/1: same argmax
     assert abs(res.scores["test"]["acc"] - sk.score(x[400:], y[400:])) < 1e-3
@@ -38,8 +43,12 @@ def test_regression_scores_and_multioutput():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 6))
     y = x[:, :2] * [1.0, -2.0] + 0.1 * rng.normal(size=(500, 2))
-    res = fit_probe(torch.tensor(x[:300]), torch.tensor(y[:300]), eval_sets={"ood": (torch.tensor(x[300:]), torch.tensor(y[300:]))})
-    assert res.scores["ood"]["r2"] > 0.99 and res.scores["ood"]["pearson"] > 0.99 and res.scores["ood"]["spearman"] > 0.99
+    res = fit_probe(
+        torch.tensor(x[:300]), torch.tensor(y[:300]), eval_sets={"ood": (torch.tensor(x[300:]), torch.tensor(y[300:]))}
+    )
+    assert (
+        res.scores["ood"]["r2"] > 0.99 and res.scores["ood"]["pearson"] > 0.99 and res.scores["ood"]["spearman"] > 0.99
+    )
 
 
 def test_readout_bad_inputs():

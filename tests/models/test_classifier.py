@@ -41,8 +41,13 @@ def test_label_smoothing_and_multilabel():
 
 @pytest.mark.parametrize(
     "kw,match",
-    [({"num_classes": 1}, "num_classes"), ({"label_smoothing": 1.0}, "label_smoothing"),
-     ({"backbone": "resnet_does_not_exist"}, "timm"), ({"hidden": []}, "hidden"), ({"lr": 0}, "lr")],
+    [
+        ({"num_classes": 1}, "num_classes"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"backbone": "resnet_does_not_exist"}, "timm"),
+        ({"hidden": []}, "hidden"),
+        ({"lr": 0}, "lr"),
+    ],
 )
 def test_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):
