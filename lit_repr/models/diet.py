@@ -1,0 +1,173 @@
+"""DIET: unsupervised representation learning with the datum index as the target.
+
+DIET (Ibrahim, Balestriero et al., "Unsupervised learning on a DIET: datum index as target
+free of self-supervision, reconstruction, projector head", 2023) trains a backbone and a
+bias-free linear head with cross-entropy where the "class" of a sample is its index in the
+training set, with strong label smoothing (0.8 in the paper). Nothing else: no pairs, no
+projector, no negatives beyond the softmax. Its representation is read with linear probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import Tensor, nn
+
+from lit_repr.models.classifier import Classifier
+from lit_repr.targets import TargetSpec, check_finite, get_target
+
+__all__ = ["DIET", "RowNormalizedLinear"]
+
+
+class RowNormalizedLinear(nn.Linear):
+    """A bias-free linear layer whose weight rows are divided by their norm in every forward
+    pass, so each logit is the projection of the features on a unit direction.
+
+    Args:
+        in_features: input dimension.
+        out_features: number of rows (classes).
+        eps: floor of the row norms.
+
+    Example:
+        >>> layer = RowNormalizedLinear(4, 3)
+        >>> torch.allclose(layer.normalized_weight.norm(dim=1), torch.ones(3))
+        True
+    """
+
+    def __init__(self, in_features: int, out_features: int, eps: float = 1e-8) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self.eps = eps
+
+    @property
+    def normalized_weight(self) -> Tensor:
+        return F.normalize(self.weight, dim=1, eps=self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        return F.linear(x, self.normalized_weight)
+
+
+class DIET(Classifier):
+    """Instance discrimination with the datum index as target (DIET).
+
+    A :class:`~lit_repr.models.classifier.Classifier` whose targets are the samples' positions in
+    the training set (``batch["index"]`` by default), whose head is bias-free with one row per
+    training sample, and whose cross-entropy uses label smoothing (``0.8``, as in the DIET paper).
+    Tappable sites are the classifier's: ``"backbone"`` (the representation), its submodules, and
+    ``"head"``.
+
+    Logged quantities: ``train/loss`` and ``train/acc``, the *instance* accuracy (how well the
+    model tells training samples apart: a memorisation score, not a class accuracy). DIET never
+    sees class labels, so it logs no class-label accuracy; in validation and test it logs
+    ``val/feature_norm`` and ``val/feature_rank`` (effective rank of the batch's centred features,
+    ``exp`` of the entropy of the normalised singular values) and leaves class information to
+    linear probes (:class:`lit_repr.callbacks.LinearProbe`). Instance indices of held-out splits
+    name other samples, so no held-out loss is computed.
+
+    Args:
+        num_samples: size of the training set (rows of the head); every ``index`` in training
+            batches must lie in ``[0, num_samples)``.
+        normalize_head: divide each head row by its norm in the forward pass
+            (:class:`RowNormalizedLinear`).
+        label_smoothing: cross-entropy label smoothing in ``[0, 1)`` (paper: 0.8).
+        target_key: where the instance index lives in a batch (target spec; default ``"index"``).
+        backbone, in_features, in_chans, hidden, activation, dropout, batch_norm, lr,
+            weight_decay, max_epochs_hint, input_key, timm_kwargs: as for
+            :class:`~lit_repr.models.classifier.Classifier`.
+
+    Example:
+        >>> model = DIET(num_samples=100, in_features=8, hidden=[16])
+        >>> batch = {"x": torch.randn(4, 8), "index": torch.tensor([0, 5, 7, 99])}
+        >>> model.get_targets(batch).tolist(), model.head.bias is None
+        ([0, 5, 7, 99], True)
+        >>> loss = model.loss_fn(model(batch["x"]), model.get_targets(batch))
+        >>> bool(torch.isfinite(loss))
+        True
+    """
+
+    def __init__(
+        self,
+        num_samples: int = 1000,
+        normalize_head: bool = False,
+        label_smoothing: float = 0.8,
+        target_key: TargetSpec = "index",
+        backbone: str = "mlp",
+        in_features: int | None = 64,
+        in_chans: int = 3,
+        hidden: Sequence[int] = (128, 128),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        max_epochs_hint: int | None = None,
+        input_key: TargetSpec = "x",
+        timm_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+            raise ValueError(
+                f"num_samples must be an int >= 2 (the training set size: one head row per sample), "
+                f"got {num_samples!r}"
+            )
+        if not isinstance(normalize_head, bool):
+            raise ValueError(f"normalize_head must be True or False, got {normalize_head!r}")
+        super().__init__(
+            num_classes=num_samples, backbone=backbone, in_features=in_features, in_chans=in_chans,
+            hidden=hidden, activation=activation, dropout=dropout, batch_norm=batch_norm,
+            head_bias=False, label_smoothing=label_smoothing, task="multiclass", lr=lr,
+            weight_decay=weight_decay, max_epochs_hint=max_epochs_hint, input_key=input_key,
+            target_key=target_key, timm_kwargs=timm_kwargs,
+        )
+        # keep only DIET's own arguments, so that load_from_checkpoint rebuilds a DIET
+        self.save_hyperparameters(ignore=["num_classes", "head_bias", "task"])
+        self.num_samples = num_samples
+        self.normalize_head = normalize_head
+        if normalize_head:
+            self.head = RowNormalizedLinear(self.backbone.num_features, num_samples)
+        # Only the training instance accuracy is meaningful (no AUROC over thousands of "classes").
+        self.metrics = nn.ModuleDict(
+            {"train_acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_samples)}
+        )
+
+    @property
+    def head_rows(self) -> Tensor:
+        """The head's rows as used in the forward pass (normalised if ``normalize_head``)."""
+        w = self.head.normalized_weight if self.normalize_head else self.head.weight
+        return w.detach()
+
+    def get_targets(self, batch: Any) -> Tensor:
+        """The instance indices of the batch (checked to lie in ``[0, num_samples)``)."""
+        idx = get_target(batch, self.target_key, "target_key")
+        if idx.is_floating_point():
+            raise ValueError(f"DIET targets must be integer sample indices, got dtype {idx.dtype}")
+        idx = idx.reshape(-1).long()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_samples):
+            raise ValueError(
+                f"DIET got sample indices in [{int(idx.min())}, {int(idx.max())}] but num_samples="
+                f"{self.num_samples}; set num_samples to the training set size"
+            )
+        return idx
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        x = get_target(batch, self.input_key, "input_key")
+        feats = check_finite(self.features(x).flatten(1), f"{stage} features")
+        bs = feats.shape[0]
+        self.log(f"{stage}/feature_norm", feats.norm(dim=1).mean(), batch_size=bs, sync_dist=True)
+        if bs > 1:
+            s = torch.linalg.svdvals(feats - feats.mean(0))
+            p = s / s.sum().clamp_min(1e-12)
+            rank = torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+            self.log(f"{stage}/feature_rank", rank, batch_size=bs, sync_dist=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        """The representation (backbone features): DIET's output of interest."""
+        return self.features(get_target(batch, self.input_key, "input_key"))
