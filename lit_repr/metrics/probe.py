@@ -20,7 +20,7 @@ import torchmetrics
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite
 
 __all__ = [
     "ProbeReadout",
@@ -358,7 +358,7 @@ class ProbeReadout(nn.Module):
     def _check_features(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.num_features:
             raise ValueError(f"features must have shape (batch, {self.num_features}), got {tuple(x.shape)}")
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError(
                 f"features contain {int((~torch.isfinite(x)).sum())} NaN/inf values; the probe was not updated"
             )

@@ -95,6 +95,15 @@ def moments_score(fit: RidgeFit, stats: "StreamingRidge") -> dict[str, Tensor]:
     return {"mse": mse, "r2": r2, "pearson": pearson}
 
 
+def all_finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN or inf (one reduction in the common case)."""
+    if not x.is_floating_point():
+        return True
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())  # the sum may overflow although every entry is finite
+
+
 def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
     """Symmetric eigendecomposition; small CPU matrices are solved on one thread, which is both
     faster (no thread start-up) and immune to the stalls multi-threaded LAPACK suffers on busy cores."""
@@ -208,7 +217,7 @@ class StreamingRidge(Metric):
         x = x.to(torch.float64)
         y = y.to(torch.float64)
         for t, what in ((x, "features"), (y, "targets")):
-            if not bool(torch.isfinite(t).all()):
+            if not all_finite(t):
                 raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
             x = x @ self.projection.to(x.device)
@@ -220,8 +229,8 @@ class StreamingRidge(Metric):
         self.n += x.shape[0]
         self.sum_x += x.sum(0)
         self.sum_y += y.sum(0)
-        self.xtx += x.T @ x
-        self.xty += x.T @ y
+        self.xtx.addmm_(x.T, x)
+        self.xty.addmm_(x.T, y)
         self.yy += (y * y).sum(0)
 
     # ------------------------------------------------------------------ solving
