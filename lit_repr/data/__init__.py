@@ -1,7 +1,14 @@
-"""DataModules with dict batches: embedded defaults and real-data loaders."""
+"""DataModules with dict batches: embedded defaults, ground-truth generators and real-data loaders."""
 
-from lit_repr.data.base import ArrayDataModule, TensorDictDataset, split_indices
+from lit_repr.data.base import ArrayDataModule, EpochSeededSampler, TensorDictDataset, split_indices
 from lit_repr.data.digits import DigitsDataModule
+from lit_repr.data.latent import InvertibleMLP, LatentVariableDataModule
 from lit_repr.data.medmnist import MedMNISTDataModule
+from lit_repr.data.sprites import SpritesDataModule, render_sprites
 
-__all__ = ["ArrayDataModule", "TensorDictDataset", "split_indices", "DigitsDataModule", "MedMNISTDataModule"]
+__all__ = [
+    "ArrayDataModule", "EpochSeededSampler", "TensorDictDataset", "split_indices",
+    "DigitsDataModule", "MedMNISTDataModule",
+    "LatentVariableDataModule", "InvertibleMLP",
+    "SpritesDataModule", "render_sprites",
+]

@@ -2,5 +2,6 @@
 
 from lit_repr.models.backbones import MLP, build_backbone
 from lit_repr.models.classifier import Classifier
+from lit_repr.models.diet import DIET
 
-__all__ = ["MLP", "build_backbone", "Classifier"]
+__all__ = ["MLP", "build_backbone", "Classifier", "DIET"]
