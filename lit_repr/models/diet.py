@@ -50,6 +50,16 @@ class RowNormalizedLinear(nn.Linear):
         return F.linear(x, self.normalized_weight)
 
 
+class _UnbuiltHead(nn.Module):
+    """Placeholder until :meth:`DIET.setup` knows the training set size."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError(
+            "DIET(num_samples=None) builds its head in setup(), once the training set size is known; "
+            "fit it with a Trainer and a DataModule, or pass num_samples"
+        )
+
+
 class DIET(Classifier):
     """Instance discrimination with the datum index as target (DIET).
 
@@ -69,7 +79,8 @@ class DIET(Classifier):
 
     Args:
         num_samples: size of the training set (rows of the head); every ``index`` in training
-            batches must lie in ``[0, num_samples)``.
+            batches must lie in ``[0, num_samples)``. ``None`` reads it from the DataModule's
+            training split when the Trainer calls :meth:`setup` (the head is built then).
         normalize_head: divide each head row by its norm in the forward pass
             (:class:`RowNormalizedLinear`).
         label_smoothing: cross-entropy label smoothing in ``[0, 1)`` (paper: 0.8).
@@ -90,7 +101,7 @@ class DIET(Classifier):
 
     def __init__(
         self,
-        num_samples: int = 1000,
+        num_samples: int | None = None,
         normalize_head: bool = False,
         label_smoothing: float = 0.8,
         target_key: TargetSpec = "index",
@@ -107,15 +118,17 @@ class DIET(Classifier):
         input_key: TargetSpec = "x",
         timm_kwargs: dict[str, Any] | None = None,
     ) -> None:
-        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        if num_samples is not None and (
+            isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2
+        ):
             raise ValueError(
-                f"num_samples must be an int >= 2 (the training set size: one head row per sample), "
-                f"got {num_samples!r}"
+                f"num_samples must be an int >= 2 (the training set size: one head row per sample) or "
+                f"None (read from the DataModule in setup), got {num_samples!r}"
             )
         if not isinstance(normalize_head, bool):
             raise ValueError(f"normalize_head must be True or False, got {normalize_head!r}")
         super().__init__(
-            num_classes=num_samples, backbone=backbone, in_features=in_features, in_chans=in_chans,
+            num_classes=num_samples or 2, backbone=backbone, in_features=in_features, in_chans=in_chans,
             hidden=hidden, activation=activation, dropout=dropout, batch_norm=batch_norm,
             head_bias=False, label_smoothing=label_smoothing, task="multiclass", lr=lr,
             weight_decay=weight_decay, max_epochs_hint=max_epochs_hint, input_key=input_key,
@@ -123,14 +136,47 @@ class DIET(Classifier):
         )
         # keep only DIET's own arguments, so that load_from_checkpoint rebuilds a DIET
         self.save_hyperparameters(ignore=["num_classes", "head_bias", "task"])
-        self.num_samples = num_samples
         self.normalize_head = normalize_head
-        if normalize_head:
-            self.head = RowNormalizedLinear(self.backbone.num_features, num_samples)
+        self.num_samples: int | None = None
+        if num_samples is not None:
+            self._build_head(num_samples)
+        else:
+            self.head = _UnbuiltHead()
+            self.metrics = nn.ModuleDict()
+
+    def _build_head(self, num_samples: int) -> None:
+        self.num_samples = self.num_classes = num_samples
+        d = self.backbone.num_features
+        self.head = RowNormalizedLinear(d, num_samples) if self.normalize_head else nn.Linear(d, num_samples, bias=False)
         # Only the training instance accuracy is meaningful (no AUROC over thousands of "classes").
         self.metrics = nn.ModuleDict(
             {"train_acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_samples)}
         )
+
+    def _train_set_size(self) -> int | None:
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        datasets = getattr(dm, "datasets", None)
+        if isinstance(datasets, dict) and "train" in datasets:
+            return len(datasets["train"])
+        return None
+
+    def setup(self, stage: str) -> None:
+        """Build the head from the training set size if ``num_samples=None``; check it otherwise."""
+        n = self._train_set_size()
+        if self.num_samples is None:
+            if n is None:
+                raise ValueError(
+                    "DIET(num_samples=None) reads the training set size from the DataModule "
+                    "(datamodule.datasets['train']); pass num_samples explicitly for other data sources"
+                )
+            self._build_head(n)
+            self.hparams["num_samples"] = n  # so that checkpoints rebuild the same head
+        elif n is not None and n > self.num_samples:
+            raise ValueError(
+                f"DIET has num_samples={self.num_samples} head rows but the training set has {n} samples; "
+                f"set num_samples={n} (or None to read it from the DataModule)"
+            )
 
     @property
     def head_rows(self) -> Tensor:

@@ -92,3 +92,22 @@ def test_trains_on_digits_and_features_carry_class_information(trainer_kwargs, t
     again = DIET.load_from_checkpoint(ckpt)
     assert again.num_samples == n and again.head.bias is None
     assert torch.equal(again.head.weight, model.head.weight)
+
+
+def test_num_samples_from_the_datamodule(trainer_kwargs, tmp_path):
+    dm = DigitsDataModule(batch_size=256)
+    model = DIET(in_features=64, hidden=[16])
+    with pytest.raises(RuntimeError, match="setup"):
+        model(torch.zeros(2, 64))
+    trainer = pl.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, **trainer_kwargs)
+    trainer.fit(model, dm)
+    n = len(dm.datasets["train"])
+    assert model.num_samples == n and model.head.weight.shape == (n, 16) and model.head.bias is None
+    ckpt = tmp_path / "lazy.ckpt"
+    trainer.save_checkpoint(ckpt)
+    again = DIET.load_from_checkpoint(ckpt)
+    assert again.num_samples == n and torch.equal(again.head.weight, model.head.weight)
+    # a head smaller than the training set is a clear error before training starts
+    small = DIET(num_samples=10, in_features=64, hidden=[16])
+    with pytest.raises(ValueError, match=f"set num_samples={n}"):
+        pl.Trainer(max_epochs=1, **trainer_kwargs).fit(small, DigitsDataModule(batch_size=256))
