@@ -1,0 +1,170 @@
+"""Synthetic sparse-coding data with ground truth: ``x = s·D`` with exactly ``K`` of ``N`` codes active.
+
+The generative process (as in the amortisation-gap study of O'Neill, Gumran & Klindt, 2025):
+
+1. a dictionary ``D`` of ``N`` random unit-norm atoms in ``R^M`` (normalised Gaussian rows);
+2. per sample, exactly ``K`` of the ``N`` features are active, drawn without replacement with
+   probabilities ``p_i ∝ i^{−zipf_exponent}`` (``0``: uniform) by the Gumbel-top-k trick;
+   ``correlation > 0`` makes the Gumbel perturbations of features in the same group of
+   ``group_size`` jointly Gaussian (copula) with that correlation, so they tend to fire together;
+3. active magnitudes are ``|N(0, 1)|``;
+4. ``x = s·D``, optionally plus isotropic Gaussian noise.
+
+Batches are ``{"x": (B, M), "codes": (B, N), "index": (B,)}``. The dictionary is not repeated in
+every sample: it is the DataModule attribute :attr:`SparseCodingDataModule.dictionary` (``(N, M)``),
+which :class:`~lit_repr.models.sae.SparseAutoencoder` reads through its ``true_dictionary()`` hook.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from scipy.special import ndtr
+from torch import Tensor
+
+from lit_repr.data.base import ArrayDataModule
+
+__all__ = ["SparseCodingDataModule", "sample_sparse_codes", "random_dictionary"]
+
+
+def random_dictionary(n_features: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """``(n_features, dim)`` atoms drawn uniformly on the unit sphere.
+
+    Example:
+        >>> D = random_dictionary(5, 3, np.random.default_rng(0))
+        >>> D.shape, bool(np.allclose(np.linalg.norm(D, axis=1), 1))
+        ((5, 3), True)
+    """
+    D = rng.standard_normal((n_features, dim))
+    return D / np.linalg.norm(D, axis=1, keepdims=True)
+
+
+def sample_sparse_codes(
+    n: int,
+    n_features: int,
+    k: int,
+    rng: np.random.Generator,
+    zipf_exponent: float = 0.0,
+    correlation: float = 0.0,
+    group_size: int = 4,
+) -> np.ndarray:
+    """``(n, n_features)`` codes with exactly ``k`` non-zeros per row, magnitudes ``|N(0, 1)|``.
+
+    Args:
+        n: samples.
+        n_features: features ``N``.
+        k: active features per sample.
+        rng: numpy generator.
+        zipf_exponent: firing probabilities ``∝ rank^{−zipf_exponent}``.
+        correlation: Gaussian-copula correlation of the selection noise within feature groups.
+        group_size: features per correlated group.
+
+    Example:
+        >>> s = sample_sparse_codes(4, 6, 2, np.random.default_rng(0))
+        >>> (s != 0).sum(1).tolist()
+        [2, 2, 2, 2]
+    """
+    logits = -zipf_exponent * np.log(np.arange(1, n_features + 1))
+    if correlation > 0:
+        z = rng.standard_normal((n, n_features))
+        groups = np.arange(n_features) // group_size
+        shared = rng.standard_normal((n, int(groups.max()) + 1))[:, groups]
+        z = math.sqrt(1 - correlation) * z + math.sqrt(correlation) * shared
+        u = np.clip(ndtr(z), 1e-12, 1 - 1e-12)
+    else:
+        u = rng.uniform(1e-12, 1 - 1e-12, size=(n, n_features))
+    gumbel = -np.log(-np.log(u))
+    active = np.argpartition(-(logits + gumbel), k - 1, axis=1)[:, :k]
+    codes = np.zeros((n, n_features))
+    rows = np.arange(n)[:, None]
+    codes[rows, active] = np.abs(rng.standard_normal((n, k)))
+    return codes
+
+
+class SparseCodingDataModule(ArrayDataModule):
+    """Synthetic sparse-coding data ``x = s·D`` with the true codes in every batch.
+
+    Args:
+        n_features: number of ground-truth features ``N``.
+        dim: observation dimension ``M``.
+        k: active features per sample (``1 <= k <= n_features``).
+        n_train: training samples.
+        n_val: validation samples.
+        n_test: test samples.
+        zipf_exponent: Zipfian firing (``0``: every feature equally likely).
+        correlation: within-group correlation of feature selection, in ``[0, 1)``.
+        group_size: features per correlated group.
+        noise_std: standard deviation of additive Gaussian noise on ``x``.
+        batch_size: samples per batch.
+        num_workers: DataLoader workers.
+        seed: seed of the codes (and of the dictionary unless ``dictionary_seed`` is given).
+        dictionary_seed: separate seed for the dictionary.
+        eval_batch_size: evaluation batch size.
+
+    Example:
+        >>> dm = SparseCodingDataModule(n_features=16, dim=8, k=3, n_train=64, n_val=32, n_test=32, batch_size=16)
+        >>> dm.setup("fit"); b = next(iter(dm.train_dataloader()))
+        >>> b["x"].shape, b["codes"].shape, dm.dictionary.shape
+        (torch.Size([16, 8]), torch.Size([16, 16]), torch.Size([16, 8]))
+    """
+
+    def __init__(
+        self,
+        n_features: int = 16,
+        dim: int = 8,
+        k: int = 3,
+        n_train: int = 1024,
+        n_val: int = 1024,
+        n_test: int = 1024,
+        zipf_exponent: float = 0.0,
+        correlation: float = 0.0,
+        group_size: int = 4,
+        noise_std: float = 0.0,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        seed: int = 0,
+        dictionary_seed: int | None = None,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
+        for name, v in (("n_features", n_features), ("dim", dim), ("k", k), ("n_train", n_train),
+                        ("group_size", group_size)):  # fmt: skip
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        for name, v in (("n_val", n_val), ("n_test", n_test)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+        if k > n_features:
+            raise ValueError(f"k must be <= n_features={n_features}, got {k}")
+        if not (zipf_exponent >= 0 and math.isfinite(zipf_exponent)):
+            raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}")
+        if not 0 <= correlation < 1:
+            raise ValueError(f"correlation must be in [0, 1), got {correlation!r}")
+        if not (noise_std >= 0 and math.isfinite(noise_std)):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        self.save_hyperparameters()
+        self.n_features, self.dim, self.k = n_features, dim, k
+        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self.zipf_exponent, self.correlation, self.group_size = zipf_exponent, correlation, group_size
+        self.noise_std = noise_std
+        self.dictionary_seed = dictionary_seed
+        rng = np.random.default_rng([seed if dictionary_seed is None else dictionary_seed, 1])
+        #: the true dictionary, ``(n_features, dim)`` unit-norm rows
+        self.dictionary: Tensor = torch.as_tensor(random_dictionary(n_features, dim, rng), dtype=torch.float32)
+
+    def build_splits(self) -> dict[str, dict[str, Tensor]]:
+        rng = np.random.default_rng([self.seed, 2])
+        D = self.dictionary.double().numpy()
+        out = {}
+        for split, n in self.sizes.items():
+            if n == 0:
+                continue
+            s = sample_sparse_codes(n, self.n_features, self.k, rng, self.zipf_exponent, self.correlation,
+                                    self.group_size)  # fmt: skip
+            x = s @ D
+            if self.noise_std > 0:
+                x = x + self.noise_std * rng.standard_normal(x.shape)
+            out[split] = {"x": torch.as_tensor(x, dtype=torch.float32), "codes": torch.as_tensor(s, dtype=torch.float32)}
+        return out
