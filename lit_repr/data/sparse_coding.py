@@ -166,5 +166,8 @@ class SparseCodingDataModule(ArrayDataModule):
             x = s @ D
             if self.noise_std > 0:
                 x = x + self.noise_std * rng.standard_normal(x.shape)
-            out[split] = {"x": torch.as_tensor(x, dtype=torch.float32), "codes": torch.as_tensor(s, dtype=torch.float32)}
+            out[split] = {
+                "x": torch.as_tensor(x, dtype=torch.float32),
+                "codes": torch.as_tensor(s, dtype=torch.float32),
+            }
         return out

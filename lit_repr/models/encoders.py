@@ -105,7 +105,9 @@ class SparseEncoder(nn.Module):
         if not self._built:
             self.build(dictionary.shape[1], dictionary.shape[0])
         if x.ndim != 2 or x.shape[1] != self.d_in:
-            raise ValueError(f"{type(self).__name__} expects inputs of shape (batch, {self.d_in}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (batch, {self.d_in}), got {tuple(x.shape)}"
+            )
         if dictionary.shape != (self.n_latents, self.d_in):
             raise ValueError(
                 f"dictionary must have shape ({self.n_latents}, {self.d_in}), got {tuple(dictionary.shape)}"

@@ -390,7 +390,7 @@ class SparseAutoencoder(pl.LightningModule):
         true_dictionary: optional ``(n_true, d_in)`` ground-truth dictionary.
         mcc_max_samples: evaluation samples kept for the code MCC.
         image_shape: ``(H, W)`` or ``(C, H, W)`` to log atoms as images.
-        seed: seed of the dictionary initialisation (``None``: the global RNG).
+        init_seed: seed of the dictionary initialisation (``None``: the global RNG).
 
     Example:
         >>> sae = SparseAutoencoder(d_in=8, n_latents=16, variant="topk", k=3)
@@ -423,7 +423,7 @@ class SparseAutoencoder(pl.LightningModule):
         true_dictionary: Tensor | None = None,
         mcc_max_samples: int = 4096,
         image_shape: Sequence[int] | None = None,
-        seed: int | None = None,
+        init_seed: int | None = None,
     ) -> None:
         super().__init__()
         _positive_int("d_in", d_in)
@@ -431,8 +431,10 @@ class SparseAutoencoder(pl.LightningModule):
         if variant not in SAE_VARIANTS:
             raise ValueError(f"variant must be one of {sorted(SAE_VARIANTS)}, got {variant!r}")
         _positive_int("k", k)
-        if k > n_latents:
-            raise ValueError(f"k must be <= n_latents={n_latents} (a TopK code cannot have more active latents), got {k}")
+        if k > n_latents and "k" in inspect.signature(SAE_VARIANTS[variant].__init__).parameters:
+            raise ValueError(
+                f"k must be <= n_latents={n_latents} (a TopK code cannot have more active latents), got {k}"
+            )
         _nonneg("l1_coefficient", l1_coefficient)
         if aux_k is not None:
             _positive_int("aux_k", aux_k)
@@ -445,7 +447,9 @@ class SparseAutoencoder(pl.LightningModule):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
         _nonneg("l0_coefficient", l0_coefficient)
         if decoder_bias_init not in ("geometric_median", "mean", "zeros"):
-            raise ValueError(f"decoder_bias_init must be 'geometric_median', 'mean' or 'zeros', got {decoder_bias_init!r}")
+            raise ValueError(
+                f"decoder_bias_init must be 'geometric_median', 'mean' or 'zeros', got {decoder_bias_init!r}"
+            )
         _positive_int("bias_init_batches", bias_init_batches)
         check_target_spec(input_key, "input_key")
         if codes_key is not None:
@@ -457,7 +461,9 @@ class SparseAutoencoder(pl.LightningModule):
         if true_dictionary is not None:
             true_dictionary = torch.as_tensor(true_dictionary, dtype=torch.float32)
             if true_dictionary.ndim != 2 or true_dictionary.shape[1] != d_in:
-                raise ValueError(f"true_dictionary must have shape (n_true, {d_in}), got {tuple(true_dictionary.shape)}")
+                raise ValueError(
+                    f"true_dictionary must have shape (n_true, {d_in}), got {tuple(true_dictionary.shape)}"
+                )
         self.save_hyperparameters(ignore=["encoder", "true_dictionary"])
         self.d_in, self.n_latents = d_in, n_latents
         self.input_key, self.codes_key = input_key, codes_key
@@ -466,7 +472,7 @@ class SparseAutoencoder(pl.LightningModule):
         self.image_shape = image_shape
         self._true_dictionary = true_dictionary
 
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        gen = torch.Generator().manual_seed(init_seed) if init_seed is not None else None
         W = torch.randn(n_latents, d_in, generator=gen)
         self.W_dec = nn.Parameter(W / W.norm(dim=1, keepdim=True))
         self.b_dec = nn.Parameter(torch.zeros(d_in))

@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+import torch
+
+from lit_repr.data.sparse_coding import SparseCodingDataModule, random_dictionary, sample_sparse_codes
+
+
+def test_batches_carry_codes_and_x_is_codes_times_dictionary():
+    dm = SparseCodingDataModule(n_features=16, dim=8, k=3, n_train=200, n_val=50, n_test=60, batch_size=32)
+    dm.setup()
+    assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 200, "val": 50, "test": 60}
+    t = dm.datasets["train"].tensors
+    assert ((t["codes"] != 0).sum(1) == 3).all()
+    assert (t["codes"] >= 0).all()
+    assert torch.allclose(t["x"], t["codes"] @ dm.dictionary, atol=1e-5)
+    assert torch.allclose(dm.dictionary.norm(dim=1), torch.ones(16), atol=1e-6)
+    b = next(iter(dm.train_dataloader()))
+    assert set(b) == {"x", "codes", "index"}
+
+
+def test_reproducible_and_dictionary_seed():
+    a = SparseCodingDataModule(seed=3, n_train=10, n_val=0, n_test=0)
+    b = SparseCodingDataModule(seed=3, n_train=10, n_val=0, n_test=0)
+    a.setup(), b.setup()
+    assert torch.equal(a.datasets["train"].tensors["x"], b.datasets["train"].tensors["x"])
+    c = SparseCodingDataModule(seed=4, dictionary_seed=3, n_train=10, n_val=0, n_test=0)
+    c.setup()
+    assert torch.equal(a.dictionary, c.dictionary)  # same dictionary, new codes
+    assert not torch.equal(a.datasets["train"].tensors["codes"], c.datasets["train"].tensors["codes"])
+    assert not torch.equal(a.dictionary, SparseCodingDataModule(seed=4).dictionary)
+
+
+def test_magnitudes_half_normal_and_uniform_firing():
+    s = sample_sparse_codes(20000, 8, 2, np.random.default_rng(0))
+    active = s[s != 0]
+    assert abs(active.mean() - np.sqrt(2 / np.pi)) < 0.02
+    freq = (s != 0).mean(0)
+    assert np.allclose(freq, 2 / 8, atol=0.01)
+
+
+def test_zipfian_firing_and_correlation():
+    s = sample_sparse_codes(20000, 8, 1, np.random.default_rng(0), zipf_exponent=1.0)
+    freq = (s != 0).mean(0)
+    p = 1 / np.arange(1, 9)
+    assert np.allclose(freq, p / p.sum(), atol=0.01)  # k=1: exactly the Zipf probabilities
+    s0 = sample_sparse_codes(20000, 8, 2, np.random.default_rng(0), correlation=0.0, group_size=4)
+    s1 = sample_sparse_codes(20000, 8, 2, np.random.default_rng(0), correlation=0.9, group_size=4)
+
+    def same_group(s):
+        idx = np.argwhere(s != 0)[:, 1].reshape(-1, 2)
+        return np.mean(idx[:, 0] // 4 == idx[:, 1] // 4)
+
+    assert same_group(s1) > same_group(s0) + 0.1
+    assert ((s1 != 0).sum(1) == 2).all()
+
+
+def test_random_dictionary_unit_norm():
+    D = random_dictionary(10, 4, np.random.default_rng(1))
+    assert np.allclose(np.linalg.norm(D, axis=1), 1)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"k": 17}, "k must be <= n_features=16"),
+        ({"n_features": 0}, "n_features"),
+        ({"correlation": 1.0}, "correlation"),
+        ({"zipf_exponent": -1.0}, "zipf_exponent"),
+        ({"noise_std": -0.1}, "noise_std"),
+        ({"n_val": -1}, "n_val"),
+    ],
+)
+def test_bad_arguments(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SparseCodingDataModule(**kw)
