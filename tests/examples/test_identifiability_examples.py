@@ -34,12 +34,12 @@ def _finite(results):
 
 
 def test_supervised_identifiability_quick(capsys):
-    res = _load("supervised_identifiability").main(["--quick", "--epochs", "10", "--num-train", "3000"])
+    res = _load("supervised_identifiability").main(["--quick", "--epochs", "8", "--num-train", "3000"])
     _finite(res)
     out = capsys.readouterr().out
     assert "class vectors v <- trained head rows (10-fold CV)" in out
     # even a short run identifies more than chance: trained head rows carry the class vectors
-    assert res["class_r2_in/trained head rows"] > 0.3
+    assert res["class_r2_in/trained head rows"] > 0.2
     assert res["class_r2_cv/untrained head rows"] < 0.1
     assert 0 < res["test_acc"] <= res["bayes_acc"] + 0.05
 
