@@ -18,8 +18,9 @@ probe for the class beside the Bayes accuracy, and the R² of the training laten
 rows.
 
 Part 2, scikit-learn digits: DIET (with small random shifts and pixel noise as augmentation)
-against a supervised classifier, the same network untrained, and raw pixels, by the test accuracy
-of a logistic probe on the penultimate features.
+against a supervised classifier, the same network untrained, and raw pixels, by the accuracy of a
+logistic probe on the penultimate features (fitted on the training images, scored on the 539
+validation and test images).
 
 Run: ``python examples/diet_identifiability.py`` (a few minutes on 2 CPU cores) or ``--quick``.
 """
@@ -211,7 +212,9 @@ def digits_part(quick: bool, seed: int, epochs: int | None) -> tuple[list[tuple[
     sup = Classifier(num_classes=10, max_epochs_hint=sup_epochs, **enc)
     untrained = copy.deepcopy(sup)
     _trainer(sup_epochs).fit(sup, DigitsDataModule(batch_size=128, seed=seed))
-    tr, te = dm.datasets["train"].tensors, dm.datasets["test"].tensors
+    tr = dm.datasets["train"].tensors
+    # score on validation + test images together (539 images) for a less noisy accuracy
+    te = {k: torch.cat([dm.datasets["val"].tensors[k], dm.datasets["test"].tensors[k]]) for k in ("x", "y")}
     rows = []
     results = {}
     for name, model in (("DIET (no labels)", diet), ("supervised classifier", sup),
@@ -225,9 +228,9 @@ def digits_part(quick: bool, seed: int, epochs: int | None) -> tuple[list[tuple[
         results[f"digits/{name}/probe_acc"] = acc
     print(f"\nPart 2: digits ({n} training images), MLP 64-256-128, DIET {diet_epochs} epochs with shift+noise "
           f"augmentation, supervised {sup_epochs} epochs")
-    print(f"{'features':<36} {'test probe acc':>15}")
+    print(f"{'features':<36} {'held-out probe acc':>19}")
     for label, acc in rows:
-        print(f"{label:<36} {acc:15.3f}")
+        print(f"{label:<36} {acc:19.3f}")
     return rows, results
 
 
