@@ -147,7 +147,10 @@ class DIET(Classifier):
     def _build_head(self, num_samples: int) -> None:
         self.num_samples = self.num_classes = num_samples
         d = self.backbone.num_features
-        self.head = RowNormalizedLinear(d, num_samples) if self.normalize_head else nn.Linear(d, num_samples, bias=False)
+        if self.normalize_head:
+            self.head = RowNormalizedLinear(d, num_samples)
+        else:
+            self.head = nn.Linear(d, num_samples, bias=False)
         # Only the training instance accuracy is meaningful (no AUROC over thousands of "classes").
         self.metrics = nn.ModuleDict(
             {"train_acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_samples)}
