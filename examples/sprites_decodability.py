@@ -72,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     epochs = args.epochs or (10 if args.quick else 15)
-    num_train = args.num_train or (4_000 if args.quick else 10_000)
+    num_train = args.num_train or (4_000 if args.quick else 20_000)
     size = args.image_size or (32 if args.quick else 64)
     pl.seed_everything(args.seed, verbose=False)
     dm = SpritesDataModule(
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         image_size=size, layout="flat", batch_size=128, seed=args.seed,
     )
     dm.setup("fit")
-    model = Classifier(num_classes=dm.num_classes, in_features=size * size, hidden=[512, 128], lr=3e-3,
+    model = Classifier(num_classes=dm.num_classes, in_features=size * size, hidden=[512, 128], lr=1e-3,
                        weight_decay=1e-4, max_epochs_hint=epochs)
     untrained = copy.deepcopy(model)
     trainer = pl.Trainer(
