@@ -90,3 +90,21 @@ def test_configs_run(tmp_path, config, overrides):
     assert any(k.startswith("probe/") for k in metrics), sorted(metrics)
     if hasattr(cli.model, "num_samples"):  # DIET's head follows the (overridden) training set size
         assert cli.model.num_samples == len(cli.datamodule.datasets["train"]) == 400
+
+
+@pytest.mark.slow
+def test_supervised_identifiability_default_size():
+    """At the default size (a few minutes) the trained encoder and head are near-linearly identified."""
+    res = _load("supervised_identifiability").main([])
+    assert res["latents_r2/trained encoder"] > 0.95
+    assert res["class_r2_cv/trained head rows"] > 0.95
+    assert res["latents_r2/trained encoder"] > res["latents_r2/raw observations x"] + 0.1
+
+
+@pytest.mark.slow
+def test_sprites_decodability_default_size():
+    """Training on shape makes scale more, and position less, linearly decodable than at init."""
+    res = _load("sprites_decodability").main([])
+    assert res["shape_acc"] > 0.7
+    assert res["trained (shape) penultimate/scale/pearson"] > res["untrained penultimate/scale/pearson"] + 0.05
+    assert res["trained (shape) penultimate/pos_x/pearson"] < res["raw pixels/pos_x/pearson"]
