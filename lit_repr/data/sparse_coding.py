@@ -89,7 +89,8 @@ class SparseCodingDataModule(ArrayDataModule):
     Args:
         n_features: number of ground-truth features ``N``.
         dim: observation dimension ``M``.
-        k: active features per sample (``1 <= k <= n_features``).
+        n_active: active features per sample ``K`` (``1 <= n_active <= n_features``); named so as
+            not to clash with an SAE's ``k`` when Lightning merges hyperparameters.
         n_train: training samples.
         n_val: validation samples.
         n_test: test samples.
@@ -104,7 +105,7 @@ class SparseCodingDataModule(ArrayDataModule):
         eval_batch_size: evaluation batch size.
 
     Example:
-        >>> dm = SparseCodingDataModule(n_features=16, dim=8, k=3, n_train=64, n_val=32, n_test=32, batch_size=16)
+        >>> dm = SparseCodingDataModule(n_features=16, dim=8, n_active=3, n_train=64, n_val=32, n_test=32, batch_size=16)
         >>> dm.setup("fit"); b = next(iter(dm.train_dataloader()))
         >>> b["x"].shape, b["codes"].shape, dm.dictionary.shape
         (torch.Size([16, 8]), torch.Size([16, 16]), torch.Size([16, 8]))
@@ -114,7 +115,7 @@ class SparseCodingDataModule(ArrayDataModule):
         self,
         n_features: int = 16,
         dim: int = 8,
-        k: int = 3,
+        n_active: int = 3,
         n_train: int = 1024,
         n_val: int = 1024,
         n_test: int = 1024,
@@ -129,15 +130,15 @@ class SparseCodingDataModule(ArrayDataModule):
         eval_batch_size: int | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
-        for name, v in (("n_features", n_features), ("dim", dim), ("k", k), ("n_train", n_train),
+        for name, v in (("n_features", n_features), ("dim", dim), ("n_active", n_active), ("n_train", n_train),
                         ("group_size", group_size)):  # fmt: skip
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         for name, v in (("n_val", n_val), ("n_test", n_test)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if k > n_features:
-            raise ValueError(f"k must be <= n_features={n_features}, got {k}")
+        if n_active > n_features:
+            raise ValueError(f"n_active must be <= n_features={n_features}, got {n_active}")
         if not (zipf_exponent >= 0 and math.isfinite(zipf_exponent)):
             raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}")
         if not 0 <= correlation < 1:
@@ -145,7 +146,7 @@ class SparseCodingDataModule(ArrayDataModule):
         if not (noise_std >= 0 and math.isfinite(noise_std)):
             raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         self.save_hyperparameters()
-        self.n_features, self.dim, self.k = n_features, dim, k
+        self.n_features, self.dim, self.n_active = n_features, dim, n_active
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.zipf_exponent, self.correlation, self.group_size = zipf_exponent, correlation, group_size
         self.noise_std = noise_std
@@ -161,7 +162,7 @@ class SparseCodingDataModule(ArrayDataModule):
         for split, n in self.sizes.items():
             if n == 0:
                 continue
-            s = sample_sparse_codes(n, self.n_features, self.k, rng, self.zipf_exponent, self.correlation,
+            s = sample_sparse_codes(n, self.n_features, self.n_active, rng, self.zipf_exponent, self.correlation,
                                     self.group_size)  # fmt: skip
             x = s @ D
             if self.noise_std > 0:

@@ -6,7 +6,7 @@ from lit_repr.data.sparse_coding import SparseCodingDataModule, random_dictionar
 
 
 def test_batches_carry_codes_and_x_is_codes_times_dictionary():
-    dm = SparseCodingDataModule(n_features=16, dim=8, k=3, n_train=200, n_val=50, n_test=60, batch_size=32)
+    dm = SparseCodingDataModule(n_features=16, dim=8, n_active=3, n_train=200, n_val=50, n_test=60, batch_size=32)
     dm.setup()
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 200, "val": 50, "test": 60}
     t = dm.datasets["train"].tensors
@@ -62,7 +62,7 @@ def test_random_dictionary_unit_norm():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"k": 17}, "k must be <= n_features=16"),
+        ({"n_active": 17}, "n_active must be <= n_features=16"),
         ({"n_features": 0}, "n_features"),
         ({"correlation": 1.0}, "correlation"),
         ({"zipf_exponent": -1.0}, "zipf_exponent"),
