@@ -105,7 +105,7 @@ class SparseCodingDataModule(ArrayDataModule):
         eval_batch_size: evaluation batch size.
 
     Example:
-        >>> dm = SparseCodingDataModule(n_features=16, dim=8, n_active=3, n_train=64, n_val=32, n_test=32, batch_size=16)
+        >>> dm = SparseCodingDataModule(n_features=16, dim=8, n_active=3, n_train=64, batch_size=16)
         >>> dm.setup("fit"); b = next(iter(dm.train_dataloader()))
         >>> b["x"].shape, b["codes"].shape, dm.dictionary.shape
         (torch.Size([16, 8]), torch.Size([16, 16]), torch.Size([16, 8]))

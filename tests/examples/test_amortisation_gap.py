@@ -20,7 +20,7 @@ def test_amortisation_gap_quick(capsys):
     results = mod.run(seeds=1, n_train=128, n_test=128, steps=60, sc_steps=15, verbose=False)
     table = mod.format_table(results)
     assert "0.566" in table and "0.691" in table and "FLOPs/sample" in table
-    for name, runs in results.items():
+    for runs in results.values():
         assert len(runs) == 1
         r = runs[0]
         assert 0 < r["code_mcc"] <= 1 and 0 < r["dict_mcc"] <= 1 and r["flops"] > 0
