@@ -303,10 +303,12 @@ class ISTAEncoder(SparseEncoder):
             s = s.detach().clone()
         else:
             s = torch.zeros_like(c)
+        s = s.to(c.dtype)
         y = s
         t = 1.0
         converged_at = torch.full((x.shape[0],), float(self.max_iter), device=x.device)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        out = s
+        rows = torch.arange(x.shape[0], device=x.device)  # samples still iterating
         for it in range(1, self.max_iter + 1):
             grad = (y @ G if use_gram else (y @ W) @ W.T) - c
             s_new = self._shrink(y - step * grad, thr)
@@ -319,14 +321,22 @@ class ISTAEncoder(SparseEncoder):
             if self.tol > 0:
                 change = (s_new - s).abs().amax(1)
                 scale = s_new.abs().amax(1).clamp_min(1e-12)
-                now = (change <= self.tol * scale) & ~done
-                converged_at[now] = float(it)
-                done |= now
+                now = change <= self.tol * scale
                 s = s_new
-                if bool(done.all()):
-                    break
+                if bool(now.any()):
+                    # converged samples leave the batch: the rest iterate on a smaller matrix
+                    converged_at[rows[now]] = float(it)
+                    out[rows[now]] = s[now]
+                    keep = ~now
+                    rows, s, y, c = rows[keep], s[keep], y[keep], c[keep]
+                    if rows.numel() == 0:
+                        break
             else:
                 s = s_new
+        if self.tol > 0:
+            if rows.numel():
+                out[rows] = s
+            s = out
         self.last_iterations = float(converged_at.mean()) if self.tol > 0 else float(self.max_iter)
         return s
 
