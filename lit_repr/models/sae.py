@@ -126,6 +126,73 @@ def auxk_loss(residual: Tensor, pre: Tensor, dead: Tensor, dictionary: Tensor, a
     return (residual - recon).pow(2).sum(-1).mean()
 
 
+# ---------------------------------------------------------------------------------------- sparse TopK kernels
+def _segment_sum(idx: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
+    """``out[j] = Σ_{(b, s): idx[b, s] = j} weights[b, s] · rows[b]``, shape ``(n, d)``: the weight
+    gradient of a top-k layer, ``O(B·k·d)`` instead of the dense ``O(B·n·d)``."""
+    flat = idx.reshape(-1)
+    order = flat.argsort()
+    counts = torch.bincount(flat, minlength=n)
+    offsets = torch.zeros(n, dtype=torch.long, device=idx.device)
+    offsets[1:] = counts.cumsum(0)[:-1]
+    sample = torch.div(order, idx.shape[1], rounding_mode="floor")
+    w = weights.reshape(-1)[order].to(rows.dtype)
+    return F.embedding_bag(sample, rows, offsets, per_sample_weights=w, mode="sum")
+
+
+def _gather_dot(table: Tensor, idx: Tensor, vec: Tensor, chunk: int = 256) -> Tensor:
+    """``out[b, s] = table[idx[b, s]] · vec[b]`` in chunks (no ``(B, k, d)`` tensor held at once)."""
+    out = torch.empty(idx.shape, dtype=vec.dtype, device=vec.device)
+    for i in range(0, idx.shape[0], chunk):
+        out[i : i + chunk] = torch.bmm(table[idx[i : i + chunk]], vec[i : i + chunk, :, None])[..., 0]
+    return out
+
+
+class _TopKEncode(torch.autograd.Function):
+    """``vals, idx = topk(relu(x_c W_encᵀ + b_enc), k)`` with a sparse backward: only the ``k``
+    selected latents of each sample receive gradient, so the weight gradient costs ``O(B·k·d)``."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None, k: int):
+        pre = torch.addmm(bias, x, weight.T) if bias is not None else x @ weight.T
+        vals, idx = pre.topk(k, dim=-1)
+        pos = vals > 0
+        vals = vals * pos
+        ctx.save_for_backward(x, weight, idx, pos)
+        ctx.has_bias = bias is not None
+        ctx.mark_non_differentiable(idx, pre)
+        return vals, idx, pre
+
+    @staticmethod
+    def backward(ctx, g_vals: Tensor, g_idx: Any, g_pre: Any):
+        x, weight, idx, pos = ctx.saved_tensors
+        g = g_vals * pos
+        n = weight.shape[0]
+        g_x = F.embedding_bag(idx, weight, per_sample_weights=g, mode="sum") if ctx.needs_input_grad[0] else None
+        g_w = _segment_sum(idx, g, x, n) if ctx.needs_input_grad[1] else None
+        g_b = None
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            g_b = torch.zeros(n, dtype=g.dtype, device=g.device).index_add_(0, idx.reshape(-1), g.reshape(-1))
+        return g_x, g_w, g_b, None
+
+
+class _SparseDecode(torch.autograd.Function):
+    """``x̂ = Σ_s vals[b, s] · W_dec[idx[b, s]] + b_dec``, reading only the ``k`` active atoms."""
+
+    @staticmethod
+    def forward(ctx, vals: Tensor, idx: Tensor, weight: Tensor, bias: Tensor):
+        ctx.save_for_backward(vals, idx, weight)
+        return F.embedding_bag(idx, weight, per_sample_weights=vals, mode="sum") + bias
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor):
+        vals, idx, weight = ctx.saved_tensors
+        g_vals = _gather_dot(weight, idx, g_out) if ctx.needs_input_grad[0] else None
+        g_w = _segment_sum(idx, vals, g_out, weight.shape[0]) if ctx.needs_input_grad[2] else None
+        g_b = g_out.sum(0) if ctx.needs_input_grad[3] else None
+        return g_vals, None, g_w, g_b
+
+
 # ---------------------------------------------------------------------------------------- variants
 class SAEVariant(nn.Module):
     """A nonlinearity plus the losses that go with it. Subclass and :func:`register_variant` to add one.
@@ -391,6 +458,9 @@ class SparseAutoencoder(pl.LightningModule):
         mcc_max_samples: evaluation samples kept for the code MCC.
         image_shape: ``(H, W)`` or ``(C, H, W)`` to log atoms as images.
         init_seed: seed of the dictionary initialisation (``None``: the global RNG).
+        sparse_kernels: for the TopK variant with the amortised linear encoder, decode from the
+            ``k`` active atoms only and backpropagate into the ``k`` selected latents only
+            (``O(B·k·d)`` instead of ``O(B·n·d)`` for everything but the encoder's forward matmul).
 
     Example:
         >>> sae = SparseAutoencoder(d_in=8, n_latents=16, variant="topk", k=3)
@@ -424,6 +494,7 @@ class SparseAutoencoder(pl.LightningModule):
         mcc_max_samples: int = 4096,
         image_shape: Sequence[int] | None = None,
         init_seed: int | None = None,
+        sparse_kernels: bool = True,
     ) -> None:
         super().__init__()
         _positive_int("d_in", d_in)
@@ -468,6 +539,7 @@ class SparseAutoencoder(pl.LightningModule):
         self.d_in, self.n_latents = d_in, n_latents
         self.input_key, self.codes_key = input_key, codes_key
         self.normalize_atoms = normalize_atoms
+        self.sparse_kernels = sparse_kernels
         self.decoder_bias_init = decoder_bias_init
         self.image_shape = image_shape
         self._true_dictionary = true_dictionary
@@ -521,10 +593,28 @@ class SparseAutoencoder(pl.LightningModule):
             raise ValueError(f"input contains {n_bad} non-finite values (NaN or inf) out of {x.numel()}")
         return x
 
+    def _sparse_path(self) -> bool:
+        return (
+            self.sparse_kernels
+            and type(self.variant) is TopKVariant
+            and isinstance(self.encoder, AmortisedEncoder)
+            and type(self.encoder) is AmortisedEncoder
+        )
+
     def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-        """``(codes, pre-activations, top-k support or None)`` for inputs ``x`` of shape ``(B, d_in)``."""
+        """``(codes, pre-activations, top-k support or None)`` for inputs ``x`` of shape ``(B, d_in)``.
+
+        On the sparse TopK path (``sparse_kernels=True``, TopK variant, amortised linear encoder) the
+        pre-activations are returned without gradient; only the ``k`` selected latents backpropagate.
+        """
         x = self._check_input(x.to(self.W_dec.dtype))
-        pre = self.encoder(x - self.b_dec, self.W_dec)
+        x_c = x - self.b_dec
+        if self._sparse_path():
+            lin = self.encoder.linear
+            vals, idx, pre = _TopKEncode.apply(x_c, lin.weight, lin.bias, self.variant.k)
+            codes = torch.zeros_like(pre).scatter(-1, idx, vals)
+            return self.latents(codes), pre, (vals, idx)
+        pre = self.encoder(x_c, self.W_dec)
         codes, support = self.variant.activate(pre)
         return self.latents(codes), pre, support
 
@@ -536,7 +626,7 @@ class SparseAutoencoder(pl.LightningModule):
         """``b_dec + codes·W_dec``; with a top-k ``support`` only the ``k`` active atoms are read."""
         if support is not None:
             vals, idx = support
-            return F.embedding_bag(idx, self.W_dec, per_sample_weights=vals, mode="sum") + self.b_dec
+            return _SparseDecode.apply(vals, idx, self.W_dec, self.b_dec)
         return codes @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
@@ -552,6 +642,14 @@ class SparseAutoencoder(pl.LightningModule):
         codes, pre, support = self.encode_with_hidden_pre(x)
         recon = self.decode(codes, support)
         residual = x - recon
+        if not pre.requires_grad and self.training and self.variant.uses_dead_latents and torch.is_grad_enabled():
+            dead = self.dead_latents()
+            if bool(dead.any()):  # sparse path: recompute the dead latents' pre-activations with gradient
+                lin = self.encoder.linear
+                b = lin.bias[dead] if lin.bias is not None else None
+                pre_dead = F.linear(x.to(self.W_dec.dtype) - self.b_dec, lin.weight[dead], b)
+                pre = pre.detach().clone()
+                pre[:, dead] = pre_dead
         out = {"mse_loss": residual.pow(2).sum(-1).mean()}
         out.update(self.variant.losses(self, pre, codes, residual))
         out["loss"] = sum(out.values())

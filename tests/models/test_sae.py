@@ -242,3 +242,30 @@ def test_ground_truth_metrics_and_tensorboard(tmp_path, trainer_kwargs):
     ev.Reload()
     assert "val/firing_frequency_log10" in ev.Tags()["histograms"]
     assert "val/atoms" in ev.Tags()["images"]
+
+
+@pytest.mark.parametrize("with_dead", [False, True])
+def test_sparse_topk_kernels_match_dense_gradients(with_dead):
+    torch.manual_seed(0)
+    kw = dict(d_in=12, n_latents=40, variant="topk", k=5, aux_k=4, init_seed=1)
+    sparse, dense = SparseAutoencoder(**kw, sparse_kernels=True), SparseAutoencoder(**kw, sparse_kernels=False)
+    dense.load_state_dict(sparse.state_dict())
+    with torch.no_grad():
+        for m in (sparse, dense):
+            m.b_dec.copy_(torch.linspace(-0.5, 0.5, 12))
+            m.encoder.linear.bias.copy_(torch.linspace(-0.2, 0.2, 40))
+    if with_dead:
+        for m in (sparse, dense):
+            m.samples_since_fired[::3] = m.hparams.dead_after
+    x = torch.randn(30, 12)
+    for m in (sparse, dense):
+        m.train()
+        m.zero_grad()
+        out = m.compute_losses(x)
+        out["loss"].backward()
+        m._out = out
+    assert sparse._sparse_path() and not dense._sparse_path()
+    assert torch.allclose(sparse._out["loss"], dense._out["loss"], atol=1e-5)
+    assert ("auxk" in sparse._out) == ("auxk" in dense._out)
+    for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5), name
