@@ -275,7 +275,7 @@ class TopKVariant(SAEVariant):
     def activate(self, pre: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         vals, idx = pre.topk(self.k, dim=-1)
         vals = F.relu(vals)
-        codes = torch.zeros_like(pre).scatter(-1, idx, vals)
+        codes = torch.zeros_like(pre).scatter_(-1, idx, vals)
         return codes, (vals, idx)
 
     def losses(self, sae: "SparseAutoencoder", pre: Tensor, codes: Tensor, residual: Tensor) -> dict[str, Tensor]:
@@ -612,7 +612,7 @@ class SparseAutoencoder(pl.LightningModule):
         if self._sparse_path():
             lin = self.encoder.linear
             vals, idx, pre = _TopKEncode.apply(x_c, lin.weight, lin.bias, self.variant.k)
-            codes = torch.zeros_like(pre).scatter(-1, idx, vals)
+            codes = torch.zeros_like(pre).scatter_(-1, idx, vals)
             return self.latents(codes), pre, (vals, idx)
         pre = self.encoder(x_c, self.W_dec)
         codes, support = self.variant.activate(pre)
