@@ -30,14 +30,15 @@ def problem(atoms: int, dim: int, samples: int, active: int, seed: int = 0):
     return X, D
 
 
-def bench(atoms: int, dim: int, samples: int, alpha: float, positive: bool, threads: int) -> dict:
+def bench(atoms: int, dim: int, samples: int, alpha: float, positive: bool, threads: int, dtype=torch.float64) -> dict:
     torch.set_num_threads(threads)
     X, D = problem(atoms, dim, samples, active=max(1, dim // 16))
     Xt, Dt = torch.as_tensor(X), torch.as_tensor(D)
     enc = FISTAEncoder(penalty=alpha, max_iter=5000, tol=1e-7, nonnegative=positive)
-    enc(Xt[:8], Dt)  # warm-up
+    Xo, Do = Xt.to(dtype), Dt.to(dtype)
+    enc(Xo[:8], Do)  # warm-up
     t = time.perf_counter()
-    ours = enc(Xt, Dt)
+    ours = enc(Xo, Do).double()
     t_ours = time.perf_counter() - t
     coder = SparseCoder(
         D, transform_algorithm="lasso_cd", transform_alpha=alpha, positive_code=positive, transform_max_iter=5000,
@@ -68,16 +69,17 @@ def main() -> None:
     args = p.parse_args()
     print(
         f"lasso per sample, {args.atoms} atoms in {args.dim} dims, {args.samples} samples, alpha={args.alpha}, "
-        f"float64, {args.threads} thread(s)"
+        f"{args.threads} thread(s); scikit-learn float64, FISTA float64 (float32 in the last row), objectives float64"
     )
     print(
         f"{'codes':<10} {'obj FISTA':>12} {'obj sklearn':>12} {'max gap':>10} {'within 1e-4':>11} "
         f"{'FISTA s':>8} {'sklearn s':>9} {'speed-up':>9} {'FISTA iters':>11}"
     )
-    for positive in (True, False):
-        r = bench(args.atoms, args.dim, args.samples, args.alpha, positive, args.threads)
+    for positive, dtype in ((True, torch.float64), (False, torch.float64), (True, torch.float32)):
+        r = bench(args.atoms, args.dim, args.samples, args.alpha, positive, args.threads, dtype)
+        label = ("s >= 0" if positive else "signed") + (" f32" if dtype == torch.float32 else "")
         print(
-            f"{'s >= 0' if positive else 'signed':<10} {r['ours']:>12.6f} {r['sklearn']:>12.6f} {r['max_gap']:>10.1e} "
+            f"{label:<10} {r['ours']:>12.6f} {r['sklearn']:>12.6f} {r['max_gap']:>10.1e} "
             f"{str(r['max_gap'] <= 1e-4):>11} {r['t_ours']:>8.2f} {r['t_ref']:>9.2f} {r['t_ref'] / r['t_ours']:>8.1f}x "
             f"{r['iters']:>11.0f}"
         )

@@ -27,6 +27,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -282,6 +283,21 @@ class ISTAEncoder(SparseEncoder):
     def _use_gram(self) -> bool:
         return self.n_latents <= 2 * self.d_in
 
+    @staticmethod
+    def _apply_gram(y: Tensor, W: Tensor, G: Tensor | None, use_gram: bool) -> Tensor:
+        """``y @ W @ Wᵀ``: densely, or through the non-zeros of ``y`` when it is sparse enough that
+        gathering ``nnz`` rows of the Gram matrix beats the dense product."""
+        n, d = W.shape
+        if G is not None and y.shape[0] > 0:
+            nnz = int(torch.count_nonzero(y))
+            if nnz * n < y.shape[0] * min(n * n, 2 * n * d) // 4:
+                r, col = y.nonzero(as_tuple=True)
+                counts = torch.bincount(r, minlength=y.shape[0])
+                offsets = torch.zeros_like(counts)
+                offsets[1:] = counts.cumsum(0)[:-1]
+                return F.embedding_bag(col, G, offsets, per_sample_weights=y[r, col], mode="sum")
+        return y @ G if use_gram else (y @ W) @ W.T
+
     def _shrink(self, z: Tensor, thr: Tensor) -> Tensor:
         if self.nonnegative:
             return (z - thr).clamp_min(0)
@@ -296,7 +312,8 @@ class ISTAEncoder(SparseEncoder):
         step = 1.0 / L
         thr = self.penalty * step
         use_gram = self._use_gram()
-        G = W @ W.T if use_gram else None
+        # the Gram matrix also serves sparse iterates: (y @ G) row by row over y's non-zeros
+        G = W @ W.T if use_gram or self.n_latents <= 8192 else None
         c = x @ W.T  # (B, n)
         if self.warm_start is not None:
             s = self.warm_start(x, W).clamp_min(0) if self.nonnegative else self.warm_start(x, W)
@@ -309,20 +326,26 @@ class ISTAEncoder(SparseEncoder):
         converged_at = torch.full((x.shape[0],), float(self.max_iter), device=x.device)
         out = s
         rows = torch.arange(x.shape[0], device=x.device)  # samples still iterating
+        c = c * step  # the gradient step is y − step·(y G − c): keep step·c
+        thr = float(thr)
         for it in range(1, self.max_iter + 1):
-            grad = (y @ G if use_gram else (y @ W) @ W.T) - c
-            s_new = self._shrink(y - step * grad, thr)
+            z = torch.add(y, self._apply_gram(y, W, G, use_gram), alpha=-float(step)).add_(c)
+            if self.nonnegative:
+                s_new = z.clamp_min_(thr).sub_(thr)
+            else:
+                s_new = torch.sign(z).mul_(z.abs().sub_(thr).clamp_min_(0))
+            diff = s_new - s
             if self.momentum:
                 t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-                y = s_new + ((t - 1.0) / t_new) * (s_new - s)
+                y = torch.add(s_new, diff, alpha=(t - 1.0) / t_new)
                 t = t_new
             else:
                 y = s_new
+            s = s_new
             if self.tol > 0:
-                change = (s_new - s).abs().amax(1)
-                scale = s_new.abs().amax(1).clamp_min(1e-12)
+                change = diff.abs_().amax(1)
+                scale = (s.amax(1) if self.nonnegative else s.abs().amax(1)).clamp_min_(1e-12)
                 now = change <= self.tol * scale
-                s = s_new
                 if bool(now.any()):
                     # converged samples leave the batch: the rest iterate on a smaller matrix
                     converged_at[rows[now]] = float(it)
@@ -331,8 +354,6 @@ class ISTAEncoder(SparseEncoder):
                     rows, s, y, c = rows[keep], s[keep], y[keep], c[keep]
                     if rows.numel() == 0:
                         break
-            else:
-                s = s_new
         if self.tol > 0:
             if rows.numel():
                 out[rows] = s
