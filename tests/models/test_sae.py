@@ -269,3 +269,18 @@ def test_sparse_topk_kernels_match_dense_gradients(with_dead):
     assert ("auxk" in sparse._out) == ("auxk" in dense._out)
     for (name, p), q in zip(sparse.named_parameters(), dense.parameters()):
         assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_state_round_trip_keeps_bias_dead_counters_and_threshold():
+    sae = SparseAutoencoder(8, 16, variant="batchtopk", k=2, decoder_bias_init="mean")
+    sae.initialize_decoder_bias(torch.randn(50, 8) + 3.0)
+    sae.train()
+    sae.encode(torch.randn(10, 8))  # sets the BatchTopK threshold
+    sae.samples_since_fired.fill_(7)
+    other = SparseAutoencoder(8, 16, variant="batchtopk", k=2, decoder_bias_init="mean")
+    other.load_state_dict(sae.state_dict())
+    assert bool(other.bias_initialised)  # a resumed run does not re-initialise the decoder bias
+    assert torch.equal(other.b_dec, sae.b_dec)
+    assert torch.equal(other.samples_since_fired, sae.samples_since_fired)
+    assert float(other.variant.threshold) == float(sae.variant.threshold) > 0
+    assert other.predict_step({"x": torch.randn(3, 8)}, 0).shape == (3, 16)
