@@ -694,6 +694,9 @@ class SparseAutoencoder(pl.LightningModule):
             xs.append(get_target(batch, self.input_key, "input_key").flatten(1))
         if xs:
             self.initialize_decoder_bias(torch.cat(xs).to(self.device))
+            # every process starts from rank 0's bias (DDP does not re-broadcast parameters after setup)
+            with torch.no_grad():
+                self.b_dec.copy_(self.trainer.strategy.broadcast(self.b_dec.detach().clone(), src=0))
 
     # ------------------------------------------------------------------ unit-norm atoms
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
