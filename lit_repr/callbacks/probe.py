@@ -451,7 +451,8 @@ def _pred_vs_true(pred: Tensor, true: Tensor, title: str) -> Any:
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set_xlabel("true")
         ax.set_ylabel("predicted")
-        ax.set_title(f"dim {i}" if k > 1 else "")
+        r2 = 1 - float(((t - p) ** 2).sum()) / max(float(((t - t.mean()) ** 2).sum()), 1e-12)
+        ax.set_title((f"dim {i}: " if k > 1 else "") + f"R² = {r2:.3f} (n = {len(t)})", fontsize=9)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

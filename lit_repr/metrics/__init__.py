@@ -1,9 +1,17 @@
-"""Readouts: torchmetrics Metrics whose states are sufficient statistics."""
+"""Readouts: torchmetrics Metrics whose states are sufficient statistics (or bounded subsamples)."""
 
+from lit_repr.metrics.identifiability import DCI, KernelIdentifiability, LinearIdentifiability, dci, kernel_ridge_r2
+from lit_repr.metrics.mcc import MCCResult, MeanCorrelationCoefficient, correlation_matrix, mean_correlation_coefficient
 from lit_repr.metrics.probe import FeatureCache, ProbeReadout, ProbeResult, fit_logistic, fit_probe
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, moments_score
+from lit_repr.metrics.sae import FiringFrequency, FractionOfVarianceExplained, MeanL0
+from lit_repr.metrics.similarity import LinearCKA, MutualKNNAlignment, linear_cka, mutual_knn_alignment
 
 __all__ = [
     "DEFAULT_ALPHAS", "RidgeFit", "StreamingRidge", "moments_score",
     "FeatureCache", "ProbeReadout", "ProbeResult", "fit_logistic", "fit_probe",
+    "MCCResult", "MeanCorrelationCoefficient", "correlation_matrix", "mean_correlation_coefficient",
+    "LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci",
+    "LinearCKA", "MutualKNNAlignment", "linear_cka", "mutual_knn_alignment",
+    "FractionOfVarianceExplained", "MeanL0", "FiringFrequency",
 ]

@@ -1,0 +1,390 @@
+"""Identifiability readouts: how much of the ground-truth latents do features recover, and how?
+
+- :class:`LinearIdentifiability`: R² (uniform and per factor) of a ridge map from features to
+  latents, fitted on one split from streamed sufficient statistics
+  (:class:`~lit_repr.metrics.ridge.StreamingRidge`, penalty by GCV) and scored exactly on another
+  from its statistics: exact under DDP, memory independent of the data.
+- :func:`kernel_ridge_r2` / :class:`KernelIdentifiability`: the nonlinear counterpart, RBF kernel
+  ridge with penalty and bandwidth chosen by cross-validation (scikit-learn's ``GridSearchCV``),
+  on a bounded subsample.
+- :func:`dci` / :class:`DCI`: disentanglement, completeness and informativeness (Eastwood &
+  Williams, 2018) from the importance matrix of tree ensembles, one regressor per factor.
+
+Bad input raises ``ValueError`` before any state changes: NaN or inf, mismatched shapes, fewer
+samples than latent dimensions, constant ground-truth factors (R² and correlations are undefined
+for them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit_repr.metrics.mcc import as_matrix
+from lit_repr.metrics.probe import FeatureCache
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score
+
+__all__ = ["LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci"]
+
+Split = Literal["fit", "eval"]
+
+
+def _paired(features: Any, latents: Any) -> tuple[Tensor, Tensor]:
+    f, z = as_matrix(features, "features"), as_matrix(latents, "latents")
+    if f.shape[0] != z.shape[0]:
+        raise ValueError(f"features and latents must hold the same samples, got {f.shape[0]} and {z.shape[0]} rows")
+    return f, z
+
+
+def _check_latents(z: Tensor, what: str) -> None:
+    n, k = z.shape
+    if n < max(3, k):
+        raise ValueError(
+            f"{what} has {n} samples for {k} latent dimensions: identifiability needs at least "
+            f"max(3, latent dimensions) = {max(3, k)} samples"
+        )
+    var = z.var(0)
+    const = torch.nonzero(var <= 1e-12 * (z * z).mean(0).clamp_min(1e-300)).flatten().tolist()
+    if const:
+        raise ValueError(f"latent factor(s) {const} are constant in {what}: their R² is undefined; drop them")
+
+
+def _check_split(split: str) -> None:
+    if split not in ("fit", "eval"):
+        raise ValueError(f"split must be 'fit' or 'eval', got {split!r}")
+
+
+class LinearIdentifiability(Metric):
+    """Held-out R² of the best linear (ridge) map from features to ground-truth latents.
+
+    ``update(features, latents, split)`` streams a batch into the ``"fit"`` or the ``"eval"``
+    statistics; ``compute()`` fits ridge on ``"fit"`` (penalty by GCV over ``alphas``) and returns
+    exact scores on ``"eval"``: ``{"r2": uniform mean, "r2_per_factor": (K,), "pearson_per_factor":
+    (K,), "alpha": chosen penalty}``.
+
+    Args:
+        num_features: feature dimension ``D``.
+        num_factors: latent dimension ``K``.
+        alphas: ridge penalties (scikit-learn convention).
+        projection_dim: optional random projection of wide features (see ``StreamingRidge``).
+
+    Example:
+        >>> m = LinearIdentifiability(num_features=6, num_factors=2)
+        >>> z = torch.randn(400, 2); f = z @ torch.randn(2, 6)
+        >>> m.update(f[:300], z[:300], "fit"); m.update(f[300:], z[300:], "eval")
+        >>> round(float(m.compute()["r2"]), 4)
+        1.0
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self,
+        num_features: int,
+        num_factors: int,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        projection_dim: int | None = None,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.fit_stats = StreamingRidge(num_features, num_factors, alphas=alphas, projection_dim=projection_dim)
+        self.eval_stats = StreamingRidge(num_features, num_factors, alphas=alphas, projection_dim=projection_dim)
+        self.num_features, self.num_factors = num_features, num_factors
+
+    def update(self, features: Tensor, latents: Tensor, split: Split = "fit") -> None:  # type: ignore[override]
+        _check_split(split)
+        f, z = _paired(features, latents)
+        (self.fit_stats if split == "fit" else self.eval_stats).update(f, z)
+
+    def _check_moments(self, stats: StreamingRidge, what: str) -> None:
+        n = float(stats.n)
+        if n < max(3, self.num_factors):
+            raise ValueError(
+                f"the {what} split has {int(n)} samples for {self.num_factors} latent dimensions: "
+                f"identifiability needs at least max(3, latent dimensions) = {max(3, self.num_factors)}"
+            )
+        var = stats.yy / n - (stats.sum_y / n) ** 2
+        const = torch.nonzero(var <= 1e-12 * (stats.yy / n).clamp_min(1e-300)).flatten().tolist()
+        if const:
+            raise ValueError(f"latent factor(s) {const} are constant in the {what} split: their R² is undefined")
+
+    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
+        with ExitStack() as stack:
+            for stats in (self.fit_stats, self.eval_stats):  # sum the statistics of all processes
+                if not stats._is_synced:
+                    stack.enter_context(stats.sync_context())
+            self._check_moments(self.fit_stats, "fit")
+            self._check_moments(self.eval_stats, "eval")
+            fit = self.fit_stats.solve()
+            s = moments_score(fit, self.eval_stats)
+        return {
+            "r2": s["r2"].mean(),
+            "r2_per_factor": s["r2"],
+            "pearson_per_factor": s["pearson"],
+            "alpha": torch.tensor(fit.alpha, dtype=torch.float64),
+        }
+
+    def reset(self) -> None:
+        super().reset()
+        self.fit_stats.reset()
+        self.eval_stats.reset()
+
+
+def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    mu, sd = train.mean(0), train.std(0)
+    keep = sd > 1e-12 * np.maximum(np.abs(mu), 1.0)
+    if not keep.any():
+        raise ValueError("every feature is constant on the training samples: nothing can be predicted")
+    return [(a[:, keep] - mu[keep]) / sd[keep] for a in (train, *others)]
+
+
+def kernel_ridge_r2(
+    features_train: Any,
+    latents_train: Any,
+    features_test: Any,
+    latents_test: Any,
+    alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0),
+    bandwidth_factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+    cv: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Held-out R² of RBF kernel ridge regression from features to latents.
+
+    Features are standardised on the training samples. The RBF bandwidth grid is
+    ``gamma = 1 / (factor · median squared pairwise distance)``; penalty and bandwidth are chosen by
+    ``cv``-fold cross-validation on the training samples (scikit-learn ``GridSearchCV`` over
+    ``KernelRidge``), then the refitted model is scored on the test samples.
+
+    Returns:
+        ``{"r2": uniform mean R², "r2_per_factor": (K,) array, "alpha": float, "gamma": float}``.
+
+    Example:
+        >>> z = torch.rand(300, 2) * 4 - 2; f = torch.cat([torch.sin(z), z**3], 1)
+        >>> out = kernel_ridge_r2(f[:200], z[:200], f[200:], z[200:])
+        >>> out["r2"] > 0.95
+        True
+    """
+    from sklearn.kernel_ridge import KernelRidge
+    from sklearn.metrics import r2_score
+    from sklearn.model_selection import GridSearchCV, KFold
+
+    ftr, ztr = (t.numpy() for t in _paired(features_train, latents_train))
+    fte, zte = (t.numpy() for t in _paired(features_test, latents_test))
+    if ftr.shape[1] != fte.shape[1] or ztr.shape[1] != zte.shape[1]:
+        raise ValueError(
+            f"train and test shapes differ: features {ftr.shape[1]} vs {fte.shape[1]}, "
+            f"latents {ztr.shape[1]} vs {zte.shape[1]}"
+        )
+    if not isinstance(cv, int) or cv < 2:
+        raise ValueError(f"cv must be an int >= 2, got {cv!r}")
+    _check_latents(torch.from_numpy(ztr), "the training latents")
+    _check_latents(torch.from_numpy(zte), "the test latents")
+    if ztr.shape[0] < 2 * cv:
+        raise ValueError(f"kernel ridge needs at least {2 * cv} training samples for {cv}-fold CV, got {ztr.shape[0]}")
+    ftr, fte = _standardise(ftr, fte)
+    sub = ftr[np.random.default_rng(seed).permutation(len(ftr))[:500]]
+    d2 = ((sub[:, None, :] - sub[None, :, :]) ** 2).sum(-1)
+    med = float(np.median(d2[np.triu_indices(len(sub), 1)]))
+    med = med if med > 0 else 1.0
+    grid = {"alpha": list(alphas), "gamma": [1.0 / (f * med) for f in bandwidth_factors]}
+    search = GridSearchCV(KernelRidge(kernel="rbf"), grid, cv=KFold(cv, shuffle=True, random_state=seed), scoring="r2")
+    search.fit(ftr, ztr)
+    pred = search.best_estimator_.predict(fte).reshape(zte.shape)
+    per = r2_score(zte, pred, multioutput="raw_values")
+    return {
+        "r2": float(np.mean(per)),
+        "r2_per_factor": per,
+        "alpha": float(search.best_params_["alpha"]),
+        "gamma": float(search.best_params_["gamma"]),
+    }
+
+
+def _normalised_entropy(p: np.ndarray, base: int, axis: int) -> np.ndarray:
+    """Entropy of the distributions along ``axis`` in ``log_base`` units (0 · log 0 = 0)."""
+    if base < 2:
+        return np.zeros(p.shape[1 - axis])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+    return -terms.sum(axis) / math.log(base)
+
+
+def dci(
+    features_train: Any,
+    latents_train: Any,
+    features_test: Any,
+    latents_test: Any,
+    n_estimators: int = 50,
+    max_depth: int | None = 8,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Disentanglement, completeness and informativeness (Eastwood & Williams, 2018).
+
+    One random-forest regressor per latent factor predicts it from the features (fitted on the
+    training samples); its impurity-based feature importances form column ``j`` of the importance
+    matrix ``R`` (``(D, K)``, codes × factors).
+
+    - disentanglement of code ``i``: ``1 − H_K(P_i·)`` with ``P_ij = R_ij / Σ_k R_ik``; the total
+      weights codes by their share of the importance, ``ρ_i = Σ_j R_ij / Σ R``;
+    - completeness of factor ``j``: ``1 − H_D(P_·j)`` with ``P_ij = R_ij / Σ_k R_kj``; the total
+      is the mean over factors;
+    - informativeness: the mean held-out R² of the regressors on the test samples (higher is
+      better; the paper's prediction error is ``1 − R²`` for standardised factors).
+
+    Returns:
+        ``{"disentanglement", "completeness", "informativeness"}`` (floats) plus
+        ``"importance"`` (``(D, K)``), ``"disentanglement_per_code"``, ``"completeness_per_factor"``
+        and ``"informativeness_per_factor"`` arrays.
+
+    Example:
+        >>> z = torch.rand(400, 2); f = torch.cat([z, torch.rand(400, 2)], 1)  # axis-aligned + noise
+        >>> out = dci(f[:300], z[:300], f[300:], z[300:])
+        >>> out["disentanglement"] > 0.8, out["completeness"] > 0.8, out["informativeness"] > 0.9
+        (True, True, True)
+    """
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.metrics import r2_score
+
+    ftr, ztr = (t.numpy() for t in _paired(features_train, latents_train))
+    fte, zte = (t.numpy() for t in _paired(features_test, latents_test))
+    if ftr.shape[1] != fte.shape[1] or ztr.shape[1] != zte.shape[1]:
+        raise ValueError(
+            f"train and test shapes differ: features {ftr.shape[1]} vs {fte.shape[1]}, "
+            f"latents {ztr.shape[1]} vs {zte.shape[1]}"
+        )
+    if not isinstance(n_estimators, int) or n_estimators < 1:
+        raise ValueError(f"n_estimators must be a positive int, got {n_estimators!r}")
+    _check_latents(torch.from_numpy(ztr), "the training latents")
+    _check_latents(torch.from_numpy(zte), "the test latents")
+    d, k = ftr.shape[1], ztr.shape[1]
+    importance = np.zeros((d, k))
+    informativeness = np.zeros(k)
+    for j in range(k):
+        model = RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth, random_state=seed + j)
+        model.fit(ftr, ztr[:, j])
+        importance[:, j] = np.abs(model.feature_importances_)
+        informativeness[j] = r2_score(zte[:, j], model.predict(fte))
+    total = importance.sum()
+    if total <= 0:  # every tree is a single leaf: the features carry nothing the trees can split on
+        zeros_d, zeros_k = np.zeros(d), np.zeros(k)
+        return {"disentanglement": 0.0, "completeness": 0.0, "informativeness": float(informativeness.mean()),
+                "importance": importance, "disentanglement_per_code": zeros_d,
+                "completeness_per_factor": zeros_k, "informativeness_per_factor": informativeness}
+    row = importance.sum(1, keepdims=True)
+    p_codes = np.divide(importance, row, out=np.zeros_like(importance), where=row > 0)
+    d_per_code = np.where(row[:, 0] > 0, 1.0 - _normalised_entropy(p_codes, k, axis=1), 0.0)
+    rho = row[:, 0] / total
+    col = importance.sum(0, keepdims=True)
+    p_factors = np.divide(importance, col, out=np.zeros_like(importance), where=col > 0)
+    c_per_factor = np.where(col[0] > 0, 1.0 - _normalised_entropy(p_factors, d, axis=0), 0.0)
+    return {
+        "disentanglement": float((rho * d_per_code).sum()),
+        "completeness": float(c_per_factor.mean()),
+        "informativeness": float(informativeness.mean()),
+        "importance": importance,
+        "disentanglement_per_code": d_per_code,
+        "completeness_per_factor": c_per_factor,
+        "informativeness_per_factor": informativeness,
+    }
+
+
+class _SplitSubsample(Metric):
+    """Bounded subsamples of (features, latents) for a ``"fit"`` and an ``"eval"`` split."""
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, max_samples: int = 2000, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 10:
+            raise ValueError(f"max_samples must be an int >= 10, got {max_samples!r}")
+        self.max_samples = max_samples
+        self.fit_cache = FeatureCache(max_samples)
+        self.eval_cache = FeatureCache(max_samples)
+
+    def update(self, features: Tensor, latents: Tensor, split: Split = "fit") -> None:  # type: ignore[override]
+        _check_split(split)
+        f, z = _paired(features, latents)
+        (self.fit_cache if split == "fit" else self.eval_cache).update(f, z)
+
+    def _data(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        for cache, split in ((self.fit_cache, "fit"), (self.eval_cache, "eval")):
+            if isinstance(cache.x, list) and not cache.x:
+                raise ValueError(f"the {split!r} split has no samples: call update(..., split={split!r}) first")
+        ftr, ztr = self.fit_cache.compute()
+        fte, zte = self.eval_cache.compute()
+        return ftr, ztr, fte, zte
+
+    def reset(self) -> None:
+        super().reset()
+        self.fit_cache.reset()
+        self.eval_cache.reset()
+
+
+class KernelIdentifiability(_SplitSubsample):
+    """Held-out R² of RBF kernel ridge from features to latents, on bounded subsamples.
+
+    Args:
+        max_samples: samples kept per split and process (kernel ridge is ``O(n³)``).
+        alphas: penalties of the cross-validation grid.
+        bandwidth_factors: multiples of the median squared distance tried as RBF bandwidths.
+        cv: cross-validation folds.
+
+    Example:
+        >>> m = KernelIdentifiability(max_samples=300)
+        >>> z = torch.rand(400, 2) * 4 - 2; f = torch.cat([torch.sin(z), z**3], 1)
+        >>> m.update(f[:250], z[:250], "fit"); m.update(f[250:], z[250:], "eval")
+        >>> m.compute()["r2"] > 0.95
+        True
+    """
+
+    def __init__(
+        self,
+        max_samples: int = 1000,
+        alphas: Sequence[float] = (1e-3, 1e-2, 1e-1, 1.0),
+        bandwidth_factors: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
+        cv: int = 3,
+        **kwargs,
+    ) -> None:
+        super().__init__(max_samples, **kwargs)
+        if not isinstance(cv, int) or cv < 2:
+            raise ValueError(f"cv must be an int >= 2, got {cv!r}")
+        self.alphas, self.bandwidth_factors, self.cv = tuple(alphas), tuple(bandwidth_factors), cv
+
+    def compute(self) -> dict[str, Any]:  # type: ignore[override]
+        return kernel_ridge_r2(*self._data(), alphas=self.alphas, bandwidth_factors=self.bandwidth_factors, cv=self.cv)
+
+
+class DCI(_SplitSubsample):
+    """Disentanglement, completeness and informativeness on bounded subsamples (see :func:`dci`).
+
+    Args:
+        max_samples: samples kept per split and process.
+        n_estimators: trees per factor's random forest.
+        max_depth: depth limit of the trees.
+
+    Example:
+        >>> m = DCI(max_samples=500)
+        >>> z = torch.rand(400, 2); f = torch.cat([z, torch.rand(400, 2)], 1)
+        >>> m.update(f[:300], z[:300], "fit"); m.update(f[300:], z[300:], "eval")
+        >>> m.compute()["disentanglement"] > 0.8
+        True
+    """
+
+    def __init__(self, max_samples: int = 2000, n_estimators: int = 50, max_depth: int | None = 8, **kwargs) -> None:
+        super().__init__(max_samples, **kwargs)
+        if not isinstance(n_estimators, int) or n_estimators < 1:
+            raise ValueError(f"n_estimators must be a positive int, got {n_estimators!r}")
+        self.n_estimators, self.max_depth = n_estimators, max_depth
+
+    def compute(self) -> dict[str, Any]:  # type: ignore[override]
+        return dci(*self._data(), n_estimators=self.n_estimators, max_depth=self.max_depth)

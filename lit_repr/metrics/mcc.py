@@ -1,0 +1,281 @@
+"""Mean correlation coefficient (MCC): how well learned dimensions match ground-truth factors.
+
+The identifiability literature's MCC correlates every ground-truth factor with every learned
+dimension, matches them one-to-one with the Hungarian algorithm (:func:`scipy.optimize.linear_sum_assignment`)
+so that the sum of absolute correlations is largest, and reports the mean over factors. It is
+invariant to permutations and sign flips of the learned dimensions (and, for Spearman, to any
+monotone map of each dimension).
+
+- ``method="pearson"``: Pearson correlation of samples (``true``: ``(N, K)``, ``learned``: ``(N, D)``);
+  :class:`MeanCorrelationCoefficient` streams its sufficient statistics (exact under DDP);
+- ``method="spearman"``: Pearson correlation of ranks (the metric keeps the samples, bounded);
+- ``method="cosine"``: the variant for dictionaries: absolute cosine between atoms
+  (``true``: ``(K, M)``, ``learned``: ``(D, M)``, one atom per row).
+
+Rectangular cases: with more learned dimensions than factors (``D > K``), each factor gets its own
+dimension and the surplus is ignored; with fewer (``D < K``), ``K − D`` factors stay unmatched,
+count as 0 in the mean (a representation with fewer dimensions cannot identify every factor) and
+have ``matching == -1``.
+
+A constant learned dimension (a dead unit) correlates 0 with everything; a constant ground-truth
+factor has no defined correlation and raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit_repr.metrics.ridge import all_finite
+
+__all__ = [
+    "MCCResult",
+    "MeanCorrelationCoefficient",
+    "mean_correlation_coefficient",
+    "correlation_matrix",
+    "match_factors",
+    "as_matrix",
+]
+
+Method = Literal["pearson", "spearman", "cosine"]
+_METHODS = ("pearson", "spearman", "cosine")
+_TINY = 1e-12
+
+
+def as_matrix(x: Tensor | np.ndarray, name: str) -> Tensor:
+    """``x`` as a finite float64 CPU matrix ``(rows, columns)``; 1-D input becomes one column.
+
+    Raises ``ValueError`` naming ``name`` for other ranks, empty input, NaN or inf.
+    """
+    x = torch.as_tensor(x).detach()
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} must be a non-empty matrix (rows, columns), got shape {tuple(x.shape)}")
+    x = x.to("cpu", torch.float64)
+    if not all_finite(x):
+        raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or inf values")
+    return x
+
+
+@dataclass
+class MCCResult:
+    """Matched correlations between ground-truth factors and learned dimensions.
+
+    Attributes:
+        mean: the MCC: mean over ground-truth factors of the matched absolute correlation.
+        per_factor: ``(K,)`` matched absolute correlation of each factor (0 if unmatched).
+        corr: ``(K, D)`` absolute correlation of every factor with every learned dimension.
+        matching: ``(K,)`` index of the learned dimension matched to each factor, ``-1`` if none.
+    """
+
+    mean: float
+    per_factor: Tensor
+    corr: Tensor
+    matching: Tensor
+
+
+def _check_method(method: str) -> None:
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
+
+
+def _correlation_from_moments(n: Tensor, s_t: Tensor, s_l: Tensor, ss_t: Tensor, ss_l: Tensor, tl: Tensor) -> Tensor:
+    """Absolute Pearson correlations ``(K, D)`` from sums, sums of squares and cross products."""
+    mt, ml = s_t / n, s_l / n
+    var_t = (ss_t / n - mt**2).clamp_min(0)
+    var_l = (ss_l / n - ml**2).clamp_min(0)
+    cov = tl / n - torch.outer(mt, ml)
+    _check_nonconstant(var_t, (ss_t / n).clamp_min(_TINY), "ground-truth factor")
+    scale = torch.outer(var_t, var_l).sqrt()
+    dead = var_l <= _TINY * (ss_l / n).clamp_min(_TINY)  # constant learned dimensions correlate 0
+    corr = torch.where(scale > 0, cov / scale.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(cov))
+    corr[:, dead] = 0.0
+    return corr.abs().clamp_max(1.0)
+
+
+def _check_nonconstant(var: Tensor, scale: Tensor, what: str) -> None:
+    const = torch.nonzero(var <= _TINY * scale).flatten().tolist()
+    if const:
+        raise ValueError(
+            f"{what}(s) {const} are constant: their correlation is undefined; drop them before measuring"
+        )
+
+
+def correlation_matrix(true: Tensor | np.ndarray, learned: Tensor | np.ndarray, method: Method = "pearson") -> Tensor:
+    """Absolute correlations ``(K, D)`` between ground-truth and learned columns (or atoms).
+
+    Args:
+        true: ``(N, K)`` ground-truth factors (``(K, M)`` atoms for ``method="cosine"``).
+        learned: ``(N, D)`` learned dimensions (``(D, M)`` atoms for ``method="cosine"``).
+        method: ``"pearson"``, ``"spearman"`` or ``"cosine"``.
+
+    Example:
+        >>> z = torch.randn(100, 2)
+        >>> c = correlation_matrix(z, -3 * z.flip(1))  # swapped and scaled, sign flipped
+        >>> c.shape, round(float(c[0, 1]), 6), round(float(c[1, 0]), 6)
+        (torch.Size([2, 2]), 1.0, 1.0)
+    """
+    _check_method(method)
+    t, lr = as_matrix(true, "true"), as_matrix(learned, "learned")
+    if method == "cosine":
+        if t.shape[1] != lr.shape[1]:
+            raise ValueError(
+                f"cosine MCC compares atoms (one per row): true atoms have dimension {t.shape[1]}, "
+                f"learned atoms {lr.shape[1]}"
+            )
+        nt, nl = t.norm(dim=1), lr.norm(dim=1)
+        zero = torch.nonzero(nt <= _TINY).flatten().tolist()
+        if zero:
+            raise ValueError(f"true atoms {zero} have zero norm: their cosine is undefined")
+        return ((t / nt[:, None]) @ (lr / nl.clamp_min(_TINY)[:, None]).T).abs().clamp_max(1.0)
+    if t.shape[0] != lr.shape[0]:
+        raise ValueError(f"true and learned must have the same number of samples, got {t.shape[0]} and {lr.shape[0]}")
+    n = t.shape[0]
+    if n < max(3, t.shape[1]):
+        raise ValueError(
+            f"MCC needs at least max(3, number of factors) = {max(3, t.shape[1])} samples, got {n} "
+            f"(fewer samples than ground-truth dimensions)"
+        )
+    if method == "spearman":
+        t = torch.from_numpy(rankdata(t.numpy(), axis=0))
+        lr = torch.from_numpy(rankdata(lr.numpy(), axis=0))
+    # centre first (two-pass) for accuracy; then the moment formula with zero means
+    t = t - t.mean(0)
+    lr = lr - lr.mean(0)
+    nn_ = torch.tensor(float(n), dtype=torch.float64)
+    return _correlation_from_moments(
+        nn_, torch.zeros(t.shape[1], dtype=torch.float64), torch.zeros(lr.shape[1], dtype=torch.float64),
+        (t * t).sum(0), (lr * lr).sum(0), t.T @ lr,
+    )
+
+
+def match_factors(corr: Tensor) -> MCCResult:
+    """Hungarian matching of factors (rows) to learned dimensions (columns) of ``|corr|``.
+
+    Example:
+        >>> res = match_factors(torch.tensor([[0.1, 0.9], [0.8, 0.2]]))
+        >>> res.matching.tolist(), round(res.mean, 2)
+        ([1, 0], 0.85)
+    """
+    corr = corr.detach().to("cpu", torch.float64)
+    rows, cols = linear_sum_assignment(corr.numpy(), maximize=True)
+    k = corr.shape[0]
+    matching = torch.full((k,), -1, dtype=torch.long)
+    per_factor = torch.zeros(k, dtype=torch.float64)
+    matching[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(cols, dtype=torch.long)
+    per_factor[torch.as_tensor(rows, dtype=torch.long)] = corr[rows, cols]
+    return MCCResult(mean=float(per_factor.mean()), per_factor=per_factor, corr=corr, matching=matching)
+
+
+def mean_correlation_coefficient(
+    true: Tensor | np.ndarray, learned: Tensor | np.ndarray, method: Method = "pearson"
+) -> MCCResult:
+    """The MCC of ``learned`` against ``true`` (see the module docstring for shapes and conventions).
+
+    Example:
+        >>> z = torch.randn(500, 3)
+        >>> f = torch.cat([-2 * z[:, [2, 0, 1]], torch.randn(500, 2)], 1)  # permuted, scaled, extra dims
+        >>> res = mean_correlation_coefficient(z, f)
+        >>> round(res.mean, 6), res.matching.tolist()
+        (1.0, [1, 2, 0])
+    """
+    return match_factors(correlation_matrix(true, learned, method))
+
+
+class MeanCorrelationCoefficient(Metric):
+    """Streaming MCC between ground-truth factors and learned dimensions.
+
+    Pearson: the states are sums, sums of squares and the ``(K, D)`` cross products (float64, sum
+    reduction), so the result is exact over batches and DDP processes and memory does not grow
+    with the data. Spearman needs global ranks: the samples are kept (at most ``max_samples`` per
+    process, gathered under DDP). ``compute()`` returns an :class:`MCCResult`.
+
+    Args:
+        num_factors: ground-truth dimension ``K``.
+        num_features: learned dimension ``D``.
+        method: ``"pearson"`` or ``"spearman"`` (use :func:`mean_correlation_coefficient` with
+            ``method="cosine"`` for dictionaries).
+        max_samples: samples kept per process for Spearman.
+
+    Example:
+        >>> m = MeanCorrelationCoefficient(num_factors=2, num_features=3)
+        >>> z = torch.randn(300, 2)
+        >>> for zb in z.split(100):
+        ...     m.update(zb, torch.cat([zb.flip(1), torch.randn(len(zb), 1)], 1))
+        >>> round(m.compute().mean, 6)
+        1.0
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(
+        self, num_factors: int, num_features: int, method: Method = "pearson", max_samples: int = 20_000, **kwargs
+    ) -> None:
+        super().__init__(**kwargs)
+        for name, v in (("num_factors", num_factors), ("num_features", num_features), ("max_samples", max_samples)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if method not in ("pearson", "spearman"):
+            raise ValueError(
+                f"method must be 'pearson' or 'spearman' for streamed samples, got {method!r} "
+                f"(dictionaries: mean_correlation_coefficient(true, learned, method='cosine'))"
+            )
+        self.num_factors, self.num_features, self.method, self.max_samples = num_factors, num_features, method, max_samples
+        f64 = torch.float64
+        self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        if method == "pearson":
+            self.add_state("sum_t", torch.zeros(num_factors, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("sum_l", torch.zeros(num_features, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("sq_t", torch.zeros(num_factors, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("sq_l", torch.zeros(num_features, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("cross", torch.zeros(num_factors, num_features, dtype=f64), dist_reduce_fx="sum")
+        else:
+            self.add_state("t", [], dist_reduce_fx="cat")
+            self.add_state("l", [], dist_reduce_fx="cat")
+
+    def update(self, true: Tensor, learned: Tensor) -> None:  # type: ignore[override]
+        """Add a batch: ``true`` ``(B, num_factors)``, ``learned`` ``(B, num_features)``."""
+        t, lr = as_matrix(true, "true"), as_matrix(learned, "learned")
+        if t.shape[1] != self.num_factors or lr.shape[1] != self.num_features or t.shape[0] != lr.shape[0]:
+            raise ValueError(
+                f"expected true (B, {self.num_factors}) and learned (B, {self.num_features}), "
+                f"got {tuple(t.shape)} and {tuple(lr.shape)}"
+            )
+        dev = self.n.device
+        t, lr = t.to(dev), lr.to(dev)
+        if self.method == "pearson":
+            self.n += t.shape[0]
+            self.sum_t += t.sum(0)
+            self.sum_l += lr.sum(0)
+            self.sq_t += (t * t).sum(0)
+            self.sq_l += (lr * lr).sum(0)
+            self.cross.addmm_(t.T, lr)
+            return
+        room = self.max_samples - int(self.n)
+        if room > 0:
+            self.t.append(t[:room])
+            self.l.append(lr[:room])
+            self.n += min(room, t.shape[0])
+
+    def compute(self) -> MCCResult:  # type: ignore[override]
+        if self.method == "spearman":
+            t = torch.cat(self.t) if isinstance(self.t, list) else self.t
+            lr = torch.cat(self.l) if isinstance(self.l, list) else self.l
+            return mean_correlation_coefficient(t, lr, method="spearman")
+        n = float(self.n)
+        if n < max(3, self.num_factors):
+            raise ValueError(
+                f"MCC needs at least max(3, number of factors) = {max(3, self.num_factors)} samples, got {int(n)}"
+            )
+        corr = _correlation_from_moments(self.n, self.sum_t, self.sum_l, self.sq_t, self.sq_l, self.cross)
+        return match_factors(corr)

@@ -1,0 +1,255 @@
+"""Representation similarity: linear CKA and the mutual k-nearest-neighbour alignment.
+
+- **Linear CKA** (Kornblith et al., 2019): ``HSIC(K, L) / sqrt(HSIC(K, K) · HSIC(L, L))`` with linear
+  kernels ``K = XXᵀ``, ``L = YYᵀ``. The *biased* estimator uses centred Gram matrices
+  (``HSIC ∝ ‖X̄ᵀȲ‖²_F``); the *debiased* one uses the unbiased HSIC of Song et al. (2012), which
+  removes the upward bias CKA has when features are wide compared with the number of samples.
+  Both are invariant to orthogonal transforms and isotropic scaling of either representation.
+  With linear kernels both estimators are functions of ``XᵀX``, ``YᵀY``, ``XᵀY``, sums and a few
+  sums of squared norms, so :class:`LinearCKA` streams them (float64, sum reduction): exact over
+  batches and DDP processes, memory ``O((D_x + D_y)²)`` whatever the number of samples.
+  :func:`linear_cka` on arrays in memory uses Gram matrices when there are fewer samples than
+  features, the same statistics otherwise.
+- **Mutual k-NN alignment** (Huh et al., 2024, the Platonic Representation Hypothesis): for each
+  sample, the fraction of its ``k`` nearest neighbours (excluding itself) shared by the two
+  representations, averaged over samples. 1 means identical neighbourhoods; chance is about
+  ``k / (N − 1)``. It needs all pairs, so :class:`MutualKNNAlignment` keeps a bounded subsample.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lit_repr.metrics.mcc import as_matrix
+from lit_repr.metrics.probe import FeatureCache
+
+__all__ = ["LinearCKA", "MutualKNNAlignment", "linear_cka", "mutual_knn_alignment", "hsic"]
+
+_TINY = torch.finfo(torch.float64).tiny
+
+
+def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    x, y = as_matrix(x, "x"), as_matrix(y, "y")
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must hold the same samples (rows), got {x.shape[0]} and {y.shape[0]}")
+    return x, y
+
+
+def hsic(k: Tensor, l: Tensor, debiased: bool = False) -> Tensor:  # noqa: E741
+    """HSIC of two ``(N, N)`` Gram matrices: biased ``tr(KHLH)/(N−1)²`` or the unbiased estimator.
+
+    Example:
+        >>> x = torch.randn(20, 3, dtype=torch.float64)
+        >>> bool(hsic(x @ x.T, x @ x.T) > 0)
+        True
+    """
+    n = k.shape[0]
+    if debiased:
+        if n < 4:
+            raise ValueError(f"the debiased HSIC needs at least 4 samples, got {n}")
+        k = k - torch.diag(torch.diag(k))
+        l = l - torch.diag(torch.diag(l))  # noqa: E741
+        kl1 = (k @ l.sum(1)).sum()
+        return ((k * l).sum() + k.sum() * l.sum() / ((n - 1) * (n - 2)) - 2 * kl1 / (n - 2)) / (n * (n - 3))
+    h = torch.eye(n, dtype=k.dtype) - 1.0 / n
+    return ((h @ k @ h) * l).sum() / (n - 1) ** 2
+
+
+def _cka_ratio(xy: Tensor, xx: Tensor, yy: Tensor) -> Tensor:
+    if float(xx) <= 0 or float(yy) <= 0:
+        raise ValueError(
+            "CKA is undefined: a representation is constant over the samples (its HSIC with itself is "
+            f"{float(min(xx, yy)):.3g}); use more samples or a non-degenerate site"
+        )
+    return (xy / (xx * yy).sqrt()).clamp(-1.0, 1.0)
+
+
+class LinearCKA(Metric):
+    """Streaming linear CKA between two representations of the same samples (biased and debiased).
+
+    Args:
+        num_features_x: feature dimension of ``x``.
+        num_features_y: feature dimension of ``y``.
+        debiased: report the debiased estimator (unbiased HSIC) instead of the biased one.
+
+    Example:
+        >>> m = LinearCKA(4, 4)
+        >>> x = torch.randn(500, 4); q, _ = torch.linalg.qr(torch.randn(4, 4))
+        >>> for xb in x.split(100):
+        ...     m.update(xb, 3 * xb @ q)  # rotated and scaled: same representation
+        >>> round(float(m.compute()), 6)
+        1.0
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_features_x: int, num_features_y: int, debiased: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name, v in (("num_features_x", num_features_x), ("num_features_y", num_features_y)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.num_features_x, self.num_features_y, self.debiased = num_features_x, num_features_y, bool(debiased)
+        dx, dy, f64 = num_features_x, num_features_y, torch.float64
+        for name, shape in (
+            ("n", ()), ("sx", (dx,)), ("sy", (dy,)), ("xtx", (dx, dx)), ("yty", (dy, dy)), ("xty", (dx, dy)),
+            # for the unbiased HSIC: a_i = ‖x_i‖², b_i = ‖y_i‖²
+            ("sa", ()), ("sb", ()), ("saa", ()), ("sbb", ()), ("sab", ()),
+            ("sax", (dx,)), ("sbx", (dx,)), ("say", (dy,)), ("sby", (dy,)),
+        ):
+            self.add_state(name, torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
+
+    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
+        """Add a batch of paired features ``x`` ``(B, D_x)`` and ``y`` ``(B, D_y)``."""
+        x, y = _pair(x, y)
+        if x.shape[1] != self.num_features_x or y.shape[1] != self.num_features_y:
+            raise ValueError(
+                f"expected x (B, {self.num_features_x}) and y (B, {self.num_features_y}), "
+                f"got {tuple(x.shape)} and {tuple(y.shape)}"
+            )
+        x, y = x.to(self.n.device), y.to(self.n.device)
+        a, b = (x * x).sum(1), (y * y).sum(1)
+        self.n += x.shape[0]
+        self.sx += x.sum(0)
+        self.sy += y.sum(0)
+        self.xtx.addmm_(x.T, x)
+        self.yty.addmm_(y.T, y)
+        self.xty.addmm_(x.T, y)
+        self.sa += a.sum()
+        self.sb += b.sum()
+        self.saa += (a * a).sum()
+        self.sbb += (b * b).sum()
+        self.sab += (a * b).sum()
+        self.sax += a @ x
+        self.sbx += b @ x
+        self.say += a @ y
+        self.sby += b @ y
+
+    def _biased(self) -> Tensor:
+        n = self.n
+        cxy = self.xty - torch.outer(self.sx, self.sy) / n
+        cxx = self.xtx - torch.outer(self.sx, self.sx) / n
+        cyy = self.yty - torch.outer(self.sy, self.sy) / n
+        return _cka_ratio((cxy**2).sum(), (cxx**2).sum(), (cyy**2).sum())
+
+    def _debiased(self) -> Tensor:
+        n = self.n
+
+        def u_hsic(g: Tensor, s1: Tensor, s2: Tensor, sa: Tensor, sb: Tensor, sab: Tensor, sb_1: Tensor,
+                   sa_2: Tensor) -> Tensor:
+            # K̃ = K − diag(K), L̃ likewise (K = X1X1ᵀ, L = X2X2ᵀ, G = X1ᵀX2, a/b their squared norms)
+            tr = (g**2).sum() - sab
+            k1 = s1 @ s1 - sa
+            l1 = s2 @ s2 - sb
+            kl = s1 @ g @ s2 - s1 @ sb_1 - s2 @ sa_2 + sab
+            return (tr + k1 * l1 / ((n - 1) * (n - 2)) - 2 * kl / (n - 2)) / (n * (n - 3))
+
+        xy = u_hsic(self.xty, self.sx, self.sy, self.sa, self.sb, self.sab, self.sbx, self.say)
+        xx = u_hsic(self.xtx, self.sx, self.sx, self.sa, self.sa, self.saa, self.sax, self.sax)
+        yy = u_hsic(self.yty, self.sy, self.sy, self.sb, self.sb, self.sbb, self.sby, self.sby)
+        return _cka_ratio(xy, xx, yy)
+
+    def compute(self) -> Tensor:  # type: ignore[override]
+        need = 4 if self.debiased else 2
+        if float(self.n) < need:
+            raise ValueError(f"{'debiased' if self.debiased else 'biased'} CKA needs at least {need} samples, "
+                             f"got {int(self.n)}")
+        return self._debiased() if self.debiased else self._biased()
+
+
+def linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
+    """Linear CKA of two representations ``(N, D_x)`` and ``(N, D_y)`` of the same samples.
+
+    Example:
+        >>> x = torch.randn(100, 8)
+        >>> round(float(linear_cka(x, 2.5 * x)), 6), bool(linear_cka(x, torch.randn(100, 8)) < 0.5)
+        (1.0, True)
+    """
+    x, y = _pair(x, y)
+    n = x.shape[0]
+    if n < max(x.shape[1], y.shape[1]):  # Gram matrices are the smaller objects
+        need = 4 if debiased else 2
+        if n < need:
+            raise ValueError(f"{'debiased' if debiased else 'biased'} CKA needs at least {need} samples, got {n}")
+        k, l = x @ x.T, y @ y.T  # noqa: E741
+        return _cka_ratio(hsic(k, l, debiased), hsic(k, k, debiased), hsic(l, l, debiased))
+    m = LinearCKA(x.shape[1], y.shape[1], debiased=debiased)
+    m.update(x, y)
+    return m.compute()
+
+
+def _knn(x: Tensor, k: int, metric: str) -> Tensor:
+    if metric == "cosine":
+        x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        sim = x @ x.T
+    else:
+        sim = -torch.cdist(x, x)
+    sim.fill_diagonal_(-float("inf"))
+    return sim.topk(k, dim=1).indices
+
+
+def mutual_knn_alignment(
+    x: Tensor, y: Tensor, k: int = 10, metric: Literal["cosine", "euclidean"] = "cosine"
+) -> Tensor:
+    """Mean fraction of shared ``k`` nearest neighbours of each sample in ``x`` and ``y``.
+
+    Args:
+        x: ``(N, D_x)`` features.
+        y: ``(N, D_y)`` features of the same samples.
+        k: neighbours per sample (``1 <= k < N``).
+        metric: ``"cosine"`` (as in the Platonic Representation Hypothesis) or ``"euclidean"``.
+
+    Example:
+        >>> x = torch.randn(50, 4)
+        >>> float(mutual_knn_alignment(x, 7 * x, k=5))
+        1.0
+    """
+    x, y = _pair(x, y)
+    n = x.shape[0]
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k < n:
+        raise ValueError(f"k must be an int with 1 <= k < number of samples = {n}, got {k!r}")
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+    nx, ny = _knn(x, k, metric), _knn(y, k, metric)
+    mask_x = torch.zeros(n, n, dtype=torch.bool).scatter_(1, nx, True)
+    shared = mask_x.gather(1, ny).sum(1)
+    return (shared.to(torch.float64) / k).mean()
+
+
+class MutualKNNAlignment(FeatureCache):
+    """Mutual k-NN alignment on a bounded subsample (the first ``max_samples`` per process).
+
+    Args:
+        k: neighbours per sample.
+        metric: ``"cosine"`` or ``"euclidean"``.
+        max_samples: samples kept per process (all pairs are compared: ``O(max_samples²)``).
+
+    Example:
+        >>> m = MutualKNNAlignment(k=3, max_samples=100)
+        >>> x = torch.randn(60, 5); m.update(x, -x)
+        >>> float(m.compute())
+        1.0
+    """
+
+    higher_is_better = True
+
+    def __init__(self, k: int = 10, metric: Literal["cosine", "euclidean"] = "cosine", max_samples: int = 2000,
+                 **kwargs) -> None:
+        super().__init__(max_samples=max_samples, **kwargs)
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        if metric not in ("cosine", "euclidean"):
+            raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
+        self.k, self.metric = k, metric
+
+    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
+        super().update(*_pair(x, y))
+
+    def compute(self) -> Tensor:  # type: ignore[override]
+        x, y = super().compute()
+        return mutual_knn_alignment(x, y, k=self.k, metric=self.metric)
