@@ -31,7 +31,7 @@ from lit_repr.metrics.mcc import as_matrix
 from lit_repr.metrics.probe import FeatureCache
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score
 
-__all__ = ["LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci"]
+__all__ = ["LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci", "dci_from_importance"]
 
 Split = Literal["fit", "eval"]
 
@@ -272,27 +272,42 @@ def dci(
         model.fit(ftr, ztr[:, j])
         importance[:, j] = np.abs(model.feature_importances_)
         informativeness[j] = r2_score(zte[:, j], model.predict(fte))
+    out = dci_from_importance(importance)
+    out["informativeness"] = float(informativeness.mean())
+    out["informativeness_per_factor"] = informativeness
+    return out
+
+
+def dci_from_importance(importance: Any) -> dict[str, Any]:
+    """Disentanglement and completeness of a non-negative importance matrix ``R`` (codes × factors).
+
+    Codes (rows) or factors (columns) with no importance at all score 0 and get no weight.
+
+    Example:
+        >>> out = dci_from_importance(np.eye(3))
+        >>> out["disentanglement"], out["completeness"]
+        (1.0, 1.0)
+    """
+    importance = np.abs(np.asarray(importance, dtype=np.float64))
+    if importance.ndim != 2 or not np.isfinite(importance).all():
+        raise ValueError(f"importance must be a finite (codes, factors) matrix, got shape {importance.shape}")
+    d, k = importance.shape
     total = importance.sum()
-    if total <= 0:  # every tree is a single leaf: the features carry nothing the trees can split on
-        zeros_d, zeros_k = np.zeros(d), np.zeros(k)
-        return {"disentanglement": 0.0, "completeness": 0.0, "informativeness": float(informativeness.mean()),
-                "importance": importance, "disentanglement_per_code": zeros_d,
-                "completeness_per_factor": zeros_k, "informativeness_per_factor": informativeness}
+    if total <= 0:  # e.g. every tree is a single leaf: the features carry nothing the trees can split on
+        return {"disentanglement": 0.0, "completeness": 0.0, "importance": importance,
+                "disentanglement_per_code": np.zeros(d), "completeness_per_factor": np.zeros(k)}
     row = importance.sum(1, keepdims=True)
     p_codes = np.divide(importance, row, out=np.zeros_like(importance), where=row > 0)
     d_per_code = np.where(row[:, 0] > 0, 1.0 - _normalised_entropy(p_codes, k, axis=1), 0.0)
-    rho = row[:, 0] / total
     col = importance.sum(0, keepdims=True)
     p_factors = np.divide(importance, col, out=np.zeros_like(importance), where=col > 0)
     c_per_factor = np.where(col[0] > 0, 1.0 - _normalised_entropy(p_factors, d, axis=0), 0.0)
     return {
-        "disentanglement": float((rho * d_per_code).sum()),
+        "disentanglement": float((row[:, 0] / total * d_per_code).sum()),
         "completeness": float(c_per_factor.mean()),
-        "informativeness": float(informativeness.mean()),
         "importance": importance,
         "disentanglement_per_code": d_per_code,
         "completeness_per_factor": c_per_factor,
-        "informativeness_per_factor": informativeness,
     }
 
 

@@ -445,6 +445,15 @@ class ProbeReadout(nn.Module):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*variance.*")
             raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}
+        if self.task == "regression" and self.fitted:
+            # a probe without weights predicts a constant: its correlations are undefined (torchmetrics
+            # may return rounding noise instead of NaN when the constant is not exactly representable)
+            flat = (self.weight == 0).all(0).to(self.weight.device)
+            for k in ("pearson", "spearman"):
+                if k in raw and bool(flat.any()):
+                    v = raw[k].clone().reshape(-1)
+                    v[flat.to(v.device).reshape(-1)] = float("nan")
+                    raw[k] = v.reshape(raw[k].shape)
         bad = [k for k, v in raw.items() if not bool(torch.isfinite(v).all())]
         if bad:
             warnings.warn(

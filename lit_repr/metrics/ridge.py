@@ -280,12 +280,16 @@ class StreamingRidge(Metric):
             )
         mx, my, sxx, sxy, syy = self._centred()
         evals, evecs = _eigh(sxx)
-        evals = evals.clamp_min(0)
+        # directions whose variance is at the rounding level of the raw moments (e.g. constant
+        # features, whose centred XᵀX is cancellation noise) carry no signal: drop them exactly
+        noise = 1e-11 * float(torch.diagonal(self.xtx).abs().max().clamp_min(torch.finfo(torch.float64).tiny))
+        evals = torch.where(evals > noise, evals, torch.zeros_like(evals))
         if self.max_components is not None and self.max_components < evals.numel():
             evals, evecs = evals[-self.max_components :], evecs[:, -self.max_components :]
         if float(evals.max()) <= 1e-12 * max(n, 1.0):
             warnings.warn("features are constant: the ridge probe can only predict the mean", stacklevel=2)
         q = evecs.T @ sxy  # (r, K)
+        q[evals == 0] = 0.0
         alphas = self.alphas.to(evals.device)
         denom = evals[None, :] + alphas[:, None]  # (A, r)
         if heldout is None or self.selection == "gcv":
