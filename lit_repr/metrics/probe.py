@@ -20,7 +20,7 @@ import torchmetrics
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
-from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only
 
 __all__ = [
     "ProbeReadout",
@@ -253,6 +253,8 @@ def fit_probe(
         classifier=classifier,
         logistic_C=logistic_C,
     )
+    readout.local = True  # the arrays are the whole data, even inside a DDP process
+    local_only(readout)
     readout.update_fit(features, targets)
     eval_sets = dict(eval_sets or {})
     heldout = None
@@ -337,6 +339,7 @@ class ProbeReadout(nn.Module):
         self.heldout.persistent(True)
         self.cache = FeatureCache(max_cache_samples) if classifier == "logistic" else None
         self.evals = nn.ModuleDict()
+        self.local = False  # True: never sum states across processes (see ``local_only``)
         self._plot: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
@@ -421,6 +424,8 @@ class ProbeReadout(nn.Module):
     def _eval(self, split: str) -> MetricCollection:
         if split not in self.evals:
             self.evals[split] = evaluation_metrics(self.task, self.num_outputs).to(self.weight.device)
+            if self.local:
+                local_only(self.evals[split])
         return self.evals[split]  # type: ignore[return-value]
 
     def update_eval(self, split: str, x: Tensor, y: Tensor) -> None:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score"]
+__all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-6, 7))
 
@@ -93,6 +93,24 @@ def moments_score(fit: RidgeFit, stats: "StreamingRidge") -> dict[str, Tensor]:
     r2 = 1 - mse / vy.clamp_min(torch.finfo(torch.float64).tiny)
     pearson = cov_pred_y / (var_pred * vy).clamp_min(torch.finfo(torch.float64).tiny).sqrt()
     return {"mse": mse, "r2": r2, "pearson": pearson}
+
+
+def local_only(module: torch.nn.Module) -> torch.nn.Module:
+    """Make every torchmetrics Metric in ``module`` compute on this process's states only.
+
+    For readouts of arrays that are already the whole data (e.g. :func:`~lit_repr.metrics.fit_probe`
+    called on one rank under DDP): no collective is entered, so nothing is summed twice and a call
+    on a single rank cannot hang.
+    """
+    for m in module.modules():
+        if isinstance(m, Metric):
+            m.distributed_available_fn = _never
+            m.sync_on_compute = False
+    return module
+
+
+def _never() -> bool:
+    return False
 
 
 def all_finite(x: Tensor) -> bool:

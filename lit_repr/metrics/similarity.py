@@ -26,6 +26,7 @@ from torchmetrics import Metric
 
 from lit_repr.metrics.mcc import as_matrix
 from lit_repr.metrics.probe import FeatureCache
+from lit_repr.metrics.ridge import local_only
 
 __all__ = ["LinearCKA", "MutualKNNAlignment", "linear_cka", "mutual_knn_alignment", "hsic"]
 
@@ -178,7 +179,8 @@ def linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
             raise ValueError(f"{'debiased' if debiased else 'biased'} CKA needs at least {need} samples, got {n}")
         k, l = x @ x.T, y @ y.T  # noqa: E741
         return _cka_ratio(hsic(k, l, debiased), hsic(k, k, debiased), hsic(l, l, debiased))
-    m = LinearCKA(x.shape[1], y.shape[1], debiased=debiased)
+    # these arrays are the whole data: no summing of statistics across processes
+    m = local_only(LinearCKA(x.shape[1], y.shape[1], debiased=debiased))
     m.update(x, y)
     return m.compute()
 
