@@ -12,8 +12,9 @@ the encoder:
 
 All use Adam (lr 3e-3, full batch, L1 coefficient 0.03 on ``‖x − x̂‖²`` summed over features, i.e.
 a lasso penalty of 0.015 for FISTA); the amortised encoders take 2000 steps, sparse coding 500
-dictionary steps (each with converged codes). Plus a fourth row the decoupling makes free: the *trained SAE's* dictionary with FISTA codes at
-test time (inference-time optimisation, warm-started from the SAE encoder).
+dictionary steps (each with converged codes). Plus a fourth row the decoupling makes free: the
+*trained SAE's* dictionary with FISTA codes at test time (inference-time optimisation, warm-started
+from the SAE encoder).
 
 Code MCC (Pearson, Hungarian matching) and dictionary MCC (|cosine|) are measured on the test set
 and printed, as mean ± std over seeds, beside the paper's numbers, with each encoder's inference

@@ -108,6 +108,21 @@ class TapCallback(Callback):
             ``module(batch[input_key])``).
         forward_fn: replaces that call: ``forward_fn(module, batch)``.
         name: prefix of logged metrics.
+
+    Example:
+        A new readout is a subclass that says which hook feeds it and what it computes:
+
+        >>> class MeanNorm(TapCallback):
+        ...     def on_validation_epoch_end(self, trainer, pl_module):
+        ...         norms = {}
+        ...         def on_batch(feats, batch):
+        ...             for site, f in feats.items():
+        ...                 norms.setdefault(site, []).append(f.norm(dim=1))
+        ...         self.run_frozen(trainer, pl_module, trainer.val_dataloaders, on_batch)
+        ...         for site, v in norms.items():
+        ...             pl_module.log(f"{self.name}/{site}/mean_norm", torch.cat(v).mean())
+        >>> MeanNorm(sites=["backbone.0"], name="norm").sites
+        ['backbone.0']
     """
 
     def __init__(

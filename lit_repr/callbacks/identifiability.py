@@ -333,7 +333,9 @@ class RepresentationSimilarity(TapCallback):
     ) -> None:
         super().__init__(sites, reduction=reduction, input_key=input_key, forward_fn=forward_fn, name=name)
         if not (isinstance(reference, nn.Module) or isinstance(reference, str)):
-            raise ValueError(f"reference must be 'init', a checkpoint path or an nn.Module, got {type(reference).__name__}")
+            raise ValueError(
+                f"reference must be 'init', a checkpoint path or an nn.Module, got {type(reference).__name__}"
+            )
         if not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if not isinstance(max_samples, int) or max_samples <= k + 1:

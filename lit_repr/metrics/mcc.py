@@ -230,7 +230,8 @@ class MeanCorrelationCoefficient(Metric):
                 f"method must be 'pearson' or 'spearman' for streamed samples, got {method!r} "
                 f"(dictionaries: mean_correlation_coefficient(true, learned, method='cosine'))"
             )
-        self.num_factors, self.num_features, self.method, self.max_samples = num_factors, num_features, method, max_samples
+        self.num_factors, self.num_features = num_factors, num_features
+        self.method, self.max_samples = method, max_samples
         f64 = torch.float64
         self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         if method == "pearson":

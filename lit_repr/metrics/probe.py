@@ -194,7 +194,16 @@ def fit_logistic(
 
 @dataclass
 class ProbeResult:
-    """A fitted probe for in-memory arrays: weights, bias, chosen penalty and scores."""
+    """A fitted probe for in-memory arrays: weights, bias, chosen penalty and scores.
+
+    Attributes:
+        task: ``"regression"`` or ``"classification"``.
+        weight: ``(D, K)`` probe weights (``K`` targets, or one column per class).
+        bias: ``(K,)`` intercepts.
+        alpha: the chosen ridge penalty.
+        scores: ``{split: {metric: value}}``, always with the fitting split as ``"fit"``.
+        num_classes: number of classes of a classification probe.
+    """
 
     task: str
     weight: Tensor

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from lit_repr.metrics.mcc import MeanCorrelationCoefficient, correlation_matrix, mean_correlation_coefficient
+from lit_repr.metrics.mcc import MeanCorrelationCoefficient, mean_correlation_coefficient
 
 
 def _brute_force_mcc(abs_corr: np.ndarray) -> float:

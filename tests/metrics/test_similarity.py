@@ -76,7 +76,7 @@ def test_mutual_knn_equals_sklearn_neighbours():
     y = x @ rng.normal(size=(6, 4)) + 0.8 * rng.normal(size=(80, 4))
     k = 7
     for metric in ("euclidean", "cosine"):
-        def nbrs(a):
+        def nbrs(a, metric=metric):
             nn = NearestNeighbors(n_neighbors=k + 1, metric=metric).fit(a)
             idx = nn.kneighbors(a, return_distance=False)
             return [set(r[r != i][:k]) for i, r in enumerate(idx)]
@@ -94,7 +94,8 @@ def test_mutual_knn_invariances_and_chance():
     chance = float(mutual_knn_alignment(x, torch.randn(200, 5, generator=g), k=10))
     assert chance < 0.15  # about k / (N - 1) = 0.05
     m = MutualKNNAlignment(k=10, max_samples=150)
-    m.update(x[:100], x[:100]); m.update(x[100:], x[100:])
+    m.update(x[:100], x[:100])
+    m.update(x[100:], x[100:])
     assert float(m.compute()) == 1.0
 
 
