@@ -73,3 +73,28 @@ def test_similarity_bad_args():
         RepresentationSimilarity("a", k=0)
     with pytest.raises(ValueError, match="reference must be"):
         RepresentationSimilarity("a", reference=3)  # type: ignore[arg-type]
+
+
+def test_similarity_reference_checkpoint_and_resume(tmp_path, trainer_kwargs):
+    pl.seed_everything(0)
+    ckpt_cb = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = RepresentationSimilarity(sites=["backbone"], reference="init", max_samples=200, k=5)
+    model = Classifier(in_features=64, hidden=[16], lr=1e-2)
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    kw = {**trainer_kwargs, "enable_checkpointing": True}
+    pl.Trainer(max_epochs=1, callbacks=[first, ckpt_cb], **kw).fit(model, DigitsDataModule())
+    last = str(tmp_path / "ckpt" / "last.ckpt")
+
+    # resuming restores the model at initialisation as the reference, not the resumed weights
+    resumed = RepresentationSimilarity(sites=["backbone"], reference="init", max_samples=200, k=5)
+    fresh = Classifier(in_features=64, hidden=[16], lr=1e-2)
+    pl.Trainer(max_epochs=2, callbacks=[resumed], **trainer_kwargs).fit(fresh, DigitsDataModule(), ckpt_path=last)
+    for k, v in init_state.items():
+        torch.testing.assert_close(resumed.reference.state_dict()[k], v)
+
+    # a checkpoint path as the reference: the checkpointed model compared with itself
+    same = RepresentationSimilarity(sites=["backbone"], reference=last, max_samples=200, k=5)
+    loaded = Classifier.load_from_checkpoint(last)
+    pl.Trainer(callbacks=[same], **trainer_kwargs).validate(loaded, DigitsDataModule(), verbose=False)
+    assert same.scores["similarity/backbone/val/cka"] == pytest.approx(1.0, abs=1e-9)
+    assert same.scores["similarity/backbone/val/cka_debiased"] == pytest.approx(1.0, abs=1e-9)
