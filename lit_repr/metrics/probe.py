@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -88,7 +88,7 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
                 "spearman": torchmetrics.SpearmanCorrCoef(num_outputs=num_outputs),
                 "mse": torchmetrics.MeanSquaredError(num_outputs=num_outputs),
             }
-        )
+        ).set_dtype(torch.float64)  # sums of squares in float64: scores do not depend on batching
     return MetricCollection(
         {
             "acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_outputs),
@@ -299,6 +299,10 @@ class ProbeReadout(nn.Module):
         max_components: ridge on the leading principal components only.
         max_cache_samples: cap of the logistic probe's feature cache.
         max_plot_samples: predictions kept per split for the predicted-vs-true figure.
+        buffer_rows: batches are checked at once but accumulated in blocks of up to this many rows
+            (one large product instead of many small ones: far less per-batch overhead); default
+            ``max(256, 2²² / num_features)`` rows. Every read (fit, scores, ``state_dict``) flushes
+            the block first, so results and checkpoints are those of unbuffered accumulation.
 
     Example:
         >>> r = ProbeReadout(3, task="regression", num_targets=1)
@@ -321,9 +325,12 @@ class ProbeReadout(nn.Module):
         max_components: int | None = None,
         max_cache_samples: int = 100_000,
         max_plot_samples: int = 2000,
+        buffer_rows: int | None = None,
     ) -> None:
         super().__init__()
         _check_task(task, num_classes)
+        if buffer_rows is not None and (not isinstance(buffer_rows, int) or buffer_rows < 1):
+            raise ValueError(f"buffer_rows must be a positive int or None, got {buffer_rows!r}")
         if classifier not in _CLASSIFIERS:
             raise ValueError(f"classifier must be one of {_CLASSIFIERS}, got {classifier!r}")
         if classifier == "logistic" and task != "classification":
@@ -349,6 +356,9 @@ class ProbeReadout(nn.Module):
         self.cache = FeatureCache(max_cache_samples) if classifier == "logistic" else None
         self.evals = nn.ModuleDict()
         self.local = False  # True: never sum states across processes (see ``local_only``)
+        self.buffer_rows = buffer_rows or max(256, 2**22 // max(num_features, 1))
+        self._fit_buf: list[tuple[Tensor, Tensor]] = []
+        self._eval_buf: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self._plot: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
@@ -386,16 +396,36 @@ class ProbeReadout(nn.Module):
 
     @property
     def n_fit(self) -> int:
+        self.flush()
         return int(self.stats.n)
+
+    @staticmethod
+    def _rows(buf: list[tuple[Tensor, Tensor]]) -> int:
+        return sum(x.shape[0] for x, _ in buf)
+
+    def flush(self) -> None:
+        """Accumulate the buffered batches into the statistics and evaluation metrics."""
+        if self._fit_buf:
+            x, y = (torch.cat(t) for t in zip(*self._fit_buf))
+            self._fit_buf = []
+            self.stats.update(x, self._design(y))
+            if self.cache is not None:
+                self.cache.update(x.to(torch.float64), y)
+        for split in list(self._eval_buf):
+            self._flush_eval(split)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        self.flush()  # a checkpoint holds every batch seen, buffered or not
+        return super().state_dict(*args, **kwargs)
 
     # ---------------------------------------------------------------- fitting
     def update_fit(self, x: Tensor, y: Tensor) -> None:
-        """Accumulate a batch of the fitting split."""
+        """Accumulate a batch of the fitting split (checked now, added in blocks)."""
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
-        self.stats.update(x, self._design(y))
-        if self.cache is not None:
-            self.cache.update(x.to(torch.float64), y)
+        self._fit_buf.append((x.detach(), y.detach()))
+        if self._rows(self._fit_buf) >= self.buffer_rows:
+            self.flush()
 
     def update_heldout(self, x: Tensor, y: Tensor) -> None:
         """Accumulate a batch of the split used to choose the penalty (``selection="heldout"``)."""
@@ -405,6 +435,7 @@ class ProbeReadout(nn.Module):
 
     def fit(self) -> None:
         """Solve for the probe from the accumulated statistics (synchronised under DDP)."""
+        self.flush()
         heldout = self.heldout if self.stats.selection == "heldout" else None
         sol: RidgeFit = self.stats.solve(heldout)
         w, b = sol.weight, sol.bias
@@ -419,6 +450,7 @@ class ProbeReadout(nn.Module):
 
     def reset_fit(self) -> None:
         """Forget the fitting statistics (the fitted weights stay until the next :meth:`fit`)."""
+        self._fit_buf = []
         self.stats.reset()
         self.heldout.reset()
         if self.cache is not None:
@@ -438,14 +470,27 @@ class ProbeReadout(nn.Module):
         return self.evals[split]  # type: ignore[return-value]
 
     def update_eval(self, split: str, x: Tensor, y: Tensor) -> None:
-        """Score the fitted probe on a batch of evaluation split ``split``."""
+        """Score the fitted probe on a batch of evaluation split ``split`` (checked now, scored in blocks)."""
+        if not self.fitted:
+            raise RuntimeError("the probe has not been fitted yet: call update_fit(...) then fit()")
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
+        self._eval(split)
+        buf = self._eval_buf.setdefault(split, [])
+        buf.append((x.detach(), y.detach()))
+        if self._rows(buf) >= self.buffer_rows:
+            self._flush_eval(split)
+
+    def _flush_eval(self, split: str) -> None:
+        buf = self._eval_buf.pop(split, [])
+        if not buf:
+            return
+        x, y = (torch.cat(t) for t in zip(*buf))
         pred = self.predict(x)
         if self.task == "classification":
             self._eval(split).update(pred.float().softmax(-1), y)
         else:
-            self._eval(split).update(pred.float(), y.float())
+            self._eval(split).update(pred.double(), y.double())
             buf = self._plot.setdefault(split, [])
             kept = sum(p.shape[0] for p, _ in buf)
             if kept < self.max_plot_samples:
@@ -456,6 +501,7 @@ class ProbeReadout(nn.Module):
         """Scores of split ``split`` (per output for regression), synchronised under DDP."""
         if split not in self.evals:
             raise ValueError(f"no evaluation data for split {split!r}; splits seen: {list(self.evals)}")
+        self._flush_eval(split)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*variance.*")
             raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}
@@ -479,12 +525,14 @@ class ProbeReadout(nn.Module):
 
     def plot_data(self, split: str) -> tuple[Tensor, Tensor] | None:
         """Up to ``max_plot_samples`` (prediction, truth) pairs of ``split`` (regression only)."""
+        self._flush_eval(split)
         buf = self._plot.get(split)
         if not buf:
             return None
         return torch.cat([p for p, _ in buf]), torch.cat([t for _, t in buf])
 
     def reset_eval(self) -> None:
+        self._eval_buf = {}
         for m in self.evals.values():
             m.reset()
         self._plot.clear()

@@ -79,3 +79,30 @@ def test_constant_features_do_not_log_nan():
     with pytest.warns(UserWarning, match="undefined"):
         scores = r.compute_eval("val")
     assert all(torch.isfinite(v).all() for v in scores.values())
+
+
+def test_buffered_accumulation_equals_unbuffered_and_flushes_on_state_dict():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 6, generator=g)
+    y = torch.randint(0, 3, (300,), generator=g)
+    a = ProbeReadout(6, task="classification", num_classes=3, buffer_rows=1)  # every batch at once
+    b = ProbeReadout(6, task="classification", num_classes=3, buffer_rows=10_000)  # one block
+    for xb, yb in zip(x.split(32), y.split(32)):
+        a.update_fit(xb, yb)
+        b.update_fit(xb, yb)
+    state = b.state_dict()  # flushes the block: a checkpoint holds every batch
+    torch.testing.assert_close(state["stats.xtx"], a.state_dict()["stats.xtx"])
+    assert b.n_fit == a.n_fit == 300
+    a.fit()
+    b.fit()
+    torch.testing.assert_close(a.weight, b.weight)
+    for r in (a, b):
+        for xb, yb in zip(x.split(50), y.split(50)):
+            r.update_eval("val", xb, yb)
+    sa, sb = a.compute_eval("val"), b.compute_eval("val")
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k])
+    with pytest.raises(ValueError, match="buffer_rows must be a positive int"):
+        ProbeReadout(6, buffer_rows=0)
+    with pytest.raises(RuntimeError, match="not been fitted"):
+        ProbeReadout(6).update_eval("val", x, x[:, 0])
