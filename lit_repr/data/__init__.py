@@ -4,6 +4,7 @@ from lit_repr.data.base import ArrayDataModule, EpochSeededSampler, TensorDictDa
 from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import InvertibleMLP, LatentVariableDataModule
 from lit_repr.data.medmnist import MedMNISTDataModule
+from lit_repr.data.sparse_coding import SparseCodingDataModule
 from lit_repr.data.sprites import SpritesDataModule, render_sprites
 
 __all__ = [
@@ -11,4 +12,5 @@ __all__ = [
     "DigitsDataModule", "MedMNISTDataModule",
     "LatentVariableDataModule", "InvertibleMLP",
     "SpritesDataModule", "render_sprites",
+    "SparseCodingDataModule",
 ]
