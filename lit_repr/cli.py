@@ -137,4 +137,4 @@ def _class_path_hints(args: Sequence[str]) -> list[str]:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m lit_repr`` and the ``lit-repr`` console script."""
-    LitReprCLI(args=args if args is not None else sys.argv[1:])
+    LitReprCLI(args=args)  # None: Lightning reads sys.argv itself

@@ -267,9 +267,15 @@ def _matched_heatmap(res: Any, title: str) -> Any:
     mat = corr[:, shown].numpy()
     fig, ax = plt.subplots(figsize=(max(3.0, 0.35 * len(shown) + 1.5), max(2.5, 0.35 * corr.shape[0] + 1.2)))
     im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    for i, j in enumerate(matching.tolist()):  # outline the matched pairs
+        if int(j) >= 0:
+            col = shown.index(int(j))
+            ax.add_patch(plt.Rectangle((col - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="white", lw=1.5))
+            ax.text(col, i, f"{mat[i, col]:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if mat[i, col] > 0.6 else "white")
     ax.set_xticks(range(len(shown)), [str(j) for j in shown], fontsize=7, rotation=90)
     ax.set_yticks(range(corr.shape[0]), [f"z{i}" for i in range(corr.shape[0])], fontsize=7)
-    ax.set_xlabel("feature dimension (matched first)")
+    ax.set_xlabel("feature dimension (matched first, outlined)")
     ax.set_ylabel("ground-truth factor")
     ax.set_title(f"{title}\nMCC = {res.mean:.3f}", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="|corr|")
