@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -24,3 +26,26 @@ def trainer_kwargs(tmp_path):
         enable_model_summary=False,
         default_root_dir=str(tmp_path),
     )
+
+
+@pytest.fixture
+def run_ddp_script(tmp_path):
+    """Run a test script in a fresh interpreter (it starts its own DDP processes); return what it saved.
+
+    The script gets the output path as its first argument, then ``args``.
+    """
+
+    def run(script, *args, timeout=300):
+        out = tmp_path / f"out_{'_'.join(map(str, args))}.pt"
+        proc = subprocess.run(
+            [sys.executable, str(script), str(out), *map(str, args)],
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        return torch.load(out, weights_only=False)
+
+    return run

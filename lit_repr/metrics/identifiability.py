@@ -56,6 +56,20 @@ def _check_latents(z: Tensor, what: str) -> None:
         raise ValueError(f"latent factor(s) {const} are constant in {what}: their R² is undefined; drop them")
 
 
+def _train_test(f_train: Any, z_train: Any, f_test: Any, z_test: Any) -> tuple[np.ndarray, ...]:
+    """Checked float64 arrays ``(features_train, latents_train, features_test, latents_test)``."""
+    ftr, ztr = (t.numpy() for t in _paired(f_train, z_train))
+    fte, zte = (t.numpy() for t in _paired(f_test, z_test))
+    if ftr.shape[1] != fte.shape[1] or ztr.shape[1] != zte.shape[1]:
+        raise ValueError(
+            f"train and test shapes differ: features {ftr.shape[1]} vs {fte.shape[1]}, "
+            f"latents {ztr.shape[1]} vs {zte.shape[1]}"
+        )
+    _check_latents(torch.from_numpy(ztr), "the training latents")
+    _check_latents(torch.from_numpy(zte), "the test latents")
+    return ftr, ztr, fte, zte
+
+
 def _check_split(split: str) -> None:
     if split not in ("fit", "eval"):
         raise ValueError(f"split must be 'fit' or 'eval', got {split!r}")
@@ -177,17 +191,9 @@ def kernel_ridge_r2(
     from sklearn.metrics import r2_score
     from sklearn.model_selection import GridSearchCV, KFold
 
-    ftr, ztr = (t.numpy() for t in _paired(features_train, latents_train))
-    fte, zte = (t.numpy() for t in _paired(features_test, latents_test))
-    if ftr.shape[1] != fte.shape[1] or ztr.shape[1] != zte.shape[1]:
-        raise ValueError(
-            f"train and test shapes differ: features {ftr.shape[1]} vs {fte.shape[1]}, "
-            f"latents {ztr.shape[1]} vs {zte.shape[1]}"
-        )
     if not isinstance(cv, int) or cv < 2:
         raise ValueError(f"cv must be an int >= 2, got {cv!r}")
-    _check_latents(torch.from_numpy(ztr), "the training latents")
-    _check_latents(torch.from_numpy(zte), "the test latents")
+    ftr, ztr, fte, zte = _train_test(features_train, latents_train, features_test, latents_test)
     if ztr.shape[0] < 2 * cv:
         raise ValueError(f"kernel ridge needs at least {2 * cv} training samples for {cv}-fold CV, got {ztr.shape[0]}")
     ftr, fte = _standardise(ftr, fte)
@@ -253,17 +259,9 @@ def dci(
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.metrics import r2_score
 
-    ftr, ztr = (t.numpy() for t in _paired(features_train, latents_train))
-    fte, zte = (t.numpy() for t in _paired(features_test, latents_test))
-    if ftr.shape[1] != fte.shape[1] or ztr.shape[1] != zte.shape[1]:
-        raise ValueError(
-            f"train and test shapes differ: features {ftr.shape[1]} vs {fte.shape[1]}, "
-            f"latents {ztr.shape[1]} vs {zte.shape[1]}"
-        )
     if not isinstance(n_estimators, int) or n_estimators < 1:
         raise ValueError(f"n_estimators must be a positive int, got {n_estimators!r}")
-    _check_latents(torch.from_numpy(ztr), "the training latents")
-    _check_latents(torch.from_numpy(zte), "the test latents")
+    ftr, ztr, fte, zte = _train_test(features_train, latents_train, features_test, latents_test)
     d, k = ftr.shape[1], ztr.shape[1]
     importance = np.zeros((d, k))
     informativeness = np.zeros(k)

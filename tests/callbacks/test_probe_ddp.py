@@ -1,8 +1,5 @@
 """LinearProbe is exact under DDP: 2 CPU processes (gloo) give the probe of 1 process."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,24 +8,9 @@ import torch
 SCRIPT = Path(__file__).with_name("ddp_probe_script.py")
 
 
-def _run(tmp_path, devices, mode):
-    out = tmp_path / f"{mode}_{devices}.pt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(out), str(devices), mode],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return torch.load(out, weights_only=False)
-
-
 @pytest.mark.parametrize("mode", ["frozen", "online"])
-def test_ddp_two_processes_equal_one(tmp_path, mode):
-    one, two = _run(tmp_path, 1, mode), _run(tmp_path, 2, mode)
+def test_ddp_two_processes_equal_one(run_ddp_script, mode):
+    one, two = run_ddp_script(SCRIPT, 1, mode), run_ddp_script(SCRIPT, 2, mode)
     for key in ("digit", "ink"):
         # the statistics of both processes are summed: same sample count, same probe
         assert one[key]["n"] == 1438 if mode == "online" else True
