@@ -358,7 +358,9 @@ class ProbeReadout(nn.Module):
         self.local = False  # True: never sum states across processes (see ``local_only``)
         self.buffer_rows = buffer_rows or max(256, 2**22 // max(num_features, 1))
         self._fit_buf: list[tuple[Tensor, Tensor]] = []
+        self._fit_rows = 0
         self._eval_buf: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self._eval_rows: dict[str, int] = {}
         self._plot: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
@@ -399,15 +401,11 @@ class ProbeReadout(nn.Module):
         self.flush()
         return int(self.stats.n)
 
-    @staticmethod
-    def _rows(buf: list[tuple[Tensor, Tensor]]) -> int:
-        return sum(x.shape[0] for x, _ in buf)
-
     def flush(self) -> None:
         """Accumulate the buffered batches into the statistics and evaluation metrics."""
         if self._fit_buf:
             x, y = (torch.cat(t) for t in zip(*self._fit_buf))
-            self._fit_buf = []
+            self._fit_buf, self._fit_rows = [], 0
             self.stats.update(x, self._design(y))
             if self.cache is not None:
                 self.cache.update(x.to(torch.float64), y)
@@ -424,7 +422,8 @@ class ProbeReadout(nn.Module):
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
         self._fit_buf.append((x.detach(), y.detach()))
-        if self._rows(self._fit_buf) >= self.buffer_rows:
+        self._fit_rows += x.shape[0]
+        if self._fit_rows >= self.buffer_rows:
             self.flush()
 
     def update_heldout(self, x: Tensor, y: Tensor) -> None:
@@ -450,7 +449,7 @@ class ProbeReadout(nn.Module):
 
     def reset_fit(self) -> None:
         """Forget the fitting statistics (the fitted weights stay until the next :meth:`fit`)."""
-        self._fit_buf = []
+        self._fit_buf, self._fit_rows = [], 0
         self.stats.reset()
         self.heldout.reset()
         if self.cache is not None:
@@ -476,13 +475,14 @@ class ProbeReadout(nn.Module):
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
         self._eval(split)
-        buf = self._eval_buf.setdefault(split, [])
-        buf.append((x.detach(), y.detach()))
-        if self._rows(buf) >= self.buffer_rows:
+        self._eval_buf.setdefault(split, []).append((x.detach(), y.detach()))
+        self._eval_rows[split] = self._eval_rows.get(split, 0) + x.shape[0]
+        if self._eval_rows[split] >= self.buffer_rows:
             self._flush_eval(split)
 
     def _flush_eval(self, split: str) -> None:
         buf = self._eval_buf.pop(split, [])
+        self._eval_rows.pop(split, None)
         if not buf:
             return
         x, y = (torch.cat(t) for t in zip(*buf))
@@ -532,7 +532,7 @@ class ProbeReadout(nn.Module):
         return torch.cat([p for p, _ in buf]), torch.cat([t for _, t in buf])
 
     def reset_eval(self) -> None:
-        self._eval_buf = {}
+        self._eval_buf, self._eval_rows = {}, {}
         for m in self.evals.values():
             m.reset()
         self._plot.clear()
