@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from typing_extensions import override
 
 from lit_repr.callbacks.base import TapCallback, probe_loaders_for
+from lit_repr.metrics.mcc import MeanCorrelationCoefficient
 from lit_repr.metrics.probe import ProbeReadout
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS
 from lit_repr.taps import Reduction, Tap
@@ -76,8 +77,8 @@ class IdentifiabilityMetrics(TapCallback):
       to latents, fitted on ``fit_split`` from streamed statistics (exact under DDP, GCV penalty)
       and scored on ``eval_split``;
     - ``mcc`` and ``mcc_factor{i}``: the mean correlation coefficient (Pearson, Hungarian
-      matching of feature dimensions to factors), on up to ``max_samples`` evaluation samples, and
-      a TensorBoard heat map of the matched correlation matrix;
+      matching of feature dimensions to factors) from statistics streamed over the whole
+      evaluation split (exact under DDP), and a TensorBoard heat map of the matched correlations;
     - ``kernel_r2`` (optional): RBF kernel ridge R² with cross-validated penalty and bandwidth;
     - ``dci_disentanglement``, ``dci_completeness``, ``dci_informativeness`` (optional).
 
@@ -87,7 +88,7 @@ class IdentifiabilityMetrics(TapCallback):
         metrics: any of ``"linear_r2"``, ``"mcc"``, ``"kernel_r2"``, ``"dci"``.
         fit_split: probe loader that fits the linear map (and trains DCI's regressors).
         eval_split: probe loader on which everything is scored.
-        max_samples: evaluation samples kept for MCC, kernel R² and DCI (per process).
+        max_samples: samples kept per split for kernel R² and DCI (per process; gathered under DDP).
         every_n_epochs: how often to measure during ``fit``.
         probe_loaders: named loaders; default: the datamodule's ``probe_dataloaders()``.
         alphas: ridge penalties.
@@ -142,6 +143,7 @@ class IdentifiabilityMetrics(TapCallback):
         self.log_figures = log_figures
         self.latent_name = latents if isinstance(latents, str) else "latents"
         self.readouts = nn.ModuleDict()
+        self.mcc_readouts = nn.ModuleDict()
         self.scores: dict[str, float] = {}
 
     @property
@@ -188,25 +190,40 @@ class IdentifiabilityMetrics(TapCallback):
             ).to(f.device)
         return self.readouts[key]  # type: ignore[return-value]
 
+    def _mcc(self, site: str, f: Tensor, z: Tensor) -> MeanCorrelationCoefficient:
+        key = f"s{self.sites.index(site)}"
+        if key not in self.mcc_readouts:
+            self.mcc_readouts[key] = MeanCorrelationCoefficient(z.shape[1], f.shape[1]).to(f.device)
+        return self.mcc_readouts[key]  # type: ignore[return-value]
+
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loaders: dict) -> dict[str, float]:
         fit_sub, eval_sub = _Subsample(self.max_samples), _Subsample(self.max_samples)
+        subsample = bool({"kernel_r2", "dci"} & set(self.metrics))  # the metrics that need samples
         for r in self.readouts.values():
             r.reset_fit()
             r.reset_eval()
+        for m in self.mcc_readouts.values():
+            m.reset()
 
         def on_fit(feats: dict[str, Tensor], batch: Any) -> None:
             z = self._latents(batch, next(iter(feats.values())).shape[0]).to(pl_module.device)
-            fit_sub.add("z", z)
+            if subsample:
+                fit_sub.add("z", z)
             for site, f in feats.items():
                 self._readout(site, f, z).update_fit(f, z)
-                fit_sub.add(site, f)
+                if subsample:
+                    fit_sub.add(site, f)
 
         def on_eval(feats: dict[str, Tensor], batch: Any) -> None:
             z = self._latents(batch, next(iter(feats.values())).shape[0]).to(pl_module.device)
-            eval_sub.add("z", z)
+            if subsample:
+                eval_sub.add("z", z)
             for site, f in feats.items():
                 self._readout(site, f, z).update_eval(self.eval_split, f, z)
-                eval_sub.add(site, f)
+                if "mcc" in self.metrics:
+                    self._mcc(site, f, z).update(z, f)
+                if subsample:
+                    eval_sub.add(site, f)
 
         self.run_frozen(trainer, pl_module, loaders[self.fit_split], on_fit)
         for r in self.readouts.values():
@@ -214,7 +231,7 @@ class IdentifiabilityMetrics(TapCallback):
         self.run_frozen(trainer, pl_module, loaders[self.eval_split], on_eval)
 
         scores: dict[str, float] = {}
-        z_eval = eval_sub.get("z", trainer)
+        z_eval = eval_sub.get("z", trainer) if subsample else None
         z_fit = fit_sub.get("z", trainer) if "dci" in self.metrics else None
         for site in self.sites:
             prefix = f"{self.name}/{site}/{self.latent_name}/{self.eval_split}"
@@ -225,11 +242,9 @@ class IdentifiabilityMetrics(TapCallback):
                 for i, v in enumerate(r2.tolist()):
                     scores[f"{prefix}/linear_r2_factor{i}"] = v
             r.reset_eval()
-            f_eval = eval_sub.get(site, trainer)
-            if "mcc" in self.metrics:
-                from lit_repr.metrics.mcc import mean_correlation_coefficient
-
-                res = mean_correlation_coefficient(z_eval, f_eval, method="pearson")
+            f_eval = eval_sub.get(site, trainer) if subsample else None
+            if "mcc" in self.metrics:  # streamed over the whole split, summed across processes
+                res = self.mcc_readouts[f"s{self.sites.index(site)}"].compute()
                 scores[f"{prefix}/mcc"] = float(res.mean)
                 for i, v in enumerate(res.per_factor.tolist()):
                     scores[f"{prefix}/mcc_factor{i}"] = float(v)
