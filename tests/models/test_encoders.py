@@ -63,7 +63,7 @@ def test_adaptive_iterations_and_flops():
     fixed = FISTAEncoder(penalty=0.05, max_iter=50)
     fixed(x, W)
     n, d = W.shape
-    per_iter = 2 * n * n + 7 * n  # n <= 2d: Gram route
+    per_iter = 2 * n * n + 11 * n  # n <= 2d: Gram route; 4n shrinkage, 7n momentum with restart
     assert fixed.flops_per_sample() == 2 * n * d + 50 * per_iter
     adaptive = FISTAEncoder(penalty=0.05, max_iter=2000, tol=1e-4)
     adaptive(x, W)
