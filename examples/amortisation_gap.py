@@ -14,9 +14,9 @@ All use Adam (lr 1e-3, full batch, L1 coefficient 0.03 on ``‖x − x̂‖²`` 
 a lasso penalty of 0.015 for FISTA); the amortised encoders take 6000 steps, sparse coding 1500
 dictionary steps (each with converged codes). The budget matters: at 2000 steps with lr 3e-3 the
 MLP encoder is undertrained (code MCC 0.566 ± 0.088, below the SAE's 0.606) and the paper's
-ordering SAE < MLP < sparse coding does not appear; at this budget it does. Plus a fourth row the decoupling makes free: the
-*trained SAE's* dictionary with FISTA codes at test time (inference-time optimisation, warm-started
-from the SAE encoder).
+ordering SAE < MLP < sparse coding does not appear; at this budget it does. Plus a fourth row the
+decoupling makes free: the *trained SAE's* dictionary with FISTA codes at test time (inference-time
+optimisation, warm-started from the SAE encoder).
 
 Code MCC (Pearson, Hungarian matching) and dictionary MCC (|cosine|) are measured on the test set
 and printed, as mean ± std over seeds, beside the paper's numbers, with each encoder's inference

@@ -182,8 +182,11 @@ class IdentifiabilityMetrics(TapCallback):
             if temporary:
                 self.teardown(trainer, pl_module, "validate")
 
+    def _key(self, site: str) -> str:
+        return f"s{self.sites.index(site)}"
+
     def _readout(self, site: str, f: Tensor, z: Tensor) -> ProbeReadout:
-        key = f"s{self.sites.index(site)}"
+        key = self._key(site)
         if key not in self.readouts:
             self.readouts[key] = ProbeReadout(
                 f.shape[1], task="regression", num_targets=z.shape[1], alphas=self.alphas
@@ -191,7 +194,7 @@ class IdentifiabilityMetrics(TapCallback):
         return self.readouts[key]  # type: ignore[return-value]
 
     def _mcc(self, site: str, f: Tensor, z: Tensor) -> MeanCorrelationCoefficient:
-        key = f"s{self.sites.index(site)}"
+        key = self._key(site)
         if key not in self.mcc_readouts:
             self.mcc_readouts[key] = MeanCorrelationCoefficient(z.shape[1], f.shape[1]).to(f.device)
         return self.mcc_readouts[key]  # type: ignore[return-value]
@@ -244,7 +247,7 @@ class IdentifiabilityMetrics(TapCallback):
             r.reset_eval()
             f_eval = eval_sub.get(site, trainer) if subsample else None
             if "mcc" in self.metrics:  # streamed over the whole split, summed across processes
-                res = self.mcc_readouts[f"s{self.sites.index(site)}"].compute()
+                res = self.mcc_readouts[self._key(site)].compute()
                 scores[f"{prefix}/mcc"] = float(res.mean)
                 for i, v in enumerate(res.per_factor.tolist()):
                     scores[f"{prefix}/mcc_factor{i}"] = float(v)

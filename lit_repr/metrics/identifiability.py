@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_repr.metrics.mcc import as_matrix
+from lit_repr.metrics.mcc import as_pair, constant_columns
 from lit_repr.metrics.probe import FeatureCache
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score
 
@@ -37,10 +37,7 @@ Split = Literal["fit", "eval"]
 
 
 def _paired(features: Any, latents: Any) -> tuple[Tensor, Tensor]:
-    f, z = as_matrix(features, "features"), as_matrix(latents, "latents")
-    if f.shape[0] != z.shape[0]:
-        raise ValueError(f"features and latents must hold the same samples, got {f.shape[0]} and {z.shape[0]} rows")
-    return f, z
+    return as_pair(features, latents, "features", "latents")
 
 
 def _check_latents(z: Tensor, what: str) -> None:
@@ -50,8 +47,7 @@ def _check_latents(z: Tensor, what: str) -> None:
             f"{what} has {n} samples for {k} latent dimensions: identifiability needs at least "
             f"max(3, latent dimensions) = {max(3, k)} samples"
         )
-    var = z.var(0)
-    const = torch.nonzero(var <= 1e-12 * (z * z).mean(0).clamp_min(1e-300)).flatten().tolist()
+    const = constant_columns(z.var(0), (z * z).mean(0))
     if const:
         raise ValueError(f"latent factor(s) {const} are constant in {what}: their R² is undefined; drop them")
 
@@ -126,8 +122,7 @@ class LinearIdentifiability(Metric):
                 f"the {what} split has {int(n)} samples for {self.num_factors} latent dimensions: "
                 f"identifiability needs at least max(3, latent dimensions) = {max(3, self.num_factors)}"
             )
-        var = stats.yy / n - (stats.sum_y / n) ** 2
-        const = torch.nonzero(var <= 1e-12 * (stats.yy / n).clamp_min(1e-300)).flatten().tolist()
+        const = constant_columns(stats.yy / n - (stats.sum_y / n) ** 2, stats.yy / n)
         if const:
             raise ValueError(f"latent factor(s) {const} are constant in the {what} split: their R² is undefined")
 

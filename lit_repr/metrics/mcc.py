@@ -42,6 +42,8 @@ __all__ = [
     "correlation_matrix",
     "match_factors",
     "as_matrix",
+    "as_pair",
+    "constant_columns",
 ]
 
 Method = Literal["pearson", "spearman", "cosine"]
@@ -63,6 +65,19 @@ def as_matrix(x: Tensor | np.ndarray, name: str) -> Tensor:
     if not all_finite(x):
         raise ValueError(f"{name} contains {int((~torch.isfinite(x)).sum())} NaN or inf values")
     return x
+
+
+def as_pair(a: Tensor | np.ndarray, b: Tensor | np.ndarray, name_a: str, name_b: str) -> tuple[Tensor, Tensor]:
+    """Two matrices of :func:`as_matrix` that hold the same samples (rows)."""
+    a, b = as_matrix(a, name_a), as_matrix(b, name_b)
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name_a} and {name_b} must hold the same samples (rows), got {a.shape[0]} and {b.shape[0]}")
+    return a, b
+
+
+def constant_columns(var: Tensor, mean_square: Tensor) -> list[int]:
+    """Columns whose variance is at the rounding level of their mean square: constant ones."""
+    return torch.nonzero(var <= 1e-12 * mean_square.clamp_min(1e-300)).flatten().tolist()
 
 
 @dataclass
@@ -93,20 +108,16 @@ def _correlation_from_moments(n: Tensor, s_t: Tensor, s_l: Tensor, ss_t: Tensor,
     var_t = (ss_t / n - mt**2).clamp_min(0)
     var_l = (ss_l / n - ml**2).clamp_min(0)
     cov = tl / n - torch.outer(mt, ml)
-    _check_nonconstant(var_t, (ss_t / n).clamp_min(_TINY), "ground-truth factor")
+    const = constant_columns(var_t, ss_t / n)
+    if const:
+        raise ValueError(
+            f"ground-truth factor(s) {const} are constant: their correlation is undefined; drop them before measuring"
+        )
     scale = torch.outer(var_t, var_l).sqrt()
-    dead = var_l <= _TINY * (ss_l / n).clamp_min(_TINY)  # constant learned dimensions correlate 0
+    dead = constant_columns(var_l, ss_l / n)  # constant learned dimensions correlate 0
     corr = torch.where(scale > 0, cov / scale.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(cov))
     corr[:, dead] = 0.0
     return corr.abs().clamp_max(1.0)
-
-
-def _check_nonconstant(var: Tensor, scale: Tensor, what: str) -> None:
-    const = torch.nonzero(var <= _TINY * scale).flatten().tolist()
-    if const:
-        raise ValueError(
-            f"{what}(s) {const} are constant: their correlation is undefined; drop them before measuring"
-        )
 
 
 def correlation_matrix(true: Tensor | np.ndarray, learned: Tensor | np.ndarray, method: Method = "pearson") -> Tensor:

@@ -261,9 +261,8 @@ def fit_probe(
         selection=selection,
         classifier=classifier,
         logistic_C=logistic_C,
+        local=True,  # the arrays are the whole data, even inside a DDP process
     )
-    readout.local = True  # the arrays are the whole data, even inside a DDP process
-    local_only(readout)
     readout.update_fit(features, targets)
     eval_sets = dict(eval_sets or {})
     heldout = None
@@ -303,6 +302,8 @@ class ProbeReadout(nn.Module):
             (one large product instead of many small ones: far less per-batch overhead); default
             ``max(256, 2²² / num_features)`` rows. Every read (fit, scores, ``state_dict``) flushes
             the block first, so results and checkpoints are those of unbuffered accumulation.
+        local: the data given are the whole data, even inside a DDP process: never sum states
+            across processes nor enter a collective (see :func:`~lit_repr.metrics.ridge.local_only`).
 
     Example:
         >>> r = ProbeReadout(3, task="regression", num_targets=1)
@@ -326,6 +327,7 @@ class ProbeReadout(nn.Module):
         max_cache_samples: int = 100_000,
         max_plot_samples: int = 2000,
         buffer_rows: int | None = None,
+        local: bool = False,
     ) -> None:
         super().__init__()
         _check_task(task, num_classes)
@@ -355,7 +357,7 @@ class ProbeReadout(nn.Module):
         self.heldout.persistent(True)
         self.cache = FeatureCache(max_cache_samples) if classifier == "logistic" else None
         self.evals = nn.ModuleDict()
-        self.local = False  # True: never sum states across processes (see ``local_only``)
+        self.local = local
         self.buffer_rows = buffer_rows or max(256, 2**22 // max(num_features, 1))
         self._fit_buf: list[tuple[Tensor, Tensor]] = []
         self._fit_rows = 0
@@ -366,6 +368,8 @@ class ProbeReadout(nn.Module):
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("_alpha", torch.tensor(float("nan"), dtype=torch.float64))
         self.projection = self.stats.projection
+        if local:
+            local_only(self)
 
     # ---------------------------------------------------------------- helpers
     def _targets(self, y: Tensor, n: int) -> Tensor:
@@ -508,7 +512,7 @@ class ProbeReadout(nn.Module):
         if self.task == "regression" and self.fitted:
             # a probe without weights predicts a constant: its correlations are undefined (torchmetrics
             # may return rounding noise instead of NaN when the constant is not exactly representable)
-            flat = (self.weight == 0).all(0).to(self.weight.device)
+            flat = (self.weight == 0).all(0)
             for k in ("pearson", "spearman"):
                 if k in raw and bool(flat.any()):
                     v = raw[k].clone().reshape(-1)

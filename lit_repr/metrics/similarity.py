@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_repr.metrics.mcc import as_matrix
+from lit_repr.metrics.mcc import as_pair
 from lit_repr.metrics.probe import FeatureCache
 from lit_repr.metrics.ridge import local_only
 
@@ -34,10 +34,7 @@ _TINY = torch.finfo(torch.float64).tiny
 
 
 def _pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    x, y = as_matrix(x, "x"), as_matrix(y, "y")
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"x and y must hold the same samples (rows), got {x.shape[0]} and {y.shape[0]}")
-    return x, y
+    return as_pair(x, y, "x", "y")
 
 
 def hsic(k: Tensor, l: Tensor, debiased: bool = False) -> Tensor:  # noqa: E741
