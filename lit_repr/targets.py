@@ -16,7 +16,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-__all__ = ["TargetSpec", "get_target", "check_target_spec", "check_finite"]
+__all__ = ["TargetSpec", "get_target", "get_input", "check_target_spec", "check_finite"]
 
 TargetSpec = Union[str, int, Callable[[Any], Any]]
 
@@ -64,7 +64,7 @@ def get_target(batch: Any, spec: TargetSpec, name: str = "target") -> Tensor:
         else:
             raise KeyError(
                 f"{name} spec {spec!r} names a key but the batch is a {type(batch).__name__}, "
-                f"not a dict; use an int position (e.g. 1 for (x, y) batches) or a callable"
+                f"not a dict; use an int position (for (x, y) batches: 0 is the input, 1 the label) or a callable"
             )
     elif isinstance(spec, int):
         if not isinstance(batch, (tuple, list)):
@@ -81,6 +81,31 @@ def get_target(batch: Any, spec: TargetSpec, name: str = "target") -> Tensor:
     if not isinstance(value, Tensor):
         value = torch.as_tensor(value)
     return value
+
+
+def get_input(batch: Any, spec: TargetSpec | None = None) -> Any:
+    """The model input of ``batch``: ``batch[spec]``, or by default ``batch["x"]`` for dicts, position 0
+    for tuples and lists, the batch itself for a tensor.
+
+    Example:
+        >>> get_input((torch.ones(2, 3), torch.tensor([1, 0]))).shape
+        torch.Size([2, 3])
+        >>> get_input({"x": torch.zeros(1, 2), "y": torch.zeros(1)}).shape
+        torch.Size([1, 2])
+    """
+    if spec is None:
+        if isinstance(batch, Tensor):
+            return batch
+        if isinstance(batch, Mapping):
+            spec = "x"
+        elif isinstance(batch, (tuple, list)):
+            spec = 0
+        else:
+            raise KeyError(
+                f"cannot find the input of a {type(batch).__name__} batch: pass input_key (a key, a position or "
+                f"a callable batch -> input) or forward_fn"
+            )
+    return get_target(batch, spec, "input_key")
 
 
 def check_finite(x: Tensor, what: str) -> Tensor:
