@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import ExitStack
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,12 +27,12 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_repr.metrics.mcc import as_pair, constant_columns
-from lit_repr.metrics.probe import FeatureCache
-from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score
+from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score, synced
+from lit_repr.metrics.samples import SampleBuffer
 
 __all__ = ["LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci", "dci_from_importance"]
 
-Split = Literal["fit", "eval"]
 
 
 def _paired(features: Any, latents: Any) -> tuple[Tensor, Tensor]:
@@ -66,27 +65,29 @@ def _train_test(f_train: Any, z_train: Any, f_test: Any, z_test: Any) -> tuple[n
     return ftr, ztr, fte, zte
 
 
-def _check_split(split: str) -> None:
-    if split not in ("fit", "eval"):
-        raise ValueError(f"split must be 'fit' or 'eval', got {split!r}")
+def _check_split(split: Any) -> str:
+    if not isinstance(split, str) or not split or split == HELDOUT:
+        raise ValueError(f"split must be 'fit' or the name of an evaluation split (e.g. 'eval', 'val'), got {split!r}")
+    return split
 
 
 class LinearIdentifiability(Metric):
     """Held-out R² of the best linear (ridge) map from features to ground-truth latents.
 
-    ``update(features, latents, split)`` streams a batch into the ``"fit"`` or the ``"eval"``
-    statistics; ``compute()`` fits ridge on ``"fit"`` (penalty by GCV over ``alphas``) and returns
-    exact scores on ``"eval"``: ``{"r2": uniform mean, "r2_per_factor": (K,), "pearson_per_factor":
-    (K,), "alpha": chosen penalty}``.
+    ``update(features, latents, split)`` streams a batch into the ``"fit"`` statistics or those of
+    an evaluation split (any other name, ``"eval"`` by default); ``compute(split)`` fits ridge on
+    ``"fit"`` (penalty by GCV over ``alphas``) and returns exact scores on that split: ``{"r2":
+    uniform mean, "r2_per_factor": (K,), "pearson_per_factor": (K,), "alpha": chosen penalty}``.
+    Every state is a sum (exact under DDP); memory does not grow with the data.
 
     Args:
-        num_features: feature dimension ``D``.
+        in_features: feature dimension ``D``.
         num_factors: latent dimension ``K``.
         alphas: ridge penalties (scikit-learn convention).
         projection_dim: optional random projection of wide features (see ``StreamingRidge``).
 
     Example:
-        >>> m = LinearIdentifiability(num_features=6, num_factors=2)
+        >>> m = LinearIdentifiability(in_features=6, num_factors=2)
         >>> z = torch.randn(400, 2); f = z @ torch.randn(2, 6)
         >>> m.update(f[:300], z[:300], "fit"); m.update(f[300:], z[300:], "eval")
         >>> round(float(m.compute()["r2"]), 4)
@@ -99,21 +100,31 @@ class LinearIdentifiability(Metric):
 
     def __init__(
         self,
-        num_features: int,
+        in_features: int,
         num_factors: int,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
         projection_dim: int | None = None,
         **kwargs,
     ) -> None:
+        kwargs.setdefault("compute_with_cache", False)  # the result depends on the split asked for
         super().__init__(**kwargs)
-        self.fit_stats = StreamingRidge(num_features, num_factors, alphas=alphas, projection_dim=projection_dim)
-        self.eval_stats = StreamingRidge(num_features, num_factors, alphas=alphas, projection_dim=projection_dim)
-        self.num_features, self.num_factors = num_features, num_factors
+        self._ridge_kw = dict(alphas=alphas, projection_dim=projection_dim)
+        self.fit_stats = StreamingRidge(in_features, num_factors, **self._ridge_kw)
+        self.eval_stats = SplitDict()
+        self.in_features, self.num_factors = in_features, num_factors
 
-    def update(self, features: Tensor, latents: Tensor, split: Split = "fit") -> None:  # type: ignore[override]
-        _check_split(split)
+    def _eval_stats(self, split: str) -> StreamingRidge:
+        if split not in self.eval_stats:
+            stats = StreamingRidge(self.in_features, self.num_factors, **self._ridge_kw).to(self.fit_stats.n.device)
+            stats.distributed_available_fn = self.fit_stats.distributed_available_fn
+            stats.sync_on_compute = self.fit_stats.sync_on_compute
+            self.eval_stats[split] = stats
+        return self.eval_stats[split]  # type: ignore[return-value]
+
+    def update(self, features: Tensor, latents: Tensor, split: str = FIT) -> None:  # type: ignore[override]
+        split = _check_split(split)
         f, z = _paired(features, latents)
-        (self.fit_stats if split == "fit" else self.eval_stats).update(f, z)
+        (self.fit_stats if split == FIT else self._eval_stats(split)).update(f, z)
 
     def _check_moments(self, stats: StreamingRidge, what: str) -> None:
         n = float(stats.n)
@@ -126,15 +137,17 @@ class LinearIdentifiability(Metric):
         if const:
             raise ValueError(f"latent factor(s) {const} are constant in the {what} split: their R² is undefined")
 
-    def compute(self) -> dict[str, Tensor]:  # type: ignore[override]
-        with ExitStack() as stack:
-            for stats in (self.fit_stats, self.eval_stats):  # sum the statistics of all processes
-                if not stats._is_synced:
-                    stack.enter_context(stats.sync_context())
+    def compute(self, split: str = "eval") -> dict[str, Tensor]:  # type: ignore[override]
+        if split == FIT:
+            return {}
+        if split not in self.eval_stats:
+            raise ValueError(f"no data for evaluation split {split!r}; splits seen: {list(self.eval_stats)}")
+        eval_stats = self._eval_stats(split)
+        with synced(self.fit_stats, eval_stats):  # sum the statistics of all processes
             self._check_moments(self.fit_stats, "fit")
-            self._check_moments(self.eval_stats, "eval")
+            self._check_moments(eval_stats, repr(split))
             fit = self.fit_stats.solve()
-            s = moments_score(fit, self.eval_stats)
+            s = moments_score(fit, eval_stats)
         return {
             "r2": s["r2"].mean(),
             "r2_per_factor": s["r2"],
@@ -142,10 +155,13 @@ class LinearIdentifiability(Metric):
             "alpha": torch.tensor(fit.alpha, dtype=torch.float64),
         }
 
-    def reset(self) -> None:
-        super().reset()
-        self.fit_stats.reset()
-        self.eval_stats.reset()
+    def reset(self, split: str | None = None) -> None:
+        if split is None:
+            super().reset()
+            self.fit_stats.reset()
+        for name, stats in self.eval_stats.items():
+            if split is None or name == split:
+                stats.reset()
 
 
 def _standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
@@ -305,44 +321,55 @@ def dci_from_importance(importance: Any) -> dict[str, Any]:
 
 
 class _SplitSubsample(Metric):
-    """Bounded subsamples of (features, latents) for a ``"fit"`` and an ``"eval"`` split."""
+    """Bounded samples (:class:`~lit_repr.metrics.samples.SampleBuffer`) of (features, latents) for
+    the ``"fit"`` split and each evaluation split."""
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
     def __init__(self, max_samples: int = 2000, **kwargs) -> None:
+        kwargs.setdefault("compute_with_cache", False)  # the result depends on the split asked for
         super().__init__(**kwargs)
         if not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 10:
             raise ValueError(f"max_samples must be an int >= 10, got {max_samples!r}")
         self.max_samples = max_samples
-        self.fit_cache = FeatureCache(max_samples)
-        self.eval_cache = FeatureCache(max_samples)
+        self.split_samples = SplitDict()
 
-    def update(self, features: Tensor, latents: Tensor, split: Split = "fit") -> None:  # type: ignore[override]
-        _check_split(split)
+    def _buffer(self, split: str) -> SampleBuffer:
+        if split not in self.split_samples:
+            buf = SampleBuffer(self.max_samples).to(self.device)
+            buf.distributed_available_fn = self.distributed_available_fn
+            buf.sync_on_compute = self.sync_on_compute
+            self.split_samples[split] = buf
+        return self.split_samples[split]  # type: ignore[return-value]
+
+    def update(self, features: Tensor, latents: Tensor, split: str = FIT) -> None:  # type: ignore[override]
         f, z = _paired(features, latents)
-        (self.fit_cache if split == "fit" else self.eval_cache).update(f, z)
+        self._buffer(_check_split(split)).update(f, z)
 
-    def _data(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        for cache, split in ((self.fit_cache, "fit"), (self.eval_cache, "eval")):
-            if isinstance(cache.x, list) and not cache.x:
-                raise ValueError(f"the {split!r} split has no samples: call update(..., split={split!r}) first")
-        ftr, ztr = self.fit_cache.compute()
-        fte, zte = self.eval_cache.compute()
+    def _data(self, split: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        for s in (FIT, split):
+            if s not in self.split_samples or self.split_samples[s].num_kept == 0:
+                raise ValueError(f"the {s!r} split has no samples: call update(..., split={s!r}) first")
+        ftr, ztr = self._buffer(FIT).compute()
+        fte, zte = self._buffer(split).compute()
         return ftr, ztr, fte, zte
 
-    def reset(self) -> None:
-        super().reset()
-        self.fit_cache.reset()
-        self.eval_cache.reset()
+    def reset(self, split: str | None = None) -> None:
+        if split is None:
+            super().reset()
+        for name, buf in self.split_samples.items():
+            if split is None or name == split:
+                buf.reset()
 
 
 class KernelIdentifiability(_SplitSubsample):
     """Held-out R² of RBF kernel ridge from features to latents, on bounded subsamples.
 
     Args:
-        max_samples: samples kept per split and process (kernel ridge is ``O(n³)``).
+        max_samples: samples kept per split (a uniform subsample, see
+            :class:`~lit_repr.metrics.samples.SampleBuffer`; kernel ridge is ``O(n³)``).
         alphas: penalties of the cross-validation grid.
         bandwidth_factors: multiples of the median squared distance tried as RBF bandwidths.
         cv: cross-validation folds.
@@ -368,15 +395,19 @@ class KernelIdentifiability(_SplitSubsample):
             raise ValueError(f"cv must be an int >= 2, got {cv!r}")
         self.alphas, self.bandwidth_factors, self.cv = tuple(alphas), tuple(bandwidth_factors), cv
 
-    def compute(self) -> dict[str, Any]:  # type: ignore[override]
-        return kernel_ridge_r2(*self._data(), alphas=self.alphas, bandwidth_factors=self.bandwidth_factors, cv=self.cv)
+    def compute(self, split: str = "eval") -> dict[str, Any]:  # type: ignore[override]
+        if split == FIT:
+            return {}
+        return kernel_ridge_r2(
+            *self._data(split), alphas=self.alphas, bandwidth_factors=self.bandwidth_factors, cv=self.cv
+        )
 
 
 class DCI(_SplitSubsample):
     """Disentanglement, completeness and informativeness on bounded subsamples (see :func:`dci`).
 
     Args:
-        max_samples: samples kept per split and process.
+        max_samples: samples kept per split (a uniform subsample).
         n_estimators: trees per factor's random forest.
         max_depth: depth limit of the trees.
 
@@ -394,5 +425,7 @@ class DCI(_SplitSubsample):
             raise ValueError(f"n_estimators must be a positive int, got {n_estimators!r}")
         self.n_estimators, self.max_depth = n_estimators, max_depth
 
-    def compute(self) -> dict[str, Any]:  # type: ignore[override]
-        return dci(*self._data(), n_estimators=self.n_estimators, max_depth=self.max_depth)
+    def compute(self, split: str = "eval") -> dict[str, Any]:  # type: ignore[override]
+        if split == FIT:
+            return {}
+        return dci(*self._data(split), n_estimators=self.n_estimators, max_depth=self.max_depth)

@@ -206,15 +206,15 @@ class MeanCorrelationCoefficient(Metric):
 
     Pearson: the states are sums, sums of squares and the ``(K, D)`` cross products (float64, sum
     reduction), so the result is exact over batches and DDP processes and memory does not grow
-    with the data. Spearman needs global ranks: the samples are kept (at most ``max_samples`` per
-    process, gathered under DDP). ``compute()`` returns an :class:`MCCResult`.
+    with the data. Spearman needs global ranks: it is computed on a bounded uniform sample of at most
+    ``max_samples`` rows (:class:`~lit_repr.metrics.samples.SampleBuffer`, gathered under DDP). ``compute()`` returns an :class:`MCCResult`.
 
     Args:
         num_factors: ground-truth dimension ``K``.
         num_features: learned dimension ``D``.
         method: ``"pearson"`` or ``"spearman"`` (use :func:`mean_correlation_coefficient` with
             ``method="cosine"`` for dictionaries).
-        max_samples: samples kept per process for Spearman.
+        max_samples: samples kept for Spearman.
 
     Example:
         >>> m = MeanCorrelationCoefficient(num_factors=2, num_features=3)
@@ -252,8 +252,9 @@ class MeanCorrelationCoefficient(Metric):
             self.add_state("sq_l", torch.zeros(num_features, dtype=f64), dist_reduce_fx="sum")
             self.add_state("cross", torch.zeros(num_factors, num_features, dtype=f64), dist_reduce_fx="sum")
         else:
-            self.add_state("t", [], dist_reduce_fx="cat")
-            self.add_state("l", [], dist_reduce_fx="cat")
+            from lit_repr.metrics.samples import SampleBuffer
+
+            self.samples = SampleBuffer(max_samples)
 
     def update(self, true: Tensor, learned: Tensor) -> None:  # type: ignore[override]
         """Add a batch: ``true`` ``(B, num_factors)``, ``learned`` ``(B, num_features)``."""
@@ -273,16 +274,12 @@ class MeanCorrelationCoefficient(Metric):
             self.sq_l += (lr * lr).sum(0)
             self.cross.addmm_(t.T, lr)
             return
-        room = self.max_samples - int(self.n)
-        if room > 0:
-            self.t.append(t[:room])
-            self.l.append(lr[:room])
-            self.n += min(room, t.shape[0])
+        self.samples.update(t, lr)
+        self.n += t.shape[0]
 
     def compute(self) -> MCCResult:  # type: ignore[override]
         if self.method == "spearman":
-            t = torch.cat(self.t) if isinstance(self.t, list) else self.t
-            lr = torch.cat(self.l) if isinstance(self.l, list) else self.l
+            t, lr = self.samples.compute()
             return mean_correlation_coefficient(t, lr, method="spearman")
         n = float(self.n)
         if n < max(3, self.num_factors):

@@ -20,15 +20,17 @@ import torchmetrics
 from torch import Tensor, nn
 from torchmetrics import Metric, MetricCollection
 
+from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only
+from lit_repr.metrics.samples import SampleBuffer
 
 __all__ = [
     "ProbeReadout",
     "ProbeResult",
     "fit_probe",
     "fit_logistic",
-    "FeatureCache",
     "evaluation_metrics",
+    "pred_vs_true_figure",
     "Task",
 ]
 
@@ -79,13 +81,15 @@ def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, n
 
 
 def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
-    """The torchmetrics a probe is scored with: R²/Pearson/Spearman/MSE or accuracy/AUROC."""
+    """The streamed torchmetrics a probe is scored with: R²/Pearson/MSE or accuracy/AUROC.
+
+    (Spearman needs global ranks: :class:`ProbeReadout` computes it on its bounded sample.)
+    """
     if task == "regression":
         return MetricCollection(
             {
                 "r2": torchmetrics.R2Score(multioutput="raw_values"),
                 "pearson": torchmetrics.PearsonCorrCoef(num_outputs=num_outputs),
-                "spearman": torchmetrics.SpearmanCorrCoef(num_outputs=num_outputs),
                 "mse": torchmetrics.MeanSquaredError(num_outputs=num_outputs),
             }
         ).set_dtype(torch.float64)  # sums of squares in float64: scores do not depend on batching
@@ -95,56 +99,6 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
             "auroc": torchmetrics.AUROC(task="multiclass", num_classes=num_outputs),
         }
     )
-
-
-class FeatureCache(Metric):
-    """Bounded cache of features and targets (for probes that need the samples, e.g. logistic).
-
-    Args:
-        max_samples: keep at most this many samples per process (later ones are dropped, with a
-            warning once).
-
-    Example:
-        >>> cache = FeatureCache(max_samples=3); cache.update(torch.ones(5, 2), torch.zeros(5))
-        >>> x, y = cache.compute(); x.shape
-        torch.Size([3, 2])
-    """
-
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = False
-
-    def __init__(self, max_samples: int = 100_000, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if not isinstance(max_samples, int) or max_samples < 1:
-            raise ValueError(f"max_samples must be a positive int, got {max_samples!r}")
-        self.max_samples = max_samples
-        self.add_state("x", [], dist_reduce_fx="cat")
-        self.add_state("y", [], dist_reduce_fx="cat")
-        self._count = 0
-        self._warned = False
-
-    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
-        room = self.max_samples - self._count
-        if room <= 0:
-            if not self._warned:
-                warnings.warn(
-                    f"FeatureCache is full ({self.max_samples} samples); later samples are dropped", stacklevel=2
-                )
-                self._warned = True
-            return
-        self.x.append(x[:room].detach())
-        self.y.append(y[:room].detach())
-        self._count += min(room, x.shape[0])
-
-    def compute(self) -> tuple[Tensor, Tensor]:  # type: ignore[override]
-        x = torch.cat(self.x) if isinstance(self.x, list) else self.x
-        y = torch.cat(self.y) if isinstance(self.y, list) else self.y
-        return x, y
-
-    def reset(self) -> None:
-        super().reset()
-        self._count = 0
 
 
 def fit_logistic(
@@ -263,20 +217,20 @@ def fit_probe(
         logistic_C=logistic_C,
         local=True,  # the arrays are the whole data, even inside a DDP process
     )
-    readout.update_fit(features, targets)
+    readout.update(features, targets, FIT)
     eval_sets = dict(eval_sets or {})
     heldout = None
     if selection == "heldout":
         if not eval_sets:
             raise ValueError("selection='heldout' needs at least one evaluation set in eval_sets")
         name, (hx, hy) = next(iter(eval_sets.items()))
-        readout.update_heldout(hx, hy)
+        readout.update(hx, hy, HELDOUT)
         heldout = name
     readout.fit()
     scores = {}
     for split, (ex, ey) in {"fit": (features, targets), **eval_sets}.items():
-        readout.update_eval(split, ex, ey)
-        scores[split] = {k: float(v.mean()) for k, v in readout.compute_eval(split).items()}
+        readout.update(ex, ey, split)
+        scores[split] = readout.compute(split)
     del heldout
     return ProbeResult(task, readout.weight, readout.bias, readout.alpha, scores, num_classes)
 
@@ -284,37 +238,48 @@ def fit_probe(
 class ProbeReadout(nn.Module):
     """One linear probe: streamed fit statistics, a closed-form fit, and per-split scores.
 
+    It follows the readout contract (:mod:`lit_repr.metrics.readout`): ``update(features, target,
+    split)`` with ``split`` ``"fit"``, ``"heldout"`` or an evaluation split name; ``fit()``;
+    ``compute(split)``; ``reset(split=None)``; ``figures(split, title)``.
+
+    Regression scores: ``r2``, ``pearson`` and ``mse`` are streamed (exact over batches and DDP
+    processes); ``spearman`` needs global ranks and is computed on a bounded uniform sample of at
+    most ``max_samples`` (prediction, target) pairs per split (see
+    :class:`~lit_repr.metrics.samples.SampleBuffer`), the same sample the predicted-vs-true figure
+    shows. Classification: ``acc``, ``auroc``. ``compute("fit")`` gives the chosen ridge penalty
+    ``alpha`` (ridge only).
+
     Args:
-        num_features: feature dimension ``D``.
+        in_features: feature dimension ``D``.
         task: ``"regression"`` or ``"classification"``.
         num_targets: regression output dimension ``K`` (ignored for classification).
         num_classes: number of classes (classification).
         alphas: ridge penalty grid (scikit-learn convention).
-        selection: ``"gcv"`` or ``"heldout"`` (feed held-out statistics with :meth:`update_heldout`).
-        classifier: ``"ridge"`` (one-hot least squares) or ``"logistic"`` (L-BFGS on cached
-            features, at most ``max_cache_samples`` per process).
+        selection: ``"gcv"`` or ``"heldout"`` (feed held-out batches with split ``"heldout"``).
+        classifier: ``"ridge"`` (one-hot least squares) or ``"logistic"`` (L-BFGS on a bounded
+            sample of at most ``max_fit_samples`` fitting rows; no ridge solve).
         logistic_C: inverse L2 strength of the logistic probe.
         projection_dim: random projection of the features before fitting (bounds memory).
         max_components: ridge on the leading principal components only.
-        max_cache_samples: cap of the logistic probe's feature cache.
-        max_plot_samples: predictions kept per split for the predicted-vs-true figure.
+        max_fit_samples: rows the logistic probe keeps to fit on.
+        max_samples: (prediction, target) pairs kept per evaluation split for Spearman and figures.
         buffer_rows: batches are checked at once but accumulated in blocks of up to this many rows
             (one large product instead of many small ones: far less per-batch overhead); default
-            ``max(256, 2²² / num_features)`` rows. Every read (fit, scores, ``state_dict``) flushes
+            ``max(256, 2²² / in_features)`` rows. Every read (fit, scores, ``state_dict``) flushes
             the block first, so results and checkpoints are those of unbuffered accumulation.
         local: the data given are the whole data, even inside a DDP process: never sum states
             across processes nor enter a collective (see :func:`~lit_repr.metrics.ridge.local_only`).
 
     Example:
         >>> r = ProbeReadout(3, task="regression", num_targets=1)
-        >>> x = torch.randn(100, 3); r.update_fit(x, x[:, 0]); r.fit()
-        >>> r.update_eval("val", x, x[:, 0]); float(r.compute_eval("val")["r2"]) > 0.99
+        >>> x = torch.randn(100, 3); r.update(x, x[:, 0], "fit"); r.fit()
+        >>> r.update(x, x[:, 0], "val"); r.compute("val")["r2"] > 0.99
         True
     """
 
     def __init__(
         self,
-        num_features: int,
+        in_features: int,
         task: Task = "regression",
         num_targets: int | None = 1,
         num_classes: int | None = None,
@@ -324,8 +289,8 @@ class ProbeReadout(nn.Module):
         logistic_C: float = 1.0,
         projection_dim: int | None = None,
         max_components: int | None = None,
-        max_cache_samples: int = 100_000,
-        max_plot_samples: int = 2000,
+        max_fit_samples: int = 100_000,
+        max_samples: int = 10_000,
         buffer_rows: int | None = None,
         local: bool = False,
     ) -> None:
@@ -339,31 +304,31 @@ class ProbeReadout(nn.Module):
             raise ValueError("classifier='logistic' applies to classification targets only")
         if task == "regression" and (not isinstance(num_targets, int) or num_targets < 1):
             raise ValueError(f"regression probes need num_targets >= 1, got {num_targets!r}")
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        if not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         self.task = task
-        self.num_features = num_features
+        self.in_features = in_features
         self.num_classes = num_classes
         self.num_outputs = num_classes if task == "classification" else num_targets
         self.classifier = classifier
         self.logistic_C = logistic_C
-        self.max_plot_samples = max_plot_samples
+        self.max_samples = max_samples
         ridge_kw = dict(
             alphas=alphas, selection=selection, projection_dim=projection_dim, max_components=max_components
         )
-        self.stats = StreamingRidge(num_features, self.num_outputs, **ridge_kw)
-        self.heldout = StreamingRidge(num_features, self.num_outputs, **ridge_kw)
+        self.stats = StreamingRidge(in_features, self.num_outputs, **ridge_kw)
+        self.heldout = StreamingRidge(in_features, self.num_outputs, **ridge_kw)
         self.stats.persistent(True)
         self.heldout.persistent(True)
-        self.cache = FeatureCache(max_cache_samples) if classifier == "logistic" else None
-        self.evals = nn.ModuleDict()
+        self.fit_samples = SampleBuffer(max_fit_samples) if classifier == "logistic" else None
+        self.evals = SplitDict()
+        self.samples = SplitDict()
         self.local = local
-        self.buffer_rows = buffer_rows or max(256, 2**22 // max(num_features, 1))
+        self.buffer_rows = buffer_rows or max(256, 2**22 // max(in_features, 1))
         self._fit_buf: list[tuple[Tensor, Tensor]] = []
         self._fit_rows = 0
         self._eval_buf: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self._eval_rows: dict[str, int] = {}
-        self._plot: dict[str, list[tuple[Tensor, Tensor]]] = {}
         self.register_buffer("weight", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("bias", torch.zeros(0, dtype=torch.float64))
         self.register_buffer("_alpha", torch.tensor(float("nan"), dtype=torch.float64))
@@ -384,8 +349,8 @@ class ProbeReadout(nn.Module):
         return F.one_hot(y, self.num_classes).to(torch.float64) if self.task == "classification" else y
 
     def _check_features(self, x: Tensor) -> Tensor:
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"features must have shape (batch, {self.num_features}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}")
         if not all_finite(x):
             raise ValueError(
                 f"features contain {int((~torch.isfinite(x)).sum())} NaN/inf values; the probe was not updated"
@@ -410,15 +375,49 @@ class ProbeReadout(nn.Module):
         if self._fit_buf:
             x, y = (torch.cat(t) for t in zip(*self._fit_buf))
             self._fit_buf, self._fit_rows = [], 0
-            self.stats.update(x, self._design(y))
-            if self.cache is not None:
-                self.cache.update(x.to(torch.float64), y)
+            if self.fit_samples is not None:
+                self.fit_samples.update(x.to(torch.float64), y)
+            else:
+                self.stats.update(x, self._design(y))
         for split in list(self._eval_buf):
             self._flush_eval(split)
 
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         self.flush()  # a checkpoint holds every batch seen, buffered or not
         return super().state_dict(*args, **kwargs)
+
+    # ---------------------------------------------------------------- the readout contract
+    def update(self, features: Tensor, target: Tensor, split: str) -> None:
+        """Route a batch: ``"fit"`` statistics, ``"heldout"`` statistics, or evaluation split ``split``."""
+        if split == FIT:
+            self.update_fit(features, target)
+        elif split == HELDOUT:
+            self.update_heldout(features, target)
+        else:
+            self.update_eval(split, features, target)
+
+    def compute(self, split: str) -> dict[str, float]:
+        """Scores of an evaluation split (averaged over outputs); ``"fit"``: the chosen penalty."""
+        if split in (FIT, HELDOUT):
+            return {"alpha": self.alpha} if self.fitted and self.classifier == "ridge" else {}
+        return {k: float(v.float().mean()) for k, v in self.compute_eval(split).items()}
+
+    def reset(self, split: str | None = None) -> None:
+        """Forget the evaluation statistics of ``split``, or all statistics (fitted weights stay)."""
+        if split is None:
+            self.reset_fit()
+            self.reset_eval()
+        else:
+            self._eval_buf.pop(split, None)
+            self._eval_rows.pop(split, None)
+            for group in (self.evals, self.samples):
+                if split in group:
+                    group[split].reset()
+
+    def figures(self, split: str, title: str) -> dict[str, Any]:
+        """``{"pred_vs_true": figure}`` for regression probes (from the bounded sample)."""
+        data = self.plot_data(split) if self.task == "regression" else None
+        return {} if data is None else {"pred_vs_true": pred_vs_true_figure(*data, title=title)}
 
     # ---------------------------------------------------------------- fitting
     def update_fit(self, x: Tensor, y: Tensor) -> None:
@@ -439,25 +438,27 @@ class ProbeReadout(nn.Module):
     def fit(self) -> None:
         """Solve for the probe from the accumulated statistics (synchronised under DDP)."""
         self.flush()
-        heldout = self.heldout if self.stats.selection == "heldout" else None
-        sol: RidgeFit = self.stats.solve(heldout)
-        w, b = sol.weight, sol.bias
-        if sol.projection is not None:
-            w = sol.projection.to(w) @ w
-        if self.cache is not None:
-            xs, ys = self.cache.compute()
+        if self.fit_samples is not None:  # logistic: no ridge solve
+            xs, ys = self.fit_samples.compute()
             w, b = fit_logistic(xs, ys, self.num_classes, C=self.logistic_C)  # type: ignore[arg-type]
+            alpha = float("nan")
+        else:
+            heldout = self.heldout if self.stats.selection == "heldout" else None
+            sol: RidgeFit = self.stats.solve(heldout)
+            w, b, alpha = sol.weight, sol.bias, sol.alpha
+            if sol.projection is not None:
+                w = sol.projection.to(w) @ w
         self.weight = w.to(torch.float64)
         self.bias = b.to(torch.float64)
-        self._alpha = torch.tensor(sol.alpha, dtype=torch.float64, device=self._alpha.device)
+        self._alpha = torch.tensor(alpha, dtype=torch.float64, device=self._alpha.device)
 
     def reset_fit(self) -> None:
         """Forget the fitting statistics (the fitted weights stay until the next :meth:`fit`)."""
         self._fit_buf, self._fit_rows = [], 0
         self.stats.reset()
         self.heldout.reset()
-        if self.cache is not None:
-            self.cache.reset()
+        if self.fit_samples is not None:
+            self.fit_samples.reset()
 
     def predict(self, x: Tensor) -> Tensor:
         if not self.fitted:
@@ -468,8 +469,12 @@ class ProbeReadout(nn.Module):
     def _eval(self, split: str) -> MetricCollection:
         if split not in self.evals:
             self.evals[split] = evaluation_metrics(self.task, self.num_outputs).to(self.weight.device)
+            if self.task == "regression":
+                self.samples[split] = SampleBuffer(self.max_samples).to(self.weight.device)
             if self.local:
                 local_only(self.evals[split])
+                if split in self.samples:
+                    local_only(self.samples[split])
         return self.evals[split]  # type: ignore[return-value]
 
     def update_eval(self, split: str, x: Tensor, y: Tensor) -> None:
@@ -495,11 +500,7 @@ class ProbeReadout(nn.Module):
             self._eval(split).update(pred.float().softmax(-1), y)
         else:
             self._eval(split).update(pred.double(), y.double())
-            buf = self._plot.setdefault(split, [])
-            kept = sum(p.shape[0] for p, _ in buf)
-            if kept < self.max_plot_samples:
-                room = self.max_plot_samples - kept
-                buf.append((pred[:room].float().cpu(), y[:room].float().cpu()))
+            self.samples[split].update(pred.float(), y.float())
 
     def compute_eval(self, split: str) -> dict[str, Tensor]:
         """Scores of split ``split`` (per output for regression), synchronised under DDP."""
@@ -509,6 +510,9 @@ class ProbeReadout(nn.Module):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*variance.*")
             raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}
+        if self.task == "regression":
+            pred, true = self.samples[split].compute()
+            raw["spearman"] = _spearman(pred, true)
         if self.task == "regression" and self.fitted:
             # a probe without weights predicts a constant: its correlations are undefined (torchmetrics
             # may return rounding noise instead of NaN when the constant is not exactly representable)
@@ -528,15 +532,52 @@ class ProbeReadout(nn.Module):
         return {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in raw.items()}
 
     def plot_data(self, split: str) -> tuple[Tensor, Tensor] | None:
-        """Up to ``max_plot_samples`` (prediction, truth) pairs of ``split`` (regression only)."""
+        """The bounded sample of (prediction, truth) pairs of ``split`` (regression only)."""
         self._flush_eval(split)
-        buf = self._plot.get(split)
-        if not buf:
+        if split not in self.samples or self.samples[split].num_kept == 0:
             return None
-        return torch.cat([p for p, _ in buf]), torch.cat([t for _, t in buf])
+        pred, true = self.samples[split].compute()
+        return pred.cpu(), true.cpu()
 
     def reset_eval(self) -> None:
         self._eval_buf, self._eval_rows = {}, {}
-        for m in self.evals.values():
-            m.reset()
-        self._plot.clear()
+        for group in (self.evals, self.samples):
+            for m in group.values():
+                m.reset()
+
+
+def _spearman(pred: Tensor, true: Tensor) -> Tensor:
+    """Spearman correlation per column (average ranks for ties), NaN where a column is constant."""
+    from scipy.stats import rankdata
+
+    def ranks(a: Tensor) -> Tensor:
+        return torch.from_numpy(rankdata(a.double().cpu().numpy(), axis=0))
+
+    rp, rt = ranks(pred), ranks(true)
+    rp, rt = rp - rp.mean(0), rt - rt.mean(0)
+    den = (rp.square().sum(0) * rt.square().sum(0)).sqrt()
+    return torch.where(den > 0, (rp * rt).sum(0) / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
+
+
+def pred_vs_true_figure(pred: Tensor, true: Tensor, title: str, max_points: int = 2000) -> Any:
+    """Scatter of predicted against true values, one panel per output dimension (at most 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    k = min(pred.shape[1], 6)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
+    for i in range(k):
+        ax = axes[0, i]
+        t, p = true[:, i].numpy(), pred[:, i].numpy()
+        r2 = 1 - float(((t - p) ** 2).sum()) / max(float(((t - t.mean()) ** 2).sum()), 1e-12)
+        ax.scatter(t[:max_points], p[:max_points], s=4, alpha=0.5)
+        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        ax.set_title((f"dim {i}: " if k > 1 else "") + f"R² = {r2:.3f} (n = {len(t)})", fontsize=9)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

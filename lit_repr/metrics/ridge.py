@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
-from contextlib import ExitStack
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only"]
+__all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-6, 7))
 
@@ -107,6 +107,21 @@ def local_only(module: torch.nn.Module) -> torch.nn.Module:
             m.distributed_available_fn = _never
             m.sync_on_compute = False
     return module
+
+
+@contextmanager
+def synced(*metrics: Metric | None) -> Iterator[None]:
+    """Within the block, every given Metric holds the states summed over all DDP processes.
+
+    Metrics already synchronised (e.g. inside their own ``compute``) are left as they are; a
+    ``None`` is skipped. torchmetrics has no public "is synced" query, so this is the one place
+    that reads the private ``_is_synced`` flag (a test fails loudly if it moves).
+    """
+    with ExitStack() as stack:
+        for m in metrics:
+            if m is not None and not m._is_synced:
+                stack.enter_context(m.sync_context())
+        yield
 
 
 def _never() -> bool:
@@ -278,10 +293,7 @@ class StreamingRidge(Metric):
         Raises:
             ValueError: if nothing was accumulated, or held-out statistics are missing or empty.
         """
-        with ExitStack() as stack:
-            for m in (self, heldout):
-                if m is not None and not m._is_synced:
-                    stack.enter_context(m.sync_context())
+        with synced(self, heldout):
             return self._solve(heldout)
 
     def _solve(self, heldout: "StreamingRidge | None") -> RidgeFit:

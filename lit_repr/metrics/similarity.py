@@ -25,7 +25,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_repr.metrics.mcc import as_pair
-from lit_repr.metrics.probe import FeatureCache
+from lit_repr.metrics.samples import SampleBuffer
 from lit_repr.metrics.ridge import local_only
 
 __all__ = ["LinearCKA", "MutualKNNAlignment", "linear_cka", "mutual_knn_alignment", "hsic"]
@@ -220,13 +220,13 @@ def mutual_knn_alignment(
     return (shared.to(torch.float64) / k).mean()
 
 
-class MutualKNNAlignment(FeatureCache):
-    """Mutual k-NN alignment on a bounded subsample (the first ``max_samples`` per process).
+class MutualKNNAlignment(SampleBuffer):
+    """Mutual k-NN alignment on a bounded uniform subsample (see :class:`~lit_repr.metrics.samples.SampleBuffer`).
 
     Args:
         k: neighbours per sample.
         metric: ``"cosine"`` or ``"euclidean"``.
-        max_samples: samples kept per process (all pairs are compared: ``O(max_samples²)``).
+        max_samples: samples compared (all pairs are compared: ``O(max_samples²)``).
 
     Example:
         >>> m = MutualKNNAlignment(k=3, max_samples=100)
@@ -239,7 +239,7 @@ class MutualKNNAlignment(FeatureCache):
 
     def __init__(self, k: int = 10, metric: Literal["cosine", "euclidean"] = "cosine", max_samples: int = 2000,
                  **kwargs) -> None:
-        super().__init__(max_samples=max_samples, **kwargs)
+        super().__init__(max_samples=max_samples, num_tensors=2, **kwargs)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         if metric not in ("cosine", "euclidean"):
@@ -251,4 +251,4 @@ class MutualKNNAlignment(FeatureCache):
 
     def compute(self) -> Tensor:  # type: ignore[override]
         x, y = super().compute()
-        return mutual_knn_alignment(x, y, k=self.k, metric=self.metric)
+        return mutual_knn_alignment(x, y, k=min(self.k, x.shape[0] - 1), metric=self.metric)

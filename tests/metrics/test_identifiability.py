@@ -42,8 +42,10 @@ def test_linear_identifiability_equals_sklearn_ridge(data):
 
 def test_linear_identifiability_bad_input():
     m = LinearIdentifiability(4, 2)
-    with pytest.raises(ValueError, match="split must be 'fit' or 'eval'"):
-        m.update(torch.randn(10, 4), torch.randn(10, 2), "test")
+    with pytest.raises(ValueError, match="split must be 'fit' or the name of an evaluation split"):
+        m.update(torch.randn(10, 4), torch.randn(10, 2), "")
+    with pytest.raises(ValueError, match="no data for evaluation split 'test'"):
+        m.compute("test")
     with pytest.raises(ValueError, match="same samples"):
         m.update(torch.randn(10, 4), torch.randn(9, 2))
     with pytest.raises(ValueError, match="NaN or inf"):

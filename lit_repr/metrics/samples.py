@@ -1,0 +1,115 @@
+"""The one bounded-sample mechanism of lit_repr: :class:`SampleBuffer`.
+
+Most readouts stream sufficient statistics and keep no samples. A few quantities need the samples
+themselves: Spearman correlations (global ranks), kernel ridge R², DCI's tree ensembles, mutual
+k-NN alignment, logistic probes and the predicted-vs-true figures. They all keep them here:
+
+- **which samples**: a uniform random subset, without replacement, of every row seen, of at most
+  ``max_samples`` rows (bottom-k sampling: each row draws an independent uniform key from a
+  generator seeded by ``seed`` and the process rank; the rows with the smallest keys stay). While
+  fewer than ``max_samples`` rows have been seen every row is kept, in arrival order, so results
+  on small data are exact.
+- **memory**: at most ``max_samples`` rows of each tensor per process, whatever the data size.
+- **under DDP**: ``compute()`` gathers every process's kept rows and keys (torchmetrics' ``cat``
+  reduction) and keeps the ``max_samples`` smallest keys of the union: again a uniform subset, of
+  at most ``max_samples`` rows in all. With fewer rows than that in all, every row of every
+  process is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = ["SampleBuffer"]
+
+
+def _rank() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return 0
+
+
+def _cat(state: Tensor | list[Tensor]) -> Tensor:
+    if isinstance(state, Tensor):
+        return state
+    return torch.cat(state) if state else torch.zeros(0)
+
+
+class SampleBuffer(Metric):
+    """A bounded uniform subsample of paired tensors (rows aligned), exact when the data fit.
+
+    Args:
+        max_samples: rows kept (per process while streaming, and in all after gathering).
+        num_tensors: how many row-aligned tensors each :meth:`update` receives.
+        seed: seed of the sampling keys (offset by the process rank).
+
+    Example:
+        >>> buf = SampleBuffer(max_samples=4, num_tensors=2)
+        >>> buf.update(torch.arange(10.0)[:, None], torch.arange(10))
+        >>> x, y = buf.compute(); x.shape, bool((x[:, 0] == y).all())
+        (torch.Size([4, 1]), True)
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def __init__(self, max_samples: int = 10_000, num_tensors: int = 2, seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name, v in (("max_samples", max_samples), ("num_tensors", num_tensors)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        self.max_samples, self.num_tensors, self.seed = max_samples, num_tensors, int(seed)
+        self.add_state("keys", [], dist_reduce_fx="cat")
+        for i in range(num_tensors):
+            self.add_state(f"t{i}", [], dist_reduce_fx="cat")
+        self._generator: torch.Generator | None = None
+
+    @property
+    def num_kept(self) -> int:
+        """Rows held now (on this process, before any gathering)."""
+        return int(sum(k.shape[0] for k in self.keys)) if isinstance(self.keys, list) else int(self.keys.shape[0])
+
+    def update(self, *tensors: Tensor) -> None:  # type: ignore[override]
+        """Offer a batch: ``num_tensors`` tensors with the same number of rows."""
+        if len(tensors) != self.num_tensors:
+            raise ValueError(f"SampleBuffer was built for {self.num_tensors} tensors per update, got {len(tensors)}")
+        n = tensors[0].shape[0]
+        if any(t.shape[0] != n for t in tensors):
+            raise ValueError(f"tensors must have the same number of rows, got {[t.shape[0] for t in tensors]}")
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed + 7919 * _rank())
+        keys = torch.rand(n, generator=self._generator, dtype=torch.float64).to(self.device)
+        self.keys.append(keys)
+        for i, t in enumerate(tensors):
+            getattr(self, f"t{i}").append(t.detach())
+        if self.num_kept > 2 * self.max_samples:  # trim now and then: amortised O(1) per row
+            self._trim()
+
+    def _trim(self) -> None:
+        keys = _cat(self.keys)
+        cols = [_cat(getattr(self, f"t{i}")) for i in range(self.num_tensors)]
+        keys, cols = _bottom_k(keys, cols, self.max_samples)
+        self.keys = [keys]
+        for i, c in enumerate(cols):
+            setattr(self, f"t{i}", [c])
+
+    def compute(self) -> tuple[Tensor, ...]:  # type: ignore[override]
+        """The kept rows, one tensor per input (gathered across processes under DDP)."""
+        keys = _cat(self.keys)
+        cols = [_cat(getattr(self, f"t{i}")) for i in range(self.num_tensors)]
+        return tuple(_bottom_k(keys, cols, self.max_samples)[1])
+
+    def reset(self) -> None:
+        super().reset()
+        self._generator = None
+
+
+def _bottom_k(keys: Tensor, cols: list[Tensor], k: int) -> tuple[Tensor, list[Tensor]]:
+    """The rows with the ``k`` smallest keys, in their original order."""
+    if keys.shape[0] <= k:
+        return keys, cols
+    idx = keys.topk(k, largest=False).indices.sort().values
+    return keys[idx], [c[idx.to(c.device)] for c in cols]
