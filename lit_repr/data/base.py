@@ -228,6 +228,6 @@ class ArrayDataModule(pl.LightningDataModule):
 
     # -------------------------------------------------------------- info
     @property
-    def num_features(self) -> int:
-        """Flattened input dimension (after :meth:`setup`)."""
+    def in_features(self) -> int:
+        """Flattened dimension of ``x``: the ``in_features`` of a model that reads it (sets the data up if needed)."""
         return int(self._splits()["train"].tensors["x"][0].numel())

@@ -33,27 +33,28 @@ __all__ = [
 ]
 
 
-def uniform_on_sphere(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points drawn uniformly on the unit sphere ``S^{dim-1}`` (normalised Gaussians).
+def uniform_on_sphere(n: int, num_features: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points drawn uniformly on the unit sphere ``S^{num_features-1}`` of ``R^num_features``
+    (normalized Gaussians).
 
     Example:
         >>> z = uniform_on_sphere(4, 3, np.random.default_rng(0))
         >>> bool(np.allclose(np.linalg.norm(z, axis=1), 1))
         True
     """
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
-    g = rng.standard_normal((n, dim))
+    if num_features < 1:
+        raise ValueError(f"num_features must be >= 1, got {num_features}")
+    g = rng.standard_normal((n, num_features))
     norms = np.linalg.norm(g, axis=1, keepdims=True)
     while np.any(norms < 1e-12):  # measure zero, but never divide by zero
         bad = norms[:, 0] < 1e-12
-        g[bad] = rng.standard_normal((int(bad.sum()), dim))
+        g[bad] = rng.standard_normal((int(bad.sum()), num_features))
         norms = np.linalg.norm(g, axis=1, keepdims=True)
     return g / norms
 
 
-def vmf_mean_resultant_length(kappa: float, dim: int) -> float:
-    """``E[μ·z]`` for ``z ~ vMF(μ, κ)`` on ``S^{dim-1}``: ``I_{d/2}(κ) / I_{d/2-1}(κ)``.
+def vmf_mean_resultant_length(kappa: float, num_features: int) -> float:
+    """``E[μ·z]`` for ``z ~ vMF(μ, κ)`` on ``S^{d-1}``, ``d = num_features``: ``I_{d/2}(κ) / I_{d/2-1}(κ)``.
 
     Example:
         >>> round(vmf_mean_resultant_length(10.0, 5), 3)
@@ -63,7 +64,7 @@ def vmf_mean_resultant_length(kappa: float, dim: int) -> float:
 
     if kappa == 0:
         return 0.0
-    return float(ive(dim / 2, kappa) / ive(dim / 2 - 1, kappa))
+    return float(ive(num_features / 2, kappa) / ive(num_features / 2 - 1, kappa))
 
 
 def sample_von_mises_fisher(mu: np.ndarray, kappa: float, rng: np.random.Generator) -> np.ndarray:
@@ -124,7 +125,7 @@ def sample_von_mises_fisher(mu: np.ndarray, kappa: float, rng: np.random.Generat
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
-def _conditioned_matrix(dim: int, condition_number: float, rng: np.random.Generator) -> np.ndarray:
+def _conditioned_matrix(size: int, condition_number: float, rng: np.random.Generator) -> np.ndarray:
     """``U diag(s) Vᵀ`` with Haar-random orthogonal ``U, V`` and log-spaced singular values whose
     ratio is ``condition_number`` and whose geometric mean is 1 (volume preserving)."""
 
@@ -132,12 +133,12 @@ def _conditioned_matrix(dim: int, condition_number: float, rng: np.random.Genera
         q, r = np.linalg.qr(rng.standard_normal((k, k)))
         return q * np.sign(np.diag(r))[None, :]
 
-    s = np.exp(np.linspace(-0.5, 0.5, dim) * math.log(condition_number)) if dim > 1 else np.ones(1)
-    return haar(dim) @ np.diag(s) @ haar(dim).T
+    s = np.exp(np.linspace(-0.5, 0.5, size) * math.log(condition_number)) if size > 1 else np.ones(1)
+    return haar(size) @ np.diag(s) @ haar(size).T
 
 
 class InvertibleMLP(nn.Sequential):
-    """A fixed random invertible MLP ``R^d -> R^d``: ``Linear, LeakyReLU, ..., Linear``.
+    """A fixed random invertible MLP ``R^d -> R^d`` (``d = in_features``): ``Linear, LeakyReLU, ..., Linear``.
 
     Every weight matrix is square with singular values log-spaced over a ratio of
     ``condition_number`` (geometric mean 1); LeakyReLU with a positive slope is a bijection, so
@@ -145,7 +146,7 @@ class InvertibleMLP(nn.Sequential):
     something to train.
 
     Args:
-        dim: input and output dimension.
+        in_features: input dimension, also the output dimension.
         num_layers: number of linear layers (``num_layers - 1`` LeakyReLUs between them).
         negative_slope: LeakyReLU slope for negative inputs, in ``(0, 1]``; smaller is more
             nonlinear (``1`` gives a linear map).
@@ -162,15 +163,15 @@ class InvertibleMLP(nn.Sequential):
 
     def __init__(
         self,
-        dim: int,
+        in_features: int,
         num_layers: int = 3,
         negative_slope: float = 0.2,
         condition_number: float = 2.0,
         bias_scale: float = 0.1,
         seed: int = 0,
     ) -> None:
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
         if not 0 < negative_slope <= 1:
@@ -182,16 +183,16 @@ class InvertibleMLP(nn.Sequential):
         rng = np.random.default_rng(seed)
         layers: list[nn.Module] = []
         for i in range(num_layers):
-            lin = nn.Linear(dim, dim, dtype=torch.float64)
+            lin = nn.Linear(in_features, in_features, dtype=torch.float64)
             with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(_conditioned_matrix(dim, condition_number, rng)))
-                lin.bias.copy_(torch.from_numpy(bias_scale * rng.standard_normal(dim)))
+                lin.weight.copy_(torch.from_numpy(_conditioned_matrix(in_features, condition_number, rng)))
+                lin.bias.copy_(torch.from_numpy(bias_scale * rng.standard_normal(in_features)))
             lin.requires_grad_(False)
             layers.append(lin)
             if i < num_layers - 1:
                 layers.append(nn.LeakyReLU(negative_slope))
         super().__init__(*layers)
-        self.dim = dim
+        self.in_features = in_features
         self.negative_slope = negative_slope
 
     def forward(self, z: Tensor) -> Tensor:  # type: ignore[override]
@@ -233,7 +234,7 @@ class LatentVariableDataModule(ArrayDataModule):
         num_train: training samples.
         num_val: validation samples.
         num_test: test samples.
-        mixing_layers: linear layers of the mixing MLP.
+        num_mixing_layers: linear layers of the mixing MLP.
         negative_slope: LeakyReLU slope of the mixing MLP in ``(0, 1]`` (``1``: linear mixing).
         condition_number: condition number of each mixing weight matrix (``>= 1``).
         view_kappa: if set (``> 0``), concentration of the training-time vMF views.
@@ -258,7 +259,7 @@ class LatentVariableDataModule(ArrayDataModule):
         num_train: int = 20_000,
         num_val: int = 2_000,
         num_test: int = 5_000,
-        mixing_layers: int = 3,
+        num_mixing_layers: int = 3,
         negative_slope: float = 0.2,
         condition_number: float = 2.0,
         view_kappa: float | None = None,
@@ -279,11 +280,11 @@ class LatentVariableDataModule(ArrayDataModule):
                 raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
         if view_kappa is not None and not (math.isfinite(view_kappa) and view_kappa > 0):
             raise ValueError(f"view_kappa must be None or a finite number > 0, got {view_kappa!r}")
-        if isinstance(mixing_layers, bool) or not isinstance(mixing_layers, int) or mixing_layers < 1:
-            raise ValueError(f"mixing_layers must be a positive int, got {mixing_layers!r}")
+        if isinstance(num_mixing_layers, bool) or not isinstance(num_mixing_layers, int) or num_mixing_layers < 1:
+            raise ValueError(f"num_mixing_layers must be a positive int, got {num_mixing_layers!r}")
         # Build the mixing now so that its own argument checks fire at construction time.
         self.mixing = InvertibleMLP(
-            latent_dim, num_layers=mixing_layers, negative_slope=negative_slope,
+            latent_dim, num_layers=num_mixing_layers, negative_slope=negative_slope,
             condition_number=condition_number, seed=seed + 1,
         )
         self.latent_dim = latent_dim

@@ -100,7 +100,7 @@ class MedMNISTDataModule(ArrayDataModule):
         info = _info()[flag]
         self.task: str = info["task"]
         self.num_classes = len(info["label"])
-        self.n_channels = 3 if as_rgb else int(info["n_channels"])
+        self.num_channels = 3 if as_rgb else int(info["n_channels"])
 
     @property
     def path(self) -> Path:

@@ -1,7 +1,7 @@
 """Procedural dSprites-like images with every generative factor in the batch.
 
-:func:`render_sprites` is a pure, vectorised renderer: given per-image factors (shape, scale,
-orientation, position, optionally hue) it draws white (or coloured) shapes on a black canvas by
+:func:`render_sprites` is a pure, vectorized renderer: given per-image factors (shape, scale,
+orientation, position, optionally hue) it draws white (or colored) shapes on a black canvas by
 evaluating each shape's implicit inequality on the pixel grid, in chunks, with optional
 supersampling for anti-aliased edges. Twenty thousand 64×64 images take a few seconds on a CPU.
 
@@ -38,12 +38,12 @@ def _inside(shape: str, u: Tensor, v: Tensor) -> Tensor:
     if shape == "ellipse":
         return u**2 + (v / 0.55) ** 2 <= 1.0
     if shape == "heart":
-        # (X² + Y² − 1)³ − X² Y³ ≤ 0, lobes up (Y up = −v), recentred and scaled into [-1, 1]².
+        # (X² + Y² − 1)³ − X² Y³ ≤ 0, lobes up (Y up = −v), recentered and scaled into [-1, 1]².
         X = 1.14 * u
         Y = -1.12 * v + 0.12
         return (X**2 + Y**2 - 1.0) ** 3 - X**2 * Y**3 <= 0.0
     if shape == "triangle":
-        # Equilateral, apex up, circumradius 1, centred on its centroid: inside all three edges.
+        # Equilateral, apex up, circumradius 1, centered on its centroid: inside all three edges.
         Y = -v
         inside = Y >= -0.5
         for angle in (math.pi / 6, 5 * math.pi / 6):
@@ -53,7 +53,7 @@ def _inside(shape: str, u: Tensor, v: Tensor) -> Tensor:
 
 
 def _hue_to_rgb(hue: Tensor) -> Tensor:
-    """Fully saturated, full-value colours for hues in ``[0, 1)``: ``(N,) -> (N, 3)``."""
+    """Fully saturated, full-value colors for hues in ``[0, 1)``: ``(N,) -> (N, 3)``."""
     k = (hue[:, None] * 6.0 + torch.tensor([5.0, 3.0, 1.0], dtype=hue.dtype)) % 6.0
     return 1.0 - torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 
@@ -73,7 +73,7 @@ def render_sprites(
     """Render one sprite per row of factors; a pure function of its arguments.
 
     Geometry: a scale-1 sprite spans ``2 × 0.15`` of the image width; ``pos_x``/``pos_y`` in
-    ``[0, 1]`` move its centre from ``0.23`` to ``0.77`` of the width/height (left to right, top
+    ``[0, 1]`` move its center from ``0.23`` to ``0.77`` of the width/height (left to right, top
     to bottom), so rotated sprites stay inside the canvas; ``orientation`` (radians) rotates
     counter-clockwise on screen.
 
@@ -83,7 +83,7 @@ def render_sprites(
         orientation: rotation in radians per image.
         pos_x: horizontal position in ``[0, 1]`` per image.
         pos_y: vertical position in ``[0, 1]`` per image (0 is the top).
-        hue: if given, colour per image as a hue in ``[0, 1)`` (saturation and value 1), and the
+        hue: if given, color per image as a hue in ``[0, 1)`` (saturation and value 1), and the
             images have 3 channels; otherwise they are white on black with 1 channel.
         image_size: height and width in pixels.
         shapes: the shape vocabulary, names from ``SHAPES``.
@@ -170,10 +170,10 @@ def sample_sprite_factors(
     rng: np.random.Generator,
     num_shapes: int = 3,
     scale_range: tuple[float, float] = (0.5, 1.0),
-    colour: bool = False,
+    color: bool = False,
 ) -> dict[str, np.ndarray]:
     """Independent uniform factors: shape index, scale, orientation in ``[0, 2π)``, positions in
-    ``[0, 1]`` and (if ``colour``) hue in ``[0, 1)``.
+    ``[0, 1]`` and (if ``color``) hue in ``[0, 1)``.
 
     Example:
         >>> sorted(sample_sprite_factors(3, np.random.default_rng(0)))
@@ -186,7 +186,7 @@ def sample_sprite_factors(
         "pos_x": rng.uniform(0.0, 1.0, size=n),
         "pos_y": rng.uniform(0.0, 1.0, size=n),
     }
-    if colour:
+    if color:
         out["hue"] = rng.uniform(0.0, 1.0, size=n)
     return out
 
@@ -205,7 +205,7 @@ class SpritesDataModule(ArrayDataModule):
 
     Factors are drawn independently and uniformly: shape (from ``shapes``), scale in
     ``scale_range``, orientation in ``[0, 2π)`` radians, ``pos_x`` and ``pos_y`` in ``[0, 1]``
-    and, with ``colour=True``, hue in ``[0, 1)``. Batches are ``{"x": images, "y": shape index,
+    and, with ``color=True``, hue in ``[0, 1)``. Batches are ``{"x": images, "y": shape index,
     "latents": (B, F) float factors in the order of factor_names, "index"}`` with
     ``factor_names = ("shape", "scale", "orientation", "pos_x", "pos_y"[, "hue"])``. Images are
     stored as bytes and served as float32 in ``[0, 1]``. Note that the square is invariant to
@@ -220,7 +220,7 @@ class SpritesDataModule(ArrayDataModule):
         shapes: shape vocabulary, names from ``SHAPES`` (``square``, ``ellipse``, ``heart``,
             ``triangle``).
         scale_range: ``(low, high)`` of the uniform scale, ``0 < low <= high``.
-        colour: render coloured sprites (3 channels) with a hue factor; otherwise white on black.
+        color: render colored sprites (3 channels) with a hue factor; otherwise white on black.
         supersample: anti-aliasing factor (``1``: binary images, as dSprites).
         layout: ``"image"`` for ``(C, H, W)`` tensors (CNNs), ``"flat"`` for vectors (MLPs).
         batch_size: samples per batch.
@@ -244,7 +244,7 @@ class SpritesDataModule(ArrayDataModule):
         image_size: int = 64,
         shapes: Sequence[str] = ("square", "ellipse", "heart"),
         scale_range: tuple[float, float] = (0.5, 1.0),
-        colour: bool = False,
+        color: bool = False,
         supersample: int = 1,
         layout: Literal["image", "flat"] = "image",
         batch_size: int = 128,
@@ -274,11 +274,11 @@ class SpritesDataModule(ArrayDataModule):
         self.image_size = image_size
         self.shapes = shapes
         self.scale_range = (lo_s, hi_s)
-        self.colour = bool(colour)
+        self.color = bool(color)
         self.supersample = supersample
         self.layout = layout
         self.factor_names: tuple[str, ...] = ("shape", "scale", "orientation", "pos_x", "pos_y") + (
-            ("hue",) if self.colour else ()
+            ("hue",) if self.color else ()
         )
 
     @property
@@ -288,7 +288,7 @@ class SpritesDataModule(ArrayDataModule):
 
     @property
     def num_channels(self) -> int:
-        return 3 if self.colour else 1
+        return 3 if self.color else 1
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         rng = np.random.default_rng([self.seed, 5])
@@ -296,7 +296,7 @@ class SpritesDataModule(ArrayDataModule):
         for split, n in (("train", self.num_train), ("val", self.num_val), ("test", self.num_test)):
             if n == 0:
                 continue
-            f = sample_sprite_factors(n, rng, len(self.shapes), self.scale_range, self.colour)
+            f = sample_sprite_factors(n, rng, len(self.shapes), self.scale_range, self.color)
             x = render_sprites(
                 f["shape"], f["scale"], f["orientation"], f["pos_x"], f["pos_y"], f.get("hue"),
                 image_size=self.image_size, shapes=self.shapes, supersample=self.supersample,

@@ -77,7 +77,7 @@ class MLP(nn.Sequential):
 def build_backbone(
     name: str,
     in_features: int | None = None,
-    in_chans: int = 3,
+    in_channels: int = 3,
     hidden: Sequence[int] = (128, 128),
     activation: str = "relu",
     dropout: float = 0.0,
@@ -90,7 +90,7 @@ def build_backbone(
         name: ``"mlp"``, or any timm model name (built with ``pretrained=False`` and no
             classifier, so it returns pooled features).
         in_features: input dimension for the MLP.
-        in_chans: input channels for timm models.
+        in_channels: input channels for timm models.
         hidden, activation, dropout, batch_norm: MLP settings.
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
 
@@ -109,5 +109,5 @@ def build_backbone(
 
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise ValueError(f"backbone {name!r} is neither 'mlp' nor a timm model; closest timm names: {close}")
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, **(timm_kwargs or {}))
     return model

@@ -28,7 +28,7 @@ class Classifier(pl.LightningModule):
         num_classes: number of classes (or labels, for ``task="multilabel"``).
         backbone: ``"mlp"`` or a timm model name (no pretrained weights are loaded).
         in_features: flattened input dimension (MLP backbone).
-        in_chans: input channels (timm backbone).
+        in_channels: input channels (timm backbone).
         hidden: MLP hidden widths.
         activation: MLP activation.
         dropout: MLP dropout.
@@ -54,7 +54,7 @@ class Classifier(pl.LightningModule):
         num_classes: int = 10,
         backbone: str = "mlp",
         in_features: int | None = 64,
-        in_chans: int = 3,
+        in_channels: int = 3,
         hidden: Sequence[int] = (128, 128),
         activation: str = "relu",
         dropout: float = 0.0,
@@ -91,7 +91,7 @@ class Classifier(pl.LightningModule):
         self.backbone = build_backbone(
             backbone,
             in_features=in_features,
-            in_chans=in_chans,
+            in_channels=in_channels,
             hidden=hidden,
             activation=activation,
             dropout=dropout,

@@ -13,13 +13,13 @@ from lit_repr.data.latent import (
 from lit_repr.metrics.ridge import StreamingRidge, moments_score
 
 
-@pytest.mark.parametrize("dim,kappa", [(2, 0.5), (3, 1.0), (5, 10.0), (5, 500.0)])
-def test_vmf_mean_resultant_length_and_direction(dim, kappa):
+@pytest.mark.parametrize("num_features,kappa", [(2, 0.5), (3, 1.0), (5, 10.0), (5, 500.0)])
+def test_vmf_mean_resultant_length_and_direction(num_features, kappa):
     rng = np.random.default_rng(0)
-    mu = uniform_on_sphere(1, dim, rng).repeat(20_000, 0)
+    mu = uniform_on_sphere(1, num_features, rng).repeat(20_000, 0)
     z = sample_von_mises_fisher(mu, kappa, rng)
     assert np.allclose(np.linalg.norm(z, axis=1), 1.0)
-    assert abs((z * mu).sum(1).mean() - vmf_mean_resultant_length(kappa, dim)) < 0.015
+    assert abs((z * mu).sum(1).mean() - vmf_mean_resultant_length(kappa, num_features)) < 0.015
     m = z.mean(0)
     assert np.allclose(m / np.linalg.norm(m), mu[0], atol=0.05)
 
@@ -141,7 +141,7 @@ def test_views_during_training_only(trainer_kwargs):
     [({"latent_dim": 1}, "latent_dim"), ({"num_classes": 0}, "num_classes"), ({"kappa": -1.0}, "kappa"),
      ({"kappa": float("nan")}, "kappa"), ({"num_train": 1}, "num_train"), ({"num_val": -1}, "num_val"),
      ({"view_kappa": 0.0}, "view_kappa"), ({"negative_slope": 2.0}, "negative_slope"),
-     ({"condition_number": 0.1}, "condition_number"), ({"mixing_layers": 0}, "mixing_layers"),
+     ({"condition_number": 0.1}, "condition_number"), ({"num_mixing_layers": 0}, "num_mixing_layers"),
      ({"batch_size": 0}, "batch_size")],
 )
 def test_bad_args(kw, match):

@@ -57,7 +57,7 @@ def test_every_shape_stays_inside_and_differs():
             assert (flat[i] != flat[j]).float().mean() > 0.01
 
 
-def test_colour_supersample_and_ranges():
+def test_color_supersample_and_ranges():
     img = render_sprites([2], [1.0], [0.0], [0.5], [0.5], hue=[0.0], supersample=3)
     assert img.shape == (1, 3, 64, 64)
     assert img.min() >= 0 and img.max() <= 1
@@ -90,7 +90,7 @@ def test_render_bad_input(kw, match):
 
 
 def test_datamodule_batches_and_determinism():
-    dm = SpritesDataModule(num_train=200, num_val=40, num_test=0, batch_size=50, colour=True, seed=4)
+    dm = SpritesDataModule(num_train=200, num_val=40, num_test=0, batch_size=50, color=True, seed=4)
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
     assert set(b) == {"x", "y", "latents", "index"}
@@ -104,13 +104,13 @@ def test_datamodule_batches_and_determinism():
     assert ((again - b["x"]).abs() > 0.5 / 255 + 1e-6).float().mean() < 1e-3  # byte rounding only
     # stored as bytes, served as float
     assert dm.datasets["train"].tensors["x"].dtype == torch.uint8
-    other = SpritesDataModule(num_train=200, num_val=40, num_test=0, colour=True, seed=4)
+    other = SpritesDataModule(num_train=200, num_val=40, num_test=0, color=True, seed=4)
     other.setup()
     assert torch.equal(other.datasets["train"].tensors["x"], dm.datasets["train"].tensors["x"])
     flat = SpritesDataModule(num_train=10, num_val=0, num_test=0, layout="flat", image_size=16)
     flat.setup()
     a = flat.arrays("train")
-    assert a["x"].shape == (10, 256) and a["x"].dtype == torch.float32 and flat.num_features == 256
+    assert a["x"].shape == (10, 256) and a["x"].dtype == torch.float32 and flat.in_features == 256
 
 
 def test_factor_ranges():

@@ -20,7 +20,7 @@ def test_digits_reaches_90_percent(trainer_kwargs):
 
 def test_timm_backbone_and_sites():
     pytest.importorskip("timm")
-    model = Classifier(num_classes=10, backbone="resnet10t", in_chans=3)
+    model = Classifier(num_classes=10, backbone="resnet10t", in_channels=3)
     x = torch.randn(2, 3, 16, 16)
     with Tap(model, ["backbone.layer1", "backbone", "head"], reduction="mean") as tap:
         out = model(x)

@@ -55,7 +55,7 @@ def test_variants_registered_by_name():
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_atoms_unit_norm_after_training_steps(variant, trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=256, n_val=64, n_test=64, batch_size=32)
+    dm = SparseCodingDataModule(num_train=256, num_val=64, num_test=64, batch_size=32)
     sae = SparseAutoencoder(8, 16, variant=variant, k=3, lr=0.05, codes_key=None)
     _fit(sae, dm, trainer_kwargs, limit_val_batches=0)
     norms = sae.W_dec.detach().norm(dim=1)
@@ -162,7 +162,7 @@ def test_jumprelu_straight_through_gradient():
 
 
 def test_decoder_bias_initialised_from_data(trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=128, n_val=32, n_test=32, batch_size=32)
+    dm = SparseCodingDataModule(num_train=128, num_val=32, num_test=32, batch_size=32)
     dm.setup()
     x = dm.datasets["train"].tensors["x"]
     for init, expected in (("mean", x.mean(0)), ("geometric_median", geometric_median(x))):
@@ -208,7 +208,7 @@ def test_swappable_encoders_and_flops():
 
 
 def test_dictionary_learning_with_fista_encoder_trains_the_dictionary(trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=256, n_val=64, n_test=64, batch_size=64)
+    dm = SparseCodingDataModule(num_train=256, num_val=64, num_test=64, batch_size=64)
     sae = SparseAutoencoder(
         8, 16, encoder=FISTAEncoder(penalty=0.05, max_iter=30), lr=0.01, codes_key=None, init_seed=0
     )
@@ -218,7 +218,7 @@ def test_dictionary_learning_with_fista_encoder_trains_the_dictionary(trainer_kw
 
 
 def test_ground_truth_metrics_and_tensorboard(tmp_path, trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=256, n_val=128, n_test=64, batch_size=64)
+    dm = SparseCodingDataModule(num_train=256, num_val=128, num_test=64, batch_size=64)
     sae = SparseAutoencoder(8, 16, variant="topk", k=3, image_shape=(2, 4), lr=0.01)
     logger = TensorBoardLogger(str(tmp_path), name="sae")
     trainer = _fit(sae, dm, {**trainer_kwargs, "logger": logger}, max_epochs=2)
