@@ -19,6 +19,12 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(autouse=True)
+def _examples_on_path(monkeypatch):
+    """An example imports its sibling's helpers, as it does when run as a script from examples/."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+
+
 def _load(name):
     path = REPO / "examples" / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
