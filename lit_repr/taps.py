@@ -199,6 +199,10 @@ class Tap:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if when not in ("always", "training", "eval"):
             raise ValueError(f"when must be 'always', 'training' or 'eval', got {when!r}")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype must be a torch.dtype (e.g. torch.float32) or None, got {dtype!r}")
+        if output_fn is not None and not callable(output_fn):
+            raise ValueError(f"output_fn must be a callable module output -> tensor, or None, got {output_fn!r}")
         self.model = model
         self.sites = resolve_sites(model, sites)
         self.reduction = reduction

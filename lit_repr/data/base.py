@@ -25,6 +25,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from lit_repr.checks import check_bool, check_int
+
 __all__ = ["TensorDictDataset", "ArrayDataModule", "EpochSeededSampler", "split_indices"]
 
 
@@ -50,7 +52,7 @@ class TensorDictDataset(Dataset):
         if any(length != n for length in lengths.values()):
             raise ValueError(f"all tensors must share their first dimension; got lengths {lengths}")
         self.n = n
-        if add_index and "index" not in self.tensors:
+        if check_bool("add_index", add_index) and "index" not in self.tensors:
             self.tensors["index"] = torch.arange(n)
 
     def __len__(self) -> int:
@@ -67,7 +69,8 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.nd
         >>> [len(s) for s in split_indices(10, (0.2, 0.3), seed=0)]
         [2, 3, 5]
     """
-    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+    check_int("n", n, low=0)
+    if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"split fractions must be >= 0 and sum to < 1, got {fractions}")
     perm = np.random.default_rng(seed).permutation(n)
     out, start = [], 0
@@ -95,8 +98,8 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
     """
 
     def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
+        self.num_samples = check_int("num_samples", num_samples, low=0)
+        self.seed = check_int("seed", seed, low=0)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -144,17 +147,11 @@ class ArrayDataModule(pl.LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
-            raise ValueError(f"eval_batch_size must be a positive int or None, got {eval_batch_size!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.drop_last = drop_last
+        self.batch_size = check_int("batch_size", batch_size)
+        self.eval_batch_size = batch_size if eval_batch_size is None else check_int("eval_batch_size", eval_batch_size)
+        self.num_workers = check_int("num_workers", num_workers, low=0)
+        self.seed = check_int("seed", seed, low=0)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.datasets: dict[str, TensorDictDataset] = {}
 
     # -------------------------------------------------------------- subclass API

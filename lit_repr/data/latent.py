@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lit_repr.checks import check_int, check_number
 from lit_repr.data.base import ArrayDataModule
 
 __all__ = [
@@ -170,16 +171,13 @@ class InvertibleMLP(nn.Sequential):
         bias_scale: float = 0.1,
         seed: int = 0,
     ) -> None:
-        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        if not 0 < negative_slope <= 1:
-            raise ValueError(f"negative_slope must be in (0, 1] so the LeakyReLU is invertible, got {negative_slope}")
-        if not condition_number >= 1:
-            raise ValueError(f"condition_number must be >= 1, got {condition_number}")
-        if bias_scale < 0:
-            raise ValueError(f"bias_scale must be >= 0, got {bias_scale}")
+        check_int("in_features", in_features)
+        check_int("num_layers", num_layers)
+        check_number("negative_slope", negative_slope, low=0, high=1, low_open=True,
+                     why=" so the LeakyReLU is invertible")  # fmt: skip
+        check_number("condition_number", condition_number, low=1)
+        check_number("bias_scale", bias_scale, low=0)
+        check_int("seed", seed, low=0)
         rng = np.random.default_rng(seed)
         layers: list[nn.Module] = []
         for i in range(num_layers):
@@ -271,17 +269,14 @@ class LatentVariableDataModule(ArrayDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 2:
             raise ValueError(f"latent_dim must be an int >= 2 (latents live on S^(d-1)), got {latent_dim!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa >= 0):
-            raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
-        for name, v, lo in (("num_train", num_train, 2), ("num_val", num_val, 0), ("num_test", num_test, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if view_kappa is not None and not (math.isfinite(view_kappa) and view_kappa > 0):
-            raise ValueError(f"view_kappa must be None or a finite number > 0, got {view_kappa!r}")
-        if isinstance(num_mixing_layers, bool) or not isinstance(num_mixing_layers, int) or num_mixing_layers < 1:
-            raise ValueError(f"num_mixing_layers must be a positive int, got {num_mixing_layers!r}")
+        check_int("num_classes", num_classes)
+        check_number("kappa", kappa, low=0)
+        check_int("num_train", num_train, low=2)
+        check_int("num_val", num_val, low=0)
+        check_int("num_test", num_test, low=0)
+        if view_kappa is not None:
+            check_number("view_kappa", view_kappa, low=0, low_open=True, why=" (or None: no views)")
+        check_int("num_mixing_layers", num_mixing_layers)
         # Build the mixing now so that its own argument checks fire at construction time.
         self.mixing = InvertibleMLP(
             latent_dim, num_layers=num_mixing_layers, negative_slope=negative_slope,

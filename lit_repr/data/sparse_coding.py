@@ -26,6 +26,7 @@ import torch
 from scipy.special import ndtr
 from torch import Tensor
 
+from lit_repr.checks import check_int, check_number
 from lit_repr.data.base import ArrayDataModule
 
 __all__ = ["SparseCodingDataModule", "sample_sparse_codes", "random_dictionary"]
@@ -135,19 +136,16 @@ class SparseCodingDataModule(ArrayDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
         for name, v in (("num_features", num_features), ("in_features", in_features), ("num_active", num_active),
                         ("num_train", num_train), ("group_size", group_size)):  # fmt: skip
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name, v in (("num_val", num_val), ("num_test", num_test)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
+            check_int(name, v)
+        check_int("num_val", num_val, low=0)
+        check_int("num_test", num_test, low=0)
         if num_active > num_features:
             raise ValueError(f"num_active must be <= num_features={num_features}, got {num_active}")
-        if not (zipf_exponent >= 0 and math.isfinite(zipf_exponent)):
-            raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}")
-        if not 0 <= correlation < 1:
-            raise ValueError(f"correlation must be in [0, 1), got {correlation!r}")
-        if not (noise_std >= 0 and math.isfinite(noise_std)):
-            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        check_number("zipf_exponent", zipf_exponent, low=0)
+        check_number("correlation", correlation, low=0, high=1, high_open=True)
+        check_number("noise_std", noise_std, low=0)
+        if dictionary_seed is not None:
+            check_int("dictionary_seed", dictionary_seed, low=0)
         self.save_hyperparameters()
         self.num_features, self.num_active = num_features, num_active
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_repr.checks import check_bool, check_choice, check_int, check_number
 from lit_repr.data.base import ArrayDataModule, TensorDictDataset
 
 __all__ = ["SpritesDataModule", "render_sprites", "SHAPES", "sample_sprite_factors"]
@@ -102,12 +103,9 @@ def render_sprites(
     for name in shapes:
         if name not in SHAPES:
             raise ValueError(f"shapes must be names from {SHAPES}, got {name!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-        raise ValueError(f"image_size must be an int >= 4, got {image_size!r}")
-    if isinstance(supersample, bool) or not isinstance(supersample, int) or supersample < 1:
-        raise ValueError(f"supersample must be a positive int, got {supersample!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("image_size", image_size, low=4)
+    check_int("supersample", supersample)
+    check_int("chunk_size", chunk_size)
     named = {"shape": shape, "scale": scale, "orientation": orientation, "pos_x": pos_x, "pos_y": pos_y}
     if hue is not None:
         named["hue"] = hue
@@ -253,30 +251,27 @@ class SpritesDataModule(ArrayDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
-        for name, v, lo in (("num_train", num_train, 1), ("num_val", num_val, 0), ("num_test", num_test, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-            raise ValueError(f"image_size must be an int >= 4, got {image_size!r}")
+        self.num_train = check_int("num_train", num_train)
+        self.num_val = check_int("num_val", num_val, low=0)
+        self.num_test = check_int("num_test", num_test, low=0)
+        self.image_size = check_int("image_size", image_size, low=4)
         shapes = tuple(shapes)
         if len(shapes) < 2 or len(set(shapes)) != len(shapes) or any(s not in SHAPES for s in shapes):
             raise ValueError(f"shapes must be at least two distinct names from {SHAPES}, got {shapes}")
-        lo_s, hi_s = (float(v) for v in scale_range)
-        if not (0 < lo_s <= hi_s and math.isfinite(hi_s)):
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
-        if isinstance(supersample, bool) or not isinstance(supersample, int) or supersample < 1:
-            raise ValueError(f"supersample must be a positive int, got {supersample!r}")
-        if layout not in ("image", "flat"):
-            raise ValueError(f"layout must be 'image' or 'flat', got {layout!r}")
-        self.num_train = num_train
-        self.num_val = num_val
-        self.num_test = num_test
-        self.image_size = image_size
         self.shapes = shapes
+        bad_range = ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
+        if isinstance(scale_range, str) or len(scale_range) != 2:
+            raise bad_range
+        try:
+            lo_s, hi_s = (check_number("scale_range", v, low=0, low_open=True) for v in scale_range)
+        except ValueError:
+            raise bad_range from None
+        if lo_s > hi_s:
+            raise bad_range
         self.scale_range = (lo_s, hi_s)
-        self.color = bool(color)
-        self.supersample = supersample
-        self.layout = layout
+        self.color = check_bool("color", color)
+        self.supersample = check_int("supersample", supersample)
+        self.layout = check_choice("layout", layout, ("image", "flat"))
         self.factor_names: tuple[str, ...] = ("shape", "scale", "orientation", "pos_x", "pos_y") + (
             ("hue",) if self.color else ()
         )
@@ -288,6 +283,7 @@ class SpritesDataModule(ArrayDataModule):
 
     @property
     def num_channels(self) -> int:
+        """Image channels: 3 with ``color=True``, else 1."""
         return 3 if self.color else 1
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
@@ -319,7 +315,7 @@ class SpritesDataModule(ArrayDataModule):
         if not self.datasets:
             self.setup()
         if split not in self.datasets:
-            raise ValueError(f"no {split!r} split; have {sorted(self.datasets)}")
+            raise ValueError(self._missing(split, "arrays() asked for it"))
         t = dict(self.datasets[split].tensors)
         t["x"] = t["x"].float() / 255.0
         return t

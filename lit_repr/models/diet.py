@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from lit_repr.checks import check_bool, check_int, check_number
 from lit_repr.models.classifier import Classifier
 from lit_repr.targets import TargetSpec, check_finite, get_target
 
@@ -39,8 +40,8 @@ class RowNormalizedLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, eps: float = 1e-8) -> None:
-        super().__init__(in_features, out_features, bias=False)
-        self.eps = eps
+        super().__init__(check_int("in_features", in_features), check_int("out_features", out_features), bias=False)
+        self.eps = check_number("eps", eps, low=0, low_open=True)
 
     @property
     def normalized_weight(self) -> Tensor:
@@ -125,8 +126,7 @@ class DIET(Classifier):
                 f"num_samples must be an int >= 2 (the training set size: one head row per sample) or "
                 f"None (read from the DataModule in setup), got {num_samples!r}"
             )
-        if not isinstance(normalize_head, bool):
-            raise ValueError(f"normalize_head must be True or False, got {normalize_head!r}")
+        check_bool("normalize_head", normalize_head)
         super().__init__(
             num_classes=num_samples or 2, backbone=backbone, in_features=in_features, in_channels=in_channels,
             hidden=hidden, activation=activation, dropout=dropout, batch_norm=batch_norm,

@@ -100,8 +100,11 @@ def test_build_splits_needs_train():
     "kw, match",
     [
         ({"batch_size": 0}, "batch_size must be a positive int, got 0"),
-        ({"eval_batch_size": -1}, "eval_batch_size must be a positive int or None, got -1"),
+        ({"eval_batch_size": -1}, "eval_batch_size must be a positive int, got -1"),
         ({"num_workers": -1}, "num_workers must be an int >= 0, got -1"),
+        ({"batch_size": True}, "batch_size must be a positive int, got True"),
+        ({"seed": -1}, "seed must be an int >= 0, got -1"),
+        ({"drop_last": "yes"}, "drop_last must be True or False, got 'yes'"),
     ],
 )
 def test_bad_args(kw, match):

@@ -147,3 +147,26 @@ def test_views_during_training_only(trainer_kwargs):
 def test_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):
         LatentVariableDataModule(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"num_classes": True}, "num_classes must be a positive int, got True"),
+        ({"num_train": 1}, "num_train must be an int >= 2, got 1"),
+        ({"kappa": float("inf")}, "kappa must be a finite number >= 0, got inf"),
+        ({"view_kappa": float("nan")}, r"view_kappa must be a finite number > 0 \(or None: no views\), got nan"),
+        ({"negative_slope": 0.0}, r"negative_slope must be a finite number in \(0, 1\] so the LeakyReLU is invertible"),
+        ({"seed": -1}, "seed must be an int >= 0, got -1"),
+    ],
+)
+def test_bad_args_name_argument_value_and_what_is_allowed(kw, message):
+    with pytest.raises(ValueError, match=message):
+        LatentVariableDataModule(**kw)
+
+
+def test_invertible_mlp_bad_args():
+    with pytest.raises(ValueError, match="bias_scale must be a finite number >= 0, got nan"):
+        InvertibleMLP(3, bias_scale=float("nan"))
+    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+        InvertibleMLP(0)

@@ -63,3 +63,10 @@ def test_classifier_trains_on_medmnist_files(tmp_path, trainer_kwargs):
     dm = MedMNISTDataModule("bloodmnist", root=str(tmp_path), batch_size=4)
     model = Classifier(num_classes=8, in_features=3 * 28 * 28, hidden=[8])
     pl.Trainer(max_epochs=1, **trainer_kwargs).fit(model, dm)
+
+
+def test_bad_flags_name_argument_and_value(tmp_path):
+    with pytest.raises(ValueError, match="as_rgb must be True or False, got 'yes'"):
+        MedMNISTDataModule("pathmnist", root=str(tmp_path), as_rgb="yes")
+    with pytest.raises(ValueError, match=r"size must be one of \(28, 64, 128, 224\), got 32"):
+        MedMNISTDataModule("pathmnist", root=str(tmp_path), size=32)  # type: ignore[arg-type]

@@ -78,3 +78,12 @@ def test_random_dictionary_unit_norm():
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         SparseCodingDataModule(**kw)
+
+
+def test_bad_arguments_name_value_and_what_is_allowed():
+    with pytest.raises(ValueError, match=r"correlation must be a finite number in \[0, 1\), got 1.0"):
+        SparseCodingDataModule(correlation=1.0)
+    with pytest.raises(ValueError, match="dictionary_seed must be an int >= 0, got -1"):
+        SparseCodingDataModule(dictionary_seed=-1)
+    with pytest.raises(ValueError, match="noise_std must be a finite number >= 0, got nan"):
+        SparseCodingDataModule(noise_std=float("nan"))

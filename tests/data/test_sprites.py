@@ -132,3 +132,25 @@ def test_factor_ranges():
 def test_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):
         SpritesDataModule(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"scale_range": (0.5,)}, r"scale_range must be \(low, high\) with 0 < low <= high, got \(0.5,\)"),
+        ({"scale_range": "0.5"}, r"scale_range must be \(low, high\) with 0 < low <= high, got '0.5'"),
+        ({"scale_range": (0.5, float("inf"))}, r"scale_range must be \(low, high\)"),
+        ({"color": "yes"}, "color must be True or False, got 'yes'"),
+        ({"num_val": -1}, "num_val must be an int >= 0, got -1"),
+        ({"layout": "grid"}, r"layout must be one of \('image', 'flat'\), got 'grid'"),
+    ],
+)
+def test_bad_args_name_argument_value_and_what_is_allowed(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SpritesDataModule(**kw)
+
+
+def test_arrays_of_a_missing_split_names_the_splits():
+    dm = SpritesDataModule(num_train=8, num_val=0, num_test=0, image_size=8)
+    with pytest.raises(ValueError, match=r"no 'test' split \(arrays\(\) asked for it\); it has \['train'\]"):
+        dm.arrays("test")

@@ -111,3 +111,10 @@ def test_num_samples_from_the_datamodule(trainer_kwargs, tmp_path):
     small = DIET(num_samples=10, in_features=64, hidden=[16])
     with pytest.raises(ValueError, match=f"set num_samples={n}"):
         pl.Trainer(max_epochs=1, **trainer_kwargs).fit(small, DigitsDataModule(batch_size=256))
+
+
+def test_row_normalized_linear_bad_args():
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
+        RowNormalizedLinear(4, 3, eps=0)
+    with pytest.raises(ValueError, match="out_features must be a positive int, got 0"):
+        RowNormalizedLinear(4, 0)
