@@ -382,6 +382,12 @@ class ProbeReadout(nn.Module):
         for split in list(self._eval_buf):
             self._flush_eval(split)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in ("weight", "bias"):  # fitted weights have the saved shape (empty before a fit)
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         self.flush()  # a checkpoint holds every batch seen, buffered or not
         return super().state_dict(*args, **kwargs)
