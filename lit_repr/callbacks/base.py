@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
 from lit_repr.features import default_forward, frozen_mode, iterate_frozen, preserved_rng
-from lit_repr.metrics.readout import FIT, HELDOUT, as_readout, scalars
+from lit_repr.metrics.readout import FIT, HELDOUT, MetricReadout, as_readout, scalars
 from lit_repr.taps import Reduction, Tap, _glob_regex
 from lit_repr.targets import TargetSpec, check_target_spec, get_target
 
@@ -334,7 +334,8 @@ class TapCallback(Callback):
                 shown = fit_name if split == FIT else split
                 with self._warnings_once(site, target):
                     result = r.compute(split)
-                for q, v in scalars(result, rname).items():
+                named = result if isinstance(r, MetricReadout) else scalars(result, rname)  # named already
+                for q, v in named.items():
                     scores[self.tag(site, target, shown, q)] = v
                 if self.log_figures and trainer is not None and hasattr(r, "figures") and split != FIT:
                     title = "/".join(self.tag(site, target, shown, "").split("/")[:-1])
