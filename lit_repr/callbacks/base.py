@@ -1,84 +1,63 @@
-"""Shared wiring of lit_repr's callbacks: a Tap on the model, frozen passes, figures, state keys.
+"""TapCallback: the machinery every lit_repr callback shares, so that a callback is a readout factory.
 
-No science lives here; it only moves features from a :class:`~lit_repr.taps.Tap` to readouts.
+A callback declares its sites, its targets (target specs) and ``make_readouts(site, target,
+in_features, target_features)``; this class owns everything else (see :class:`TapCallback`). The
+readout contract is in :mod:`lit_repr.metrics.readout`.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
+from typing_extensions import override
 
-from lit_repr.taps import Reduction, Tap
+from lit_repr.features import default_forward, frozen_mode, iterate_frozen, preserved_rng
+from lit_repr.metrics.readout import FIT, HELDOUT, MetricReadout, as_readout, scalars
+from lit_repr.taps import Reduction, Tap, _glob_regex
 from lit_repr.targets import TargetSpec, check_target_spec, get_target
 
-__all__ = ["TapCallback", "default_forward", "frozen_mode", "probe_loaders_for"]
+__all__ = ["TapCallback", "default_forward", "frozen_mode", "probe_loaders_for", "normalize_targets"]
 
 Mode = Literal["online", "frozen"]
+Key = tuple[str, "str | None", str]  # (site, target, readout name)
 
 
-def default_forward(input_key: TargetSpec) -> Callable[[nn.Module, Any], Any]:
-    """A forward function that feeds ``batch[input_key]`` to the module."""
-
-    def forward(module: nn.Module, batch: Any) -> Any:
-        return module(get_target(batch, input_key, "input_key"))
-
-    return forward
-
-
-@contextmanager
-def frozen_mode(module: nn.Module) -> Iterator[None]:
-    """Eval mode and no grad for the duration; every submodule's own mode is restored after.
-
-    BatchNorm running statistics and dropout masks are therefore untouched by what runs inside.
-    """
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
-def _shard(loader: DataLoader, rank: int, world: int) -> DataLoader:
+def _shard(loader: Any, rank: int, world: int) -> Any:
     """The part of ``loader`` that process ``rank`` of ``world`` reads (no padding, no overlap)."""
-    if world <= 1:
+    if world <= 1 or not isinstance(loader, DataLoader):
         return loader
     dataset = loader.dataset
     if not hasattr(dataset, "__len__") or isinstance(dataset, torch.utils.data.IterableDataset):
-        return loader if rank == 0 else DataLoader([], batch_size=1)
+        return loader if rank == 0 else []
     idx = list(range(rank, len(dataset), world))  # type: ignore[arg-type]
-    return DataLoader(
-        Subset(dataset, idx),
-        batch_size=loader.batch_size or 1,
-        collate_fn=loader.collate_fn,
-        num_workers=0,
-        shuffle=False,
-    )
+    return DataLoader(Subset(dataset, idx), batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn,
+                      num_workers=0, shuffle=False)
 
 
-def probe_loaders_for(trainer: pl.Trainer, given: Mapping[str, DataLoader] | None) -> dict[str, DataLoader]:
-    """Named loaders for a frozen pass: ``given``, else the datamodule's ``probe_dataloaders()``,
-    else the trainer's train and validation loaders."""
+def probe_loaders_for(trainer: pl.Trainer, given: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Named loaders for frozen passes: ``given``, else the datamodule's ``probe_dataloaders()``,
+    else the trainer's train and validation loaders (the datamodule's when the trainer has none yet)."""
     if given:
         return dict(given)
     dm = getattr(trainer, "datamodule", None)
     if dm is not None and hasattr(dm, "probe_dataloaders"):
         return dict(dm.probe_dataloaders())
-    loaders: dict[str, DataLoader] = {}
-    src = trainer.fit_loop._data_source if hasattr(trainer, "fit_loop") else None
-    train = src.dataloader() if src is not None and src.is_defined() else None
-    if isinstance(train, DataLoader):
+    loaders: dict[str, Any] = {}
+    train = trainer.train_dataloader if trainer.state.fn == "fit" else None
+    if train is None and dm is not None:
+        train = dm.train_dataloader()
+    if train is not None:
         loaders["train"] = train
     val = trainer.val_dataloaders
     if isinstance(val, DataLoader):
@@ -88,114 +67,298 @@ def probe_loaders_for(trainer: pl.Trainer, given: Mapping[str, DataLoader] | Non
             loaders["val" if i == 0 else f"val_{i}"] = v
     if "train" not in loaders:
         raise ValueError(
-            "frozen probing needs a 'train' loader: pass probe_loaders={'train': ..., 'val': ...}, "
+            "frozen passes need a 'train' loader: pass probe_loaders={'train': ..., 'val': ...}, "
             "or give the datamodule a probe_dataloaders() method"
         )
     return loaders
 
 
-class TapCallback(Callback):
-    """Base of callbacks that read features at named sites of the model being trained.
+def normalize_targets(targets: Mapping[str, TargetSpec] | TargetSpec | None, what: str = "targets") -> dict:
+    """``{name: spec}`` from a dict, a bare spec (named by its string, else ``"target"``) or ``None``."""
+    if targets is None:
+        return {}
+    if not isinstance(targets, Mapping):
+        targets = {targets if isinstance(targets, str) else "target": targets}
+    if not targets:
+        raise ValueError(f"{what} must name at least one target, e.g. {{'digit': 'y'}}")
+    return {str(k): check_target_spec(v, f"{what}[{k!r}]") for k, v in targets.items()}
 
-    Subclasses say what to do with features; this class owns the :class:`~lit_repr.taps.Tap`,
-    enables it only while the batches it wants pass through, runs frozen passes over named
-    loaders (sharded across DDP processes), and logs figures to TensorBoard.
+
+class TapCallback(Callback):
+    """Base of callbacks that read features at named sites: a callback is a *readout factory*.
+
+    A subclass declares ``sites``, ``targets`` and :meth:`make_readouts`. This class owns:
+
+    - the :class:`~lit_repr.taps.Tap` (attached at ``setup``, removed at ``teardown``);
+    - lazy creation of the readouts of each (site, target) at its first batch, once the feature
+      width is known;
+    - feeding: ``mode="online"`` reads the forward passes training already makes (training batches
+      fit, validation batches are scored); ``mode="frozen"`` runs the model in eval mode without
+      gradients over named probe loaders (sharded across DDP processes) at the end of validation,
+      leaving every RNG and every submodule's mode as it found them;
+    - the ``every_n_epochs`` and sanity-check gate, the reset schedule, and every process joining
+      each solve;
+    - an early check: a wrong site fails at ``setup``, a wrong input or target spec at the first
+      batch (frozen mode checks one batch when training starts);
+    - logging ``<name>/<site>/<target>/<split>/<quantity>`` (no target segment for callbacks
+      without targets), figures to TensorBoard, each warning once per (site, target) with the
+      site named;
+    - ``state_dict``/``load_state_dict``: a changed configuration on resume warns and names what
+      it drops.
 
     Args:
         sites: submodule names or globs of the LightningModule.
-        reduction: how features become matrices (see :func:`lit_repr.taps.reduce_features`).
-        input_key: where the model input sits in a batch (frozen passes call
-            ``module(batch[input_key])``).
-        forward_fn: replaces that call: ``forward_fn(module, batch)``.
+        targets: ``{name: spec}`` (a batch key, a tuple position or a callable); ``None`` for
+            readouts of the features alone.
+        mode: ``"online"`` or ``"frozen"``.
+        fit_split: the probe loader that fits (frozen mode); ``None`` when nothing is fitted.
+        eval_splits: probe loaders scored (frozen mode); default: every loader but ``fit_split``.
+        every_n_epochs: measure every this many epochs during ``fit`` (frozen mode).
+        probe_loaders: named loaders for frozen mode (default: the datamodule's
+            ``probe_dataloaders()``, else the trainer's train and validation loaders).
+        reduction: how a site's output becomes a matrix (``"flatten"``, ``"mean"``, ...).
+        input_key: where the input sits in a batch; default ``"x"`` for dicts, position 0 for tuples.
+        forward_fn: replaces ``module(input)`` in frozen passes: ``forward_fn(module, batch)``.
+        log_figures: log the readouts' figures to TensorBoard.
         name: prefix of logged metrics.
 
     Example:
-        A new readout is a subclass that says which hook feeds it and what it computes:
+        A new readout, the mean feature norm per site, is one small Metric and a few lines; it is
+        exact under DDP (its states are sums) and resumable through the base alone:
 
-        >>> class MeanNorm(TapCallback):
-        ...     def on_validation_epoch_end(self, trainer, pl_module):
-        ...         norms = {}
-        ...         def on_batch(feats, batch):
-        ...             for site, f in feats.items():
-        ...                 norms.setdefault(site, []).append(f.norm(dim=1))
-        ...         self.run_frozen(trainer, pl_module, trainer.val_dataloaders, on_batch)
-        ...         for site, v in norms.items():
-        ...             pl_module.log(f"{self.name}/{site}/mean_norm", torch.cat(v).mean())
-        >>> MeanNorm(sites=["backbone.0"], name="norm").sites
-        ['backbone.0']
+        >>> from torchmetrics import Metric
+        >>> class MeanNorm(Metric):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        ...         self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        ...     def update(self, features):
+        ...         self.total += features.norm(dim=1).sum(); self.count += features.shape[0]
+        ...     def compute(self):
+        ...         return self.total / self.count
+        >>> class NormMonitor(TapCallback):
+        ...     def make_readouts(self, site, target, in_features, target_features):
+        ...         return {"mean_norm": MeanNorm()}
+        >>> from lit_repr.models import Classifier
+        >>> from lit_repr.data import DigitsDataModule
+        >>> monitor = NormMonitor(sites=["backbone.0"], name="norm")
+        >>> trainer = pl.Trainer(max_epochs=1, callbacks=[monitor], logger=False, enable_progress_bar=False,
+        ...                      enable_checkpointing=False, enable_model_summary=False)
+        >>> trainer.fit(Classifier(in_features=64, hidden=[16]), DigitsDataModule())
+        >>> sorted(monitor.scores)
+        ['norm/backbone.0/val/mean_norm']
     """
 
     def __init__(
         self,
         sites: str | Sequence[str],
+        targets: Mapping[str, TargetSpec] | TargetSpec | None = None,
+        mode: Mode = "frozen",
+        fit_split: str | None = "train",
+        eval_splits: Sequence[str] | None = None,
+        every_n_epochs: int = 1,
+        probe_loaders: Mapping[str, Any] | None = None,
         reduction: Reduction = "flatten",
-        input_key: TargetSpec = "x",
+        input_key: TargetSpec | None = None,
         forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+        log_figures: bool = True,
         name: str = "readout",
     ) -> None:
         super().__init__()
         if isinstance(sites, str):
             sites = [sites]
-        if not sites:
-            raise ValueError("sites must name at least one submodule")
-        check_target_spec(input_key, "input_key")
+        if not sites or not all(isinstance(s, str) for s in sites):
+            raise ValueError(f"sites must name at least one submodule (strings), got {sites!r}")
+        if input_key is not None:
+            check_target_spec(input_key, "input_key")
         if forward_fn is not None and not callable(forward_fn):
             raise ValueError(f"forward_fn must be callable(module, batch), got {forward_fn!r}")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
+        if mode not in ("online", "frozen"):
+            raise ValueError(f"mode must be 'online' or 'frozen', got {mode!r}")
+        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
+        if eval_splits is not None and fit_split in eval_splits:
+            raise ValueError(f"eval_splits {list(eval_splits)} must not contain fit_split {fit_split!r}")
         self.site_patterns = list(sites)
+        self.targets = normalize_targets(targets)
+        self.mode = mode
+        self.fit_split = fit_split
+        self.eval_splits = list(eval_splits) if eval_splits is not None else None
+        self.every_n_epochs = every_n_epochs
+        self.probe_loaders = dict(probe_loaders) if probe_loaders else None
         self.reduction = reduction
         self.input_key = input_key
         self.forward_fn = forward_fn or default_forward(input_key)
+        self.log_figures = log_figures
         self.name = name
         self.tap: Tap | None = None
+        self.readouts: dict[Key, nn.Module] = {}
+        self.widths: dict[tuple[str, str | None], tuple[int, int]] = {}
+        self.scores: dict[str, float] = {}
+        self._module: pl.LightningModule | None = None
+        self._splits: list[str] = []  # evaluation splits fed since the last reset
+        self._fit_fed = False
+        self._warned: set[tuple] = set()
 
-    # ------------------------------------------------------------------ taps
+    # ------------------------------------------------------------------ what a subclass declares
+    def make_readouts(self, site: str, target: str | None, in_features: int, target_features: int) -> Mapping:
+        """The readouts of one (site, target): ``{name: readout}`` (Metrics or the readout protocol).
+
+        ``name`` prefixes the quantities of dict results and names a scalar result.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement make_readouts()")
+
+    def read_targets(self, batch: Any, features: Mapping[str, Tensor]) -> dict[str | None, Any]:
+        """``{target name: tensor, or {site: tensor}}`` of a batch; ``{None: None}`` without targets."""
+        if not self.targets:
+            return {None: None}
+        return {t: get_target(batch, spec, f"target {t!r}") for t, spec in self.targets.items()}
+
+    def target_features(self, target: str | None, y: Tensor | None) -> int:
+        """The width the factory is told for ``target`` (columns of a target batch)."""
+        return 0 if y is None else (1 if y.ndim == 1 else int(y[0].numel()))
+
+    def fit_phases(self) -> list[tuple[str, str]]:
+        """``[(phase, loader name)]`` run before the solve in frozen mode (phase ``"fit"`` or ``"heldout"``)."""
+        return [(FIT, self.fit_split)] if self.fit_split is not None else []
+
+    # ------------------------------------------------------------------ sites and taps
     @property
     def sites(self) -> list[str]:
         return self.tap.sites if self.tap is not None else list(self.site_patterns)
 
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(name=self.name, sites=self.site_patterns, targets=sorted(self.targets))
+
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.tap is None or self.tap.model is not pl_module:
             if self.tap is not None:
                 self.tap.remove()
-            self.tap = Tap(pl_module, self.site_patterns, reduction=self.reduction)
+            self.tap = Tap(pl_module, self.site_patterns, reduction=self.reduction)  # wrong sites fail here
             self.tap.enabled = False
+        self._module = pl_module
+        for r in self.readouts.values():
+            r.to(pl_module.device)
+        # values logged here are identical on every process by construction (states are summed first)
+        warnings.filterwarnings("ignore", message=rf"It is recommended to use `self.log\('{re.escape(self.name)}/")
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.tap is not None:
             self.tap.remove()
             self.tap = None
 
     @contextmanager
-    def capturing(self) -> Iterator[Tap]:
-        """Enable the tap for the duration (features are cleared on entry)."""
-        assert self.tap is not None, "setup() has not run"
-        self.tap.clear()
-        self.tap.enabled = True
-        try:
+    def attached(self, pl_module: nn.Module) -> Iterator[Tap]:
+        """The callback's tap on ``pl_module``, attached for the block if the callback is not set up."""
+        if self.tap is not None and self.tap.model is pl_module:
             yield self.tap
+            return
+        tap = Tap(pl_module, self.site_patterns, reduction=self.reduction)
+        tap.enabled = False
+        self.tap, self._module = tap, pl_module  # type: ignore[assignment]
+        try:
+            yield tap
         finally:
-            self.tap.enabled = False
+            tap.remove()
+            self.tap = None
 
-    def run_frozen(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        loader: DataLoader,
-        on_batch: Callable[[dict[str, Tensor], Any], None],
-    ) -> None:
-        """Run ``pl_module`` in eval mode without grad over ``loader`` (this process's shard), calling
-        ``on_batch(features, batch)`` after each forward pass; restore every module's mode after."""
-        loader = _shard(loader, trainer.global_rank, trainer.world_size)
-        with frozen_mode(pl_module), torch.inference_mode(False), self.capturing() as tap:
-            for batch in loader:
-                batch = move_data_to_device(batch, pl_module.device)
-                tap.clear()
-                self.forward_fn(pl_module, batch)
-                on_batch(tap.read(), batch)
+    # ------------------------------------------------------------------ readouts
+    def _readouts_for(self, site: str, target: str | None, f: Tensor, y: Tensor | None) -> list[tuple[Key, Any]]:
+        if (site, target) not in self.widths:
+            self._create(site, target, int(f.shape[1]), self.target_features(target, y), f.device)
+        return [(k, r) for k, r in self.readouts.items() if k[0] == site and k[1] == target]
 
-    # ------------------------------------------------------------------ logging
+    def _create(self, site: str, target: str | None, in_features: int, target_features: int, device: Any) -> None:
+        made = self.make_readouts(site, target, in_features, target_features)
+        for rname, r in made.items():
+            self.readouts[(site, target, rname)] = as_readout(r, rname).to(device)
+        self.widths[(site, target)] = (in_features, target_features)
+
+    def readout(self, site: str, target: str | None = None, name: str | None = None) -> Any:
+        """The readout of ``site`` and ``target`` (after the first batch); ``name`` if it has several."""
+        found = [(k, r) for k, r in self.readouts.items() if k[:2] == (site, target) and name in (None, k[2])]
+        if not found:
+            raise KeyError(f"no readout for site {site!r} and target {target!r} yet; readouts: {list(self.readouts)}")
+        return found[0][1]
+
+    def feed(self, features: Mapping[str, Tensor], batch: Any, split: str) -> None:
+        """Send one batch of features (``{site: (B, D)}``) and its targets to every readout."""
+        for target, y in self.read_targets(batch, features).items():
+            for site, f in features.items():
+                ys = y.get(site) if isinstance(y, Mapping) else y
+                if isinstance(ys, Tensor):
+                    ys = ys.to(f.device)
+                    if ys.shape[0] != f.shape[0]:
+                        raise ValueError(
+                            f"{self.name}: site {site!r} produced {f.shape[0]} feature rows but target {target!r} "
+                            f"has {ys.shape[0]} samples; a training step with several forward passes needs a "
+                            f"forward_fn or a target spec that matches"
+                        )
+                for _, r in self._readouts_for(site, target, f, ys):
+                    r.update(f, ys, split)
+        if split == FIT:
+            self._fit_fed = True
+        elif split != HELDOUT and split not in self._splits:
+            self._splits.append(split)
+
+    def reset(self) -> None:
+        """Forget every readout's statistics (fitted parameters may stay)."""
+        for r in self.readouts.values():
+            r.reset()
+        self._splits, self._fit_fed = [], False
+
+    def solve(self) -> None:
+        """Fit every readout that fits; every process takes part (states are summed first)."""
+        for (site, target, _), r in self.readouts.items():
+            if hasattr(r, "fit"):
+                with self._warnings_once(site, target):
+                    r.fit()
+
+    # ------------------------------------------------------------------ results
+    def tag(self, site: str, target: str | None, split: str, quantity: str) -> str:
+        parts = [self.name, site] + ([target] if target is not None else []) + [split, quantity]
+        return "/".join(parts)
+
+    def report(self, trainer: pl.Trainer | None, pl_module: pl.LightningModule | None, log: bool = True) -> dict:
+        """Compute every readout on the fit and each evaluation split fed; log, draw and return the scores."""
+        scores: dict[str, float] = {}
+        fit_name = self.fit_split if self.mode == "frozen" and self.fit_split else "train"
+        splits = ([FIT] if self._fit_fed or self.mode == "online" else []) + list(self._splits)
+        for (site, target, rname), r in self.readouts.items():
+            for split in splits:
+                shown = fit_name if split == FIT else split
+                with self._warnings_once(site, target):
+                    result = r.compute(split)
+                named = result if isinstance(r, MetricReadout) else scalars(result, rname)  # named already
+                for q, v in named.items():
+                    scores[self.tag(site, target, shown, q)] = v
+                if self.log_figures and trainer is not None and hasattr(r, "figures") and split != FIT:
+                    title = "/".join(self.tag(site, target, shown, "").split("/")[:-1])
+                    for fname, fig in (r.figures(split, title) if trainer.is_global_zero else {}).items():
+                        self.add_figure(trainer, self.tag(site, target, shown, fname), fig)
+        self.scores = scores
+        if log and pl_module is not None:
+            for k, v in scores.items():
+                pl_module.log(k, v, sync_dist=False)
+        return scores
+
+    @contextmanager
+    def _warnings_once(self, site: str, target: str | None) -> Iterator[None]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+        for w in caught:
+            key = (site, target, w.category, re.sub(r"[\d.]+", "#", str(w.message)))
+            if key not in self._warned:
+                self._warned.add(key)
+                where = f"site {site!r}" + (f", target {target!r}" if target is not None else "")
+                rank_zero_warn(f"{self.name} at {where}: {w.message}", category=w.category)
+
     @staticmethod
     def add_figure(trainer: pl.Trainer, tag: str, figure: Any) -> bool:
         """Send a matplotlib figure to every TensorBoard logger; close it. Returns whether logged."""
@@ -209,3 +372,170 @@ class TapCallback(Callback):
                     logged = True
         plt.close(figure)
         return logged
+
+    # ------------------------------------------------------------------ frozen mode
+    def run_frozen(self, trainer: pl.Trainer, pl_module: nn.Module, loader: Any, split: str) -> None:
+        """Feed this process's shard of ``loader`` through the frozen model to every readout as ``split``."""
+        loader = _shard(loader, trainer.global_rank, trainer.world_size)
+        assert self.tap is not None
+        for feats, batch in iterate_frozen(pl_module, self.tap, loader, self.forward_fn, pl_module.device):
+            self.feed(feats, batch, split)
+
+    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False) -> dict[str, float]:
+        """One frozen measurement: fit phases, solve, evaluation splits; return (and ``log``) the scores."""
+        loaders = probe_loaders_for(trainer, self.probe_loaders)
+        phases = self.fit_phases()
+        evals = self.eval_splits if self.eval_splits is not None else [s for s in loaders if s != self.fit_split]
+        for wanted in [n for _, n in phases] + list(evals):
+            if wanted not in loaders:
+                raise ValueError(f"{self.name}: split {wanted!r} is not among the probe loaders {sorted(loaders)}")
+        with self.attached(pl_module):
+            self.reset()
+            for phase, loader_name in phases:
+                self.run_frozen(trainer, pl_module, loaders[loader_name], phase)
+            self.solve()
+            for split in evals:
+                self.run_frozen(trainer, pl_module, loaders[split], split)
+            return self.report(trainer, pl_module, log=log)
+
+    def check_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Resolve the input and targets on one batch of the first frozen loader (no state changes)."""
+        loaders = probe_loaders_for(trainer, self.probe_loaders)
+        first = next((n for _, n in self.fit_phases()), None) or next(iter(self.eval_splits or loaders), None)
+        if first not in loaders:
+            raise ValueError(f"{self.name}: split {first!r} is not among the probe loaders {sorted(loaders)}")
+        with preserved_rng():
+            batch = next(iter(loaders[first]), None)
+        if batch is None or self.tap is None:
+            return
+        for feats, b in iterate_frozen(pl_module, self.tap, [batch], self.forward_fn, pl_module.device):
+            for target, y in self.read_targets(b, feats).items():
+                for site, f in feats.items():
+                    ys = y.get(site) if isinstance(y, Mapping) else y
+                    if isinstance(ys, Tensor) and ys.shape[0] != f.shape[0]:
+                        raise ValueError(f"{self.name}: target {target!r} has {ys.shape[0]} rows, site {site!r} "
+                                         f"{f.shape[0]}")
+
+    # ------------------------------------------------------------------ hooks
+    def _measuring_now(self, trainer: pl.Trainer) -> bool:
+        if trainer.sanity_checking:
+            return False
+        return trainer.state.fn != "fit" or trainer.current_epoch % self.every_n_epochs == 0
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "frozen":
+            self.check_batch(trainer, pl_module)
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "online":
+            self.reset()
+
+    @override
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.mode == "online" and self.tap is not None:
+            self.tap.clear()
+            self.tap.enabled = True
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if self.mode == "online" and self.tap is not None:
+            self.tap.enabled = False
+            if self.tap.has_features():
+                self.feed(self.tap.read(), batch, FIT)
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "online" and not trainer.sanity_checking:
+            if self._fit_fed:
+                self.solve()
+            for r in self.readouts.values():
+                for split in self._splits:
+                    r.reset(split)
+            self._splits = []
+
+    def _online_ready(self) -> bool:
+        return bool(self.readouts) and all(getattr(r, "fitted", True) for r in self.readouts.values())
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self.mode == "online" and self.tap is not None:
+            self.tap.clear()
+            self.tap.enabled = not trainer.sanity_checking and self._online_ready()
+
+    @override
+    def on_validation_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self.mode == "online" and self.tap is not None and self.tap.enabled:
+            self.tap.enabled = False
+            if self.tap.has_features():
+                self.feed(self.tap.read(), batch, "val" if dataloader_idx == 0 else f"val_{dataloader_idx}")
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._measuring_now(trainer):
+            return
+        if self.mode == "online":
+            if self._splits:
+                self.report(trainer, pl_module)
+            return
+        self.measure(trainer, pl_module, log=True)
+
+    # ------------------------------------------------------------------ state
+    def extra_state(self) -> dict[str, Any]:
+        """What a subclass keeps beyond its readouts (saved with them)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`extra_state`."""
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        entries = [
+            {"site": s, "target": t, "name": n, "widths": self.widths[(s, t)],
+             "state": {k: v.detach().cpu() for k, v in r.state_dict().items()}}
+            for (s, t, n), r in self.readouts.items()
+        ]
+        return {"readouts": entries, "extra": self.extra_state()}
+
+    def _site_known(self, site: str) -> bool:
+        if self.tap is not None:
+            return site in self.tap.sites
+        return any(_glob_regex(p).fullmatch(site) for p in self.site_patterns)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        device = self._module.device if self._module is not None else "cpu"
+        self.readouts, self.widths = {}, {}
+        dropped = []
+        for e in state_dict.get("readouts", []):
+            site, target, rname = e["site"], e["target"], e["name"]
+            label = "/".join(x for x in (site, target, rname) if x)
+            if not self._site_known(site) or (target is not None and target not in self.targets):
+                dropped.append(label)
+                continue
+            if (site, target) not in self.widths:
+                self._create(site, target, *map(int, e["widths"]), device)
+            r = self.readouts.get((site, target, rname))
+            if r is None:
+                dropped.append(label)
+                continue
+            try:
+                r.load_state_dict({k: v.to(device) for k, v in e["state"].items()}, strict=False)
+            except RuntimeError as err:  # shapes changed with the configuration
+                dropped.append(f"{label} ({str(err).splitlines()[0]})")
+                for k in [k for k in self.readouts if k[:2] == (site, target)]:
+                    del self.readouts[k]
+                del self.widths[(site, target)]
+        if dropped:
+            rank_zero_warn(
+                f"{self.name}: the checkpoint holds readouts this configuration no longer has; dropped: {dropped}"
+            )
+        self.load_extra_state(state_dict.get("extra", {}))

@@ -30,7 +30,6 @@ __all__ = [
     "fit_probe",
     "fit_logistic",
     "evaluation_metrics",
-    "pred_vs_true_figure",
     "Task",
 ]
 
@@ -229,8 +228,9 @@ def fit_probe(
     readout.fit()
     scores = {}
     for split, (ex, ey) in {"fit": (features, targets), **eval_sets}.items():
-        readout.update(ex, ey, split)
-        scores[split] = readout.compute(split)
+        name = "fit (scored)" if split == FIT else split  # the fitting data, scored as an evaluation split
+        readout.update(ex, ey, name)
+        scores[split] = readout.compute(name)
     del heldout
     return ProbeResult(task, readout.weight, readout.bias, readout.alpha, scores, num_classes)
 
@@ -382,6 +382,12 @@ class ProbeReadout(nn.Module):
         for split in list(self._eval_buf):
             self._flush_eval(split)
 
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in ("weight", "bias"):  # fitted weights have the saved shape (empty before a fit)
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name], device=self.weight.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def state_dict(self, *args: Any, **kwargs: Any) -> Any:
         self.flush()  # a checkpoint holds every batch seen, buffered or not
         return super().state_dict(*args, **kwargs)
@@ -417,7 +423,11 @@ class ProbeReadout(nn.Module):
     def figures(self, split: str, title: str) -> dict[str, Any]:
         """``{"pred_vs_true": figure}`` for regression probes (from the bounded sample)."""
         data = self.plot_data(split) if self.task == "regression" else None
-        return {} if data is None else {"pred_vs_true": pred_vs_true_figure(*data, title=title)}
+        if data is None:
+            return {}
+        from lit_repr.metrics.figures import pred_vs_true_figure
+
+        return {"pred_vs_true": pred_vs_true_figure(*data, title=title)}
 
     # ---------------------------------------------------------------- fitting
     def update_fit(self, x: Tensor, y: Tensor) -> None:
@@ -557,27 +567,3 @@ def _spearman(pred: Tensor, true: Tensor) -> Tensor:
     rp, rt = rp - rp.mean(0), rt - rt.mean(0)
     den = (rp.square().sum(0) * rt.square().sum(0)).sqrt()
     return torch.where(den > 0, (rp * rt).sum(0) / den.clamp_min(1e-300), torch.full_like(den, float("nan")))
-
-
-def pred_vs_true_figure(pred: Tensor, true: Tensor, title: str, max_points: int = 2000) -> Any:
-    """Scatter of predicted against true values, one panel per output dimension (at most 6)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    k = min(pred.shape[1], 6)
-    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
-    for i in range(k):
-        ax = axes[0, i]
-        t, p = true[:, i].numpy(), pred[:, i].numpy()
-        r2 = 1 - float(((t - p) ** 2).sum()) / max(float(((t - t.mean()) ** 2).sum()), 1e-12)
-        ax.scatter(t[:max_points], p[:max_points], s=4, alpha=0.5)
-        lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-        ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_xlabel("true")
-        ax.set_ylabel("predicted")
-        ax.set_title((f"dim {i}: " if k > 1 else "") + f"R² = {r2:.3f} (n = {len(t)})", fontsize=9)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig

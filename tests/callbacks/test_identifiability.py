@@ -56,15 +56,15 @@ def test_similarity_to_init_decreases_and_self_is_one(trainer_kwargs):
     model = Classifier(in_features=64, hidden=[32, 32], lr=1e-2)
     trainer.fit(model, DigitsDataModule())
     s = trainer.callback_metrics
-    assert 0 < float(s["similarity/backbone/val/cka"]) < 0.999
-    assert 0 <= float(s["similarity/backbone/val/mutual_knn"]) <= 1
+    assert 0 < float(s["similarity/backbone/init/val/cka"]) < 0.999
+    assert 0 <= float(s["similarity/backbone/init/val/mutual_knn"]) <= 1
     # a model compared with itself is perfectly similar
     same = RepresentationSimilarity(sites=["backbone"], reference=model, max_samples=200, k=5)
     scores = same.compare.__func__  # noqa: B018 - make sure the public method exists
     trainer2 = pl.Trainer(callbacks=[same], **trainer_kwargs)
     trainer2.validate(model, DigitsDataModule(), verbose=False)
-    assert same.scores["similarity/backbone/val/cka"] == pytest.approx(1.0, abs=1e-6)
-    assert same.scores["similarity/backbone/val/mutual_knn"] == pytest.approx(1.0)
+    assert same.scores["similarity/backbone/reference/val/cka"] == pytest.approx(1.0, abs=1e-6)
+    assert same.scores["similarity/backbone/reference/val/mutual_knn"] == pytest.approx(1.0)
     del scores
 
 
@@ -96,5 +96,5 @@ def test_similarity_reference_checkpoint_and_resume(tmp_path, trainer_kwargs):
     same = RepresentationSimilarity(sites=["backbone"], reference=last, max_samples=200, k=5)
     loaded = Classifier.load_from_checkpoint(last)
     pl.Trainer(callbacks=[same], **trainer_kwargs).validate(loaded, DigitsDataModule(), verbose=False)
-    assert same.scores["similarity/backbone/val/cka"] == pytest.approx(1.0, abs=1e-9)
-    assert same.scores["similarity/backbone/val/cka_debiased"] == pytest.approx(1.0, abs=1e-9)
+    assert same.scores["similarity/backbone/checkpoint/val/cka"] == pytest.approx(1.0, abs=1e-9)
+    assert same.scores["similarity/backbone/checkpoint/val/cka_debiased"] == pytest.approx(1.0, abs=1e-9)

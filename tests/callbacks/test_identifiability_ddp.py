@@ -10,7 +10,7 @@ SCRIPT = Path(__file__).with_name("ddp_identifiability_script.py")
 def test_two_processes_equal_one(run_ddp_script):
     one, two = run_ddp_script(SCRIPT, 1), run_ddp_script(SCRIPT, 2)
     assert set(one) == set(two)
-    assert "ident/backbone/latents/val/linear_r2" in one and "similarity/backbone/val/cka" in one
+    assert "ident/backbone/latents/val/linear_r2" in one and "similarity/backbone/reference/val/cka" in one
     local_one, local_two = one.pop("local"), two.pop("local")
     for k, v in one.items():
         assert two[k] == pytest.approx(v, abs=1e-6), k

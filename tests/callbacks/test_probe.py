@@ -28,7 +28,7 @@ def test_online_probe_logs_and_does_no_second_forward(trainer_kwargs):
     m = trainer.callback_metrics
     assert m["probe/backbone.1/digit/val/acc"] > 0.75
     assert 0 < m["probe/backbone.1/digit/val/auroc"] <= 1
-    assert "probe/backbone.0/digit/alpha" in m
+    assert "probe/backbone.0/digit/train/alpha" in m
     # one forward per training batch and per validation batch: no extra pass
     n_train, n_val = len(trainer.train_dataloader), len(trainer.val_dataloaders)
     assert calls["n"] == 2 * (n_train + n_val)
@@ -194,7 +194,13 @@ def test_checkpoint_resume_identical(tmp_path, trainer_kwargs):
     )
     fresh.load_state_dict(ckpt["callbacks"][key])
     assert fresh.readout("backbone.0", "digit").fitted
-    assert int(fresh.readout("backbone.0", "digit").stats.n) == int(ckpt["callbacks"][key]["readouts"]["r0"]["stats.n"])
+    saved = next(e for e in ckpt["callbacks"][key]["readouts"] if e["target"] == "digit")
+    assert int(fresh.readout("backbone.0", "digit").stats.n) == int(saved["state"]["stats.n"])
+    # a changed configuration on resume warns and names what it drops
+    other = LinearProbe(["backbone.0"], targets={"digit": "y"}, task="classification")
+    with pytest.warns(UserWarning, match=r"dropped: \['backbone.0/ink'\]"):
+        other.load_state_dict(ckpt["callbacks"][key])
+    assert other.readout("backbone.0", "digit").fitted
 
 
 def test_logistic_and_high_dimensional_projection(trainer_kwargs):
