@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torch.utils.data import DataLoader, Subset
 from typing_extensions import override
 
@@ -276,7 +277,11 @@ class TapCallback(Callback):
     def _create(self, site: str, target: str | None, in_features: int, target_features: int, device: Any) -> None:
         made = self.make_readouts(site, target, in_features, target_features)
         for rname, r in made.items():
-            self.readouts[(site, target, rname)] = as_readout(r, rname).to(device)
+            r = as_readout(r, rname).to(device)
+            for m in r.modules():  # checkpoints hold every statistic (torchmetrics states are not saved by default)
+                if isinstance(m, Metric):
+                    m.persistent(True)
+            self.readouts[(site, target, rname)] = r
         self.widths[(site, target)] = (in_features, target_features)
 
     def readout(self, site: str, target: str | None = None, name: str | None = None) -> Any:

@@ -182,6 +182,13 @@ class MetricReadout(nn.Module):
         self.results[split] = result
         return dict(self.quantities(result)) if self.quantities else scalars(result, self.name)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Create the per-split copies the state names, then load it."""
+        for key in state_dict:
+            if key.startswith("splits." + SplitDict._PREFIX):
+                self._split(key[len("splits." + SplitDict._PREFIX) :].rsplit(".", 1)[0])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def figures(self, split: str, title: str) -> Mapping[str, Any]:
         if self.figure_fn is None or split not in self.results:
             return {}
