@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import LatentVariableDataModule
-from lit_repr.metrics.probe import fit_probe
+from lit_repr.metrics import fit_probe
 from lit_repr.metrics.ridge import StreamingRidge, moments_score
 from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET

@@ -34,7 +34,8 @@ _IDENT_METRICS = ("linear_r2", "mcc", "kernel_r2", "dci")
 
 
 def _mcc_quantities(res: MCCResult) -> dict[str, float]:
-    return {"mcc": float(res.mean), **{f"mcc_factor{i}": float(v) for i, v in enumerate(res.per_factor.reshape(-1).tolist())}}
+    per_factor = res.per_factor.reshape(-1).tolist()
+    return {"mcc": float(res.mean), **{f"mcc_factor{i}": float(v) for i, v in enumerate(per_factor)}}
 
 
 class IdentifiabilityMetrics(TapCallback):
