@@ -87,6 +87,7 @@ class TapCallback(ReadoutState, Callback):
         A new readout, the mean feature norm per site, is one small Metric and a few lines; it is
         exact under DDP (its states are sums) and resumable through the base alone:
 
+        >>> import torch
         >>> from torchmetrics import Metric
         >>> class MeanNorm(Metric):
         ...     def __init__(self):
@@ -159,6 +160,7 @@ class TapCallback(ReadoutState, Callback):
         self.widths: dict[tuple[str, str | None], tuple[int, int]] = {}
         self.scores: dict[str, float] = {}
         self._module: pl.LightningModule | None = None
+        self._datamodule: pl.LightningDataModule | None = None
         self._splits: list[str] = []  # evaluation splits fed since the last reset
         self._fit_fed = False
         self._warned: set[tuple] = set()
@@ -201,7 +203,7 @@ class TapCallback(ReadoutState, Callback):
                 self.tap.remove()
             self.tap = Tap(pl_module, self.site_patterns, reduction=self.reduction)  # wrong sites fail here
             self.tap.enabled = False
-        self._module = pl_module
+        self._module, self._datamodule = pl_module, getattr(trainer, "datamodule", None)
         for r in self.readouts.values():
             r.to(pl_module.device)
         # values logged here are identical on every process by construction (states are summed first)

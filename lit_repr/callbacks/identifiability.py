@@ -137,7 +137,12 @@ class IdentifiabilityMetrics(TapCallback):
 
 
 def _detached_copy(module: nn.Module, trainer: pl.Trainer | None) -> nn.Module:
-    """A deep copy of ``module`` without forward hooks, sharing (not copying) the trainer."""
+    """A deep copy of ``module`` without forward hooks, sharing (not copying) the trainer.
+
+    Other callbacks' taps may already hook ``module``: their hooks must not come along (torch has no
+    public way to drop hooks without their handles, so this reads ``_forward_hooks``; a test fails
+    loudly if the name moves).
+    """
     ref = copy.deepcopy(module, memo={id(trainer): trainer} if trainer is not None else None)
     for m in ref.modules():
         m._forward_hooks.clear()

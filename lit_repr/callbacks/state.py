@@ -18,6 +18,13 @@ from lit_repr.taps import _glob_regex
 __all__ = ["ReadoutState"]
 
 
+def _moved(value: Any, device: Any) -> Any:
+    """A state entry (a tensor, or the list of tensors of a bounded sample) on ``device``, detached."""
+    if isinstance(value, list):
+        return [v.detach().to(device) for v in value]
+    return value.detach().to(device) if hasattr(value, "detach") else value
+
+
 class ReadoutState:
     """Mixin of :class:`~lit_repr.callbacks.TapCallback`: ``state_dict``/``load_state_dict`` of its readouts.
 
@@ -37,7 +44,7 @@ class ReadoutState:
     def state_dict(self) -> dict[str, Any]:
         entries = [
             {"site": s, "target": t, "name": n, "widths": self.widths[(s, t)],
-             "state": {k: v.detach().cpu() for k, v in r.state_dict().items()}}
+             "state": {k: _moved(v, "cpu") for k, v in r.state_dict().items()}}
             for (s, t, n), r in self.readouts.items()
         ]
         return {"readouts": entries, "extra": self.extra_state()}
@@ -64,7 +71,7 @@ class ReadoutState:
                 dropped.append(label)
                 continue
             try:
-                r.load_state_dict({k: v.to(device) for k, v in e["state"].items()}, strict=False)
+                r.load_state_dict({k: _moved(v, device) for k, v in e["state"].items()}, strict=False)
             except RuntimeError as err:  # shapes changed with the configuration
                 dropped.append(f"{label} ({str(err).splitlines()[0]})")
                 for k in [k for k in self.readouts if k[:2] == (site, target)]:

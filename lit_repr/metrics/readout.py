@@ -44,12 +44,20 @@ class SplitDict(nn.ModuleDict):
     """A ``ModuleDict`` keyed by split name, where any name is allowed (``"eval"``, ``"train"``, ...
     would clash with ``nn.Module`` attributes as plain keys: they are stored as ``split:<name>``).
 
+    Args:
+        modules: optional initial ``{split: module}``.
+
     Example:
         >>> d = SplitDict(); d["eval"] = nn.Identity(); "eval" in d, list(d)
         (True, ['eval'])
     """
 
     _PREFIX = "split:"
+
+    def __init__(self, modules: Mapping[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        for split, module in (modules or {}).items():
+            self[split] = module
 
     def __getitem__(self, split: str) -> nn.Module:
         return super().__getitem__(self._PREFIX + split)
@@ -75,7 +83,13 @@ class SplitDict(nn.ModuleDict):
 
 @runtime_checkable
 class Readout(Protocol):
-    """The protocol (see the module docstring); :class:`MetricReadout` adapts plain Metrics to it."""
+    """The protocol (see the module docstring); :class:`MetricReadout` adapts plain Metrics to it.
+
+    Example:
+        >>> from lit_repr.metrics import ProbeReadout
+        >>> isinstance(ProbeReadout(3), Readout)
+        True
+    """
 
     def update(self, features: Tensor, target: Tensor | None, split: str) -> None: ...
 
