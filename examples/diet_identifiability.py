@@ -42,7 +42,7 @@ from torch import Tensor, nn
 import lit_repr
 from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import LatentVariableDataModule
-from lit_repr.metrics.probe import fit_probe
+from lit_repr.metrics import fit_probe
 from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET
 

@@ -14,63 +14,24 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Subset
+from torchmetrics import Metric
 from typing_extensions import override
 
+from lit_repr.callbacks.loaders import probe_loaders_for, shard
+from lit_repr.callbacks.state import ReadoutState
 from lit_repr.features import default_forward, frozen_mode, iterate_frozen, preserved_rng
 from lit_repr.metrics.readout import FIT, HELDOUT, MetricReadout, as_readout, scalars
-from lit_repr.taps import Reduction, Tap, _glob_regex
+from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, check_target_spec, get_target
 
 __all__ = ["TapCallback", "default_forward", "frozen_mode", "probe_loaders_for", "normalize_targets"]
 
 Mode = Literal["online", "frozen"]
 Key = tuple[str, "str | None", str]  # (site, target, readout name)
-
-
-def _shard(loader: Any, rank: int, world: int) -> Any:
-    """The part of ``loader`` that process ``rank`` of ``world`` reads (no padding, no overlap)."""
-    if world <= 1 or not isinstance(loader, DataLoader):
-        return loader
-    dataset = loader.dataset
-    if not hasattr(dataset, "__len__") or isinstance(dataset, torch.utils.data.IterableDataset):
-        return loader if rank == 0 else []
-    idx = list(range(rank, len(dataset), world))  # type: ignore[arg-type]
-    return DataLoader(Subset(dataset, idx), batch_size=loader.batch_size or 1, collate_fn=loader.collate_fn,
-                      num_workers=0, shuffle=False)
-
-
-def probe_loaders_for(trainer: pl.Trainer, given: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Named loaders for frozen passes: ``given``, else the datamodule's ``probe_dataloaders()``,
-    else the trainer's train and validation loaders (the datamodule's when the trainer has none yet)."""
-    if given:
-        return dict(given)
-    dm = getattr(trainer, "datamodule", None)
-    if dm is not None and hasattr(dm, "probe_dataloaders"):
-        return dict(dm.probe_dataloaders())
-    loaders: dict[str, Any] = {}
-    train = trainer.train_dataloader if trainer.state.fn == "fit" else None
-    if train is None and dm is not None:
-        train = dm.train_dataloader()
-    if train is not None:
-        loaders["train"] = train
-    val = trainer.val_dataloaders
-    if isinstance(val, DataLoader):
-        loaders["val"] = val
-    elif isinstance(val, Sequence):
-        for i, v in enumerate(val):
-            loaders["val" if i == 0 else f"val_{i}"] = v
-    if "train" not in loaders:
-        raise ValueError(
-            "frozen passes need a 'train' loader: pass probe_loaders={'train': ..., 'val': ...}, "
-            "or give the datamodule a probe_dataloaders() method"
-        )
-    return loaders
 
 
 def normalize_targets(targets: Mapping[str, TargetSpec] | TargetSpec | None, what: str = "targets") -> dict:
@@ -84,7 +45,7 @@ def normalize_targets(targets: Mapping[str, TargetSpec] | TargetSpec | None, wha
     return {str(k): check_target_spec(v, f"{what}[{k!r}]") for k, v in targets.items()}
 
 
-class TapCallback(Callback):
+class TapCallback(ReadoutState, Callback):
     """Base of callbacks that read features at named sites: a callback is a *readout factory*.
 
     A subclass declares ``sites``, ``targets`` and :meth:`make_readouts`. This class owns:
@@ -126,6 +87,7 @@ class TapCallback(Callback):
         A new readout, the mean feature norm per site, is one small Metric and a few lines; it is
         exact under DDP (its states are sums) and resumable through the base alone:
 
+        >>> import torch
         >>> from torchmetrics import Metric
         >>> class MeanNorm(Metric):
         ...     def __init__(self):
@@ -146,7 +108,7 @@ class TapCallback(Callback):
         ...                      enable_checkpointing=False, enable_model_summary=False)
         >>> trainer.fit(Classifier(in_features=64, hidden=[16]), DigitsDataModule())
         >>> sorted(monitor.scores)
-        ['norm/backbone.0/val/mean_norm']
+        ['norm/backbone.0/test/mean_norm', 'norm/backbone.0/val/mean_norm']
     """
 
     def __init__(
@@ -198,6 +160,7 @@ class TapCallback(Callback):
         self.widths: dict[tuple[str, str | None], tuple[int, int]] = {}
         self.scores: dict[str, float] = {}
         self._module: pl.LightningModule | None = None
+        self._datamodule: pl.LightningDataModule | None = None
         self._splits: list[str] = []  # evaluation splits fed since the last reset
         self._fit_fed = False
         self._warned: set[tuple] = set()
@@ -240,7 +203,7 @@ class TapCallback(Callback):
                 self.tap.remove()
             self.tap = Tap(pl_module, self.site_patterns, reduction=self.reduction)  # wrong sites fail here
             self.tap.enabled = False
-        self._module = pl_module
+        self._module, self._datamodule = pl_module, getattr(trainer, "datamodule", None)
         for r in self.readouts.values():
             r.to(pl_module.device)
         # values logged here are identical on every process by construction (states are summed first)
@@ -276,7 +239,11 @@ class TapCallback(Callback):
     def _create(self, site: str, target: str | None, in_features: int, target_features: int, device: Any) -> None:
         made = self.make_readouts(site, target, in_features, target_features)
         for rname, r in made.items():
-            self.readouts[(site, target, rname)] = as_readout(r, rname).to(device)
+            r = as_readout(r, rname).to(device)
+            for m in r.modules():  # checkpoints hold every statistic (torchmetrics states are not saved by default)
+                if isinstance(m, Metric):
+                    m.persistent(True)
+            self.readouts[(site, target, rname)] = r
         self.widths[(site, target)] = (in_features, target_features)
 
     def readout(self, site: str, target: str | None = None, name: str | None = None) -> Any:
@@ -376,7 +343,7 @@ class TapCallback(Callback):
     # ------------------------------------------------------------------ frozen mode
     def run_frozen(self, trainer: pl.Trainer, pl_module: nn.Module, loader: Any, split: str) -> None:
         """Feed this process's shard of ``loader`` through the frozen model to every readout as ``split``."""
-        loader = _shard(loader, trainer.global_rank, trainer.world_size)
+        loader = shard(loader, trainer.global_rank, trainer.world_size)
         assert self.tap is not None
         for feats, batch in iterate_frozen(pl_module, self.tap, loader, self.forward_fn, pl_module.device):
             self.feed(feats, batch, split)
@@ -433,7 +400,9 @@ class TapCallback(Callback):
             self.reset()
 
     @override
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if self.mode == "online" and self.tap is not None:
             self.tap.clear()
             self.tap.enabled = True
@@ -487,55 +456,3 @@ class TapCallback(Callback):
                 self.report(trainer, pl_module)
             return
         self.measure(trainer, pl_module, log=True)
-
-    # ------------------------------------------------------------------ state
-    def extra_state(self) -> dict[str, Any]:
-        """What a subclass keeps beyond its readouts (saved with them)."""
-        return {}
-
-    def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`extra_state`."""
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        entries = [
-            {"site": s, "target": t, "name": n, "widths": self.widths[(s, t)],
-             "state": {k: v.detach().cpu() for k, v in r.state_dict().items()}}
-            for (s, t, n), r in self.readouts.items()
-        ]
-        return {"readouts": entries, "extra": self.extra_state()}
-
-    def _site_known(self, site: str) -> bool:
-        if self.tap is not None:
-            return site in self.tap.sites
-        return any(_glob_regex(p).fullmatch(site) for p in self.site_patterns)
-
-    @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        device = self._module.device if self._module is not None else "cpu"
-        self.readouts, self.widths = {}, {}
-        dropped = []
-        for e in state_dict.get("readouts", []):
-            site, target, rname = e["site"], e["target"], e["name"]
-            label = "/".join(x for x in (site, target, rname) if x)
-            if not self._site_known(site) or (target is not None and target not in self.targets):
-                dropped.append(label)
-                continue
-            if (site, target) not in self.widths:
-                self._create(site, target, *map(int, e["widths"]), device)
-            r = self.readouts.get((site, target, rname))
-            if r is None:
-                dropped.append(label)
-                continue
-            try:
-                r.load_state_dict({k: v.to(device) for k, v in e["state"].items()}, strict=False)
-            except RuntimeError as err:  # shapes changed with the configuration
-                dropped.append(f"{label} ({str(err).splitlines()[0]})")
-                for k in [k for k in self.readouts if k[:2] == (site, target)]:
-                    del self.readouts[k]
-                del self.widths[(site, target)]
-        if dropped:
-            rank_zero_warn(
-                f"{self.name}: the checkpoint holds readouts this configuration no longer has; dropped: {dropped}"
-            )
-        self.load_extra_state(state_dict.get("extra", {}))

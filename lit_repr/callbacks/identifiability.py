@@ -34,7 +34,8 @@ _IDENT_METRICS = ("linear_r2", "mcc", "kernel_r2", "dci")
 
 
 def _mcc_quantities(res: MCCResult) -> dict[str, float]:
-    return {"mcc": float(res.mean), **{f"mcc_factor{i}": float(v) for i, v in enumerate(res.per_factor.tolist())}}
+    per_factor = res.per_factor.reshape(-1).tolist()
+    return {"mcc": float(res.mean), **{f"mcc_factor{i}": float(v) for i, v in enumerate(per_factor)}}
 
 
 class IdentifiabilityMetrics(TapCallback):
@@ -136,7 +137,12 @@ class IdentifiabilityMetrics(TapCallback):
 
 
 def _detached_copy(module: nn.Module, trainer: pl.Trainer | None) -> nn.Module:
-    """A deep copy of ``module`` without forward hooks, sharing (not copying) the trainer."""
+    """A deep copy of ``module`` without forward hooks, sharing (not copying) the trainer.
+
+    Other callbacks' taps may already hook ``module``: their hooks must not come along (torch has no
+    public way to drop hooks without their handles, so this reads ``_forward_hooks``; a test fails
+    loudly if the name moves).
+    """
     ref = copy.deepcopy(module, memo={id(trainer): trainer} if trainer is not None else None)
     for m in ref.modules():
         m._forward_hooks.clear()

@@ -152,8 +152,7 @@ class LinearProbe(TapCallback):
     def _resolve_num_classes(self, target: str) -> int:
         if target in self._num_classes:
             return int(self._num_classes[target])
-        trainer = getattr(self._module, "_trainer", None)
-        for src in (self._module, getattr(trainer, "datamodule", None)):
+        for src in (self._module, self._datamodule):
             n = getattr(src, "num_classes", None)
             if isinstance(n, int):
                 return n

@@ -4,9 +4,11 @@ The contract a callback drives is in :mod:`lit_repr.metrics.readout`; the one bo
 mechanism is :class:`~lit_repr.metrics.samples.SampleBuffer`.
 """
 
+from lit_repr.metrics.arrays import ProbeResult, fit_probe
 from lit_repr.metrics.identifiability import DCI, KernelIdentifiability, LinearIdentifiability, dci, kernel_ridge_r2
+from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.mcc import MCCResult, MeanCorrelationCoefficient, correlation_matrix, mean_correlation_coefficient
-from lit_repr.metrics.probe import ProbeReadout, ProbeResult, fit_logistic, fit_probe
+from lit_repr.metrics.probe import ProbeReadout
 from lit_repr.metrics.readout import FIT, HELDOUT, MetricReadout, Readout, as_readout, scalars
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, moments_score
 from lit_repr.metrics.sae import FiringFrequency, FractionOfVarianceExplained, MeanL0

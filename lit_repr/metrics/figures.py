@@ -22,8 +22,8 @@ def matched_heatmap(res: Any, title: str) -> Any:
     """Heat map of |correlation| between factors (rows) and matched feature dimensions (columns)."""
     plt = _pyplot()
 
-    corr = res.corr.detach().cpu()
-    matching = res.matching.detach().cpu()
+    corr = res.corr.detach().cpu().reshape(-1, res.corr.shape[-1])
+    matching = res.matching.detach().cpu().reshape(-1)
     order = [int(j) for j in matching.tolist() if int(j) >= 0]
     rest = [j for j in range(corr.shape[1]) if j not in order]
     shown = order + rest[: max(0, min(len(rest), 2 * corr.shape[0]))]

@@ -207,7 +207,8 @@ class MeanCorrelationCoefficient(Metric):
     Pearson: the states are sums, sums of squares and the ``(K, D)`` cross products (float64, sum
     reduction), so the result is exact over batches and DDP processes and memory does not grow
     with the data. Spearman needs global ranks: it is computed on a bounded uniform sample of at most
-    ``max_samples`` rows (:class:`~lit_repr.metrics.samples.SampleBuffer`, gathered under DDP). ``compute()`` returns an :class:`MCCResult`.
+    ``max_samples`` rows (:class:`~lit_repr.metrics.samples.SampleBuffer`, gathered under DDP).
+    ``compute()`` returns an :class:`MCCResult`.
 
     Args:
         num_factors: ground-truth dimension ``K``.

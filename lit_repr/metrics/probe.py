@@ -4,31 +4,28 @@
 features and targets into a :class:`~lit_repr.metrics.ridge.StreamingRidge` (sufficient
 statistics, exact under DDP), fits in closed form, and scores the fitted probe on any number of
 evaluation splits with torchmetrics (R², Pearson, Spearman, MSE; accuracy and AUROC).
-:func:`fit_probe` does the same for arrays already in memory.
+:func:`~lit_repr.metrics.arrays.fit_probe` does the same for arrays already in memory.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
-from torchmetrics import Metric, MetricCollection
+from torchmetrics import MetricCollection
 
+from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only
 from lit_repr.metrics.samples import SampleBuffer
 
 __all__ = [
     "ProbeReadout",
-    "ProbeResult",
-    "fit_probe",
-    "fit_logistic",
     "evaluation_metrics",
     "Task",
 ]
@@ -98,141 +95,6 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
             "auroc": torchmetrics.AUROC(task="multiclass", num_classes=num_outputs),
         }
     )
-
-
-def fit_logistic(
-    x: Tensor, y: Tensor, num_classes: int, C: float = 1.0, max_iter: int = 200, tol: float = 1e-8
-) -> tuple[Tensor, Tensor]:
-    """Multinomial logistic regression by L-BFGS (float64), scikit-learn's objective.
-
-    Minimises ``Σ_i CE(x_i W + b, y_i) + ‖W‖² / (2C)`` (intercept unpenalised), the objective of
-    ``sklearn.linear_model.LogisticRegression(C=C)``.
-
-    Returns:
-        ``(weight (D, num_classes), bias (num_classes,))``.
-    """
-    if C <= 0:
-        raise ValueError(f"C must be > 0, got {C}")
-    x = x.to(torch.float64)
-    y = y.long()
-    mu, sd = x.mean(0), x.std(0).clamp_min(1e-12)
-    xs = (x - mu) / sd  # conditioning only; mapped back below (penalty rescaled to match)
-    d = x.shape[1]
-    w = torch.zeros(d, num_classes, dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS(
-        [w, b],
-        lr=1,
-        max_iter=max_iter,
-        tolerance_grad=tol,
-        tolerance_change=tol * 1e-2,
-        history_size=20,
-        line_search_fn="strong_wolfe",
-    )
-    scale = sd[:, None]
-
-    def closure() -> Tensor:
-        opt.zero_grad()
-        # the penalty acts on the weights of the *raw* features: W_raw = W / sd
-        loss = F.cross_entropy(xs @ w + b, y, reduction="sum") + ((w / scale) ** 2).sum() / (2 * C)
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    w_raw = (w / scale).detach()
-    b_raw = (b - (mu[:, None] / scale * w).sum(0)).detach()
-    return w_raw, b_raw
-
-
-@dataclass
-class ProbeResult:
-    """A fitted probe for in-memory arrays: weights, bias, chosen penalty and scores.
-
-    Attributes:
-        task: ``"regression"`` or ``"classification"``.
-        weight: ``(D, K)`` probe weights (``K`` targets, or one column per class).
-        bias: ``(K,)`` intercepts.
-        alpha: the chosen ridge penalty.
-        scores: ``{split: {metric: value}}``, always with the fitting split as ``"fit"``.
-        num_classes: number of classes of a classification probe.
-    """
-
-    task: str
-    weight: Tensor
-    bias: Tensor
-    alpha: float
-    scores: dict[str, dict[str, float]] = field(default_factory=dict)
-    num_classes: int | None = None
-
-    def predict(self, x: Tensor) -> Tensor:
-        """Regression predictions, or class scores for classification."""
-        return torch.as_tensor(x).to(torch.float64) @ self.weight.to(torch.float64) + self.bias.to(torch.float64)
-
-
-def fit_probe(
-    features: Tensor,
-    targets: Tensor,
-    task: Task = "regression",
-    num_classes: int | None = None,
-    eval_sets: dict[str, tuple[Tensor, Tensor]] | None = None,
-    alphas: Sequence[float] = DEFAULT_ALPHAS,
-    selection: Literal["gcv", "heldout"] = "gcv",
-    classifier: Literal["ridge", "logistic"] = "ridge",
-    logistic_C: float = 1.0,
-) -> ProbeResult:
-    """Fit a linear probe on arrays already in memory and score it on each evaluation set.
-
-    Args:
-        features: ``(N, D)`` features of the fitting split.
-        targets: ``(N,)`` class indices, or ``(N,)``/``(N, K)`` regression targets.
-        task: ``"regression"`` or ``"classification"``.
-        num_classes: number of classes (default: ``targets.max() + 1``).
-        eval_sets: ``{split: (features, targets)}`` to score on; the fitting split is always
-            scored as ``"fit"``.
-        alphas: ridge penalty grid.
-        selection: ``"gcv"``, or ``"heldout"`` (uses the first evaluation set to pick the penalty).
-        classifier: ``"ridge"`` (least squares on one-hot targets) or ``"logistic"``.
-        logistic_C: inverse L2 strength of the logistic probe (scikit-learn's ``C``).
-
-    Example:
-        >>> x = torch.randn(300, 4); y = (x[:, 0] > 0).long()
-        >>> res = fit_probe(x, y, task="classification")
-        >>> res.scores["fit"]["acc"] > 0.9
-        True
-    """
-    features = torch.as_tensor(features)
-    targets = torch.as_tensor(targets)
-    if task == "classification" and num_classes is None:
-        num_classes = int(targets.max()) + 1
-    readout = ProbeReadout(
-        features.shape[1] if features.ndim == 2 else -1,
-        task=task,
-        num_targets=None if task == "classification" else (1 if targets.ndim == 1 else targets.shape[1]),
-        num_classes=num_classes,
-        alphas=alphas,
-        selection=selection,
-        classifier=classifier,
-        logistic_C=logistic_C,
-        local=True,  # the arrays are the whole data, even inside a DDP process
-    )
-    readout.update(features, targets, FIT)
-    eval_sets = dict(eval_sets or {})
-    heldout = None
-    if selection == "heldout":
-        if not eval_sets:
-            raise ValueError("selection='heldout' needs at least one evaluation set in eval_sets")
-        name, (hx, hy) = next(iter(eval_sets.items()))
-        readout.update(hx, hy, HELDOUT)
-        heldout = name
-    readout.fit()
-    scores = {}
-    for split, (ex, ey) in {"fit": (features, targets), **eval_sets}.items():
-        name = "fit (scored)" if split == FIT else split  # the fitting data, scored as an evaluation split
-        readout.update(ex, ey, name)
-        scores[split] = readout.compute(name)
-    del heldout
-    return ProbeResult(task, readout.weight, readout.bias, readout.alpha, scores, num_classes)
 
 
 class ProbeReadout(nn.Module):

@@ -44,12 +44,20 @@ class SplitDict(nn.ModuleDict):
     """A ``ModuleDict`` keyed by split name, where any name is allowed (``"eval"``, ``"train"``, ...
     would clash with ``nn.Module`` attributes as plain keys: they are stored as ``split:<name>``).
 
+    Args:
+        modules: optional initial ``{split: module}``.
+
     Example:
         >>> d = SplitDict(); d["eval"] = nn.Identity(); "eval" in d, list(d)
         (True, ['eval'])
     """
 
     _PREFIX = "split:"
+
+    def __init__(self, modules: Mapping[str, nn.Module] | None = None) -> None:
+        super().__init__()
+        for split, module in (modules or {}).items():
+            self[split] = module
 
     def __getitem__(self, split: str) -> nn.Module:
         return super().__getitem__(self._PREFIX + split)
@@ -75,7 +83,13 @@ class SplitDict(nn.ModuleDict):
 
 @runtime_checkable
 class Readout(Protocol):
-    """The protocol (see the module docstring); :class:`MetricReadout` adapts plain Metrics to it."""
+    """The protocol (see the module docstring); :class:`MetricReadout` adapts plain Metrics to it.
+
+    Example:
+        >>> from lit_repr.metrics import ProbeReadout
+        >>> isinstance(ProbeReadout(3), Readout)
+        True
+    """
 
     def update(self, features: Tensor, target: Tensor | None, split: str) -> None: ...
 
@@ -181,6 +195,13 @@ class MetricReadout(nn.Module):
         result = self._split(split).compute()
         self.results[split] = result
         return dict(self.quantities(result)) if self.quantities else scalars(result, self.name)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Create the per-split copies the state names, then load it."""
+        for key in state_dict:
+            if key.startswith("splits." + SplitDict._PREFIX):
+                self._split(key[len("splits." + SplitDict._PREFIX) :].rsplit(".", 1)[0])
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def figures(self, split: str, title: str) -> Mapping[str, Any]:
         if self.figure_fn is None or split not in self.results:

@@ -25,8 +25,8 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_repr.metrics.mcc import as_pair
-from lit_repr.metrics.samples import SampleBuffer
 from lit_repr.metrics.ridge import local_only
+from lit_repr.metrics.samples import SampleBuffer
 
 __all__ = ["LinearCKA", "MutualKNNAlignment", "linear_cka", "mutual_knn_alignment", "hsic"]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression, RidgeClassifier
 
-from lit_repr.metrics.probe import ProbeReadout, fit_logistic, fit_probe
+from lit_repr.metrics import ProbeReadout, fit_logistic, fit_probe
 
 
 def _blobs(n=600, d=8, c=4, seed=0):
