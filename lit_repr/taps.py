@@ -304,7 +304,13 @@ class Tap:
 
 
 def site_names(model: nn.Module, leaves_only: bool = False) -> Iterable[str]:
-    """List the tappable site names of ``model`` (handy in notebooks and error messages)."""
+    """List the tappable site names of ``model`` (handy in notebooks and error messages).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
+        >>> list(site_names(net)), list(site_names(net, leaves_only=True))
+        (['0', '1', '1.0', '1.1'], ['0', '1.0', '1.1'])
+    """
     for name, module in model.named_modules():
         if name and (not leaves_only or not any(True for _ in module.children())):
             yield name

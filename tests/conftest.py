@@ -15,6 +15,15 @@ warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread for the test (even if an earlier one changed the count); the count is restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def trainer_kwargs(tmp_path):
     """Quiet, fast Trainer settings for tests."""
     return dict(

@@ -7,13 +7,7 @@ import torch
 
 from lit_repr.data.sprites import SHAPES, SpritesDataModule, render_sprites, sample_sprite_factors
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _centroid(img):

@@ -7,13 +7,7 @@ from lit_repr.data.digits import DigitsDataModule
 from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET, RowNormalizedLinear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_targets_are_indices_and_head_is_bias_free():
