@@ -15,12 +15,13 @@ warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 
 
 @pytest.fixture
-def one_thread():
-    """One intra-op thread for the test (even if an earlier one changed the count); the count is restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def num_threads(request):
+    """Intra-op threads for the test: 1, or the value given by ``parametrize(..., indirect=True)``;
+    the previous count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request, "param", 1))
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import torch
 
 from lit_repr.data.sprites import SHAPES, SpritesDataModule, render_sprites, sample_sprite_factors
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("num_threads")
 
 
 def _centroid(img):

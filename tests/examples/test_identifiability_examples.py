@@ -11,7 +11,7 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("num_threads")
 
 
 @pytest.fixture(autouse=True)

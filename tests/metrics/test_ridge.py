@@ -105,15 +105,8 @@ def test_few_samples_and_constant_features_warn_not_nan():
         StreamingRidge(2, 1).compute()
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_solve_leaves_thread_count_unchanged(two_threads, data, monkeypatch):
+@pytest.mark.parametrize("num_threads", [2], indirect=True)
+def test_solve_leaves_thread_count_unchanged(num_threads, data, monkeypatch):
     from lit_repr.metrics import ridge
 
     seen = []
@@ -127,7 +120,8 @@ def test_solve_leaves_thread_count_unchanged(two_threads, data, monkeypatch):
     assert torch.get_num_threads() == 2  # ... and the caller's count is back
 
 
-def test_failed_solve_leaves_thread_count_unchanged(two_threads, monkeypatch):
+@pytest.mark.parametrize("num_threads", [2], indirect=True)
+def test_failed_solve_leaves_thread_count_unchanged(num_threads, monkeypatch):
     from lit_repr.metrics import ridge
 
     def fail(a):

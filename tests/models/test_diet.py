@@ -7,7 +7,7 @@ from lit_repr.data.digits import DigitsDataModule
 from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET, RowNormalizedLinear
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("num_threads")
 
 
 def test_targets_are_indices_and_head_is_bias_free():
