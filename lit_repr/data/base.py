@@ -47,7 +47,10 @@ class TensorDictDataset(Dataset):
         if not tensors:
             raise ValueError("tensors must hold at least one entry, e.g. {'x': ...}")
         self.tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
-        lengths = {k: v.shape[0] if v.ndim else -1 for k, v in self.tensors.items()}
+        scalars = [k for k, v in self.tensors.items() if v.ndim == 0]
+        if scalars:
+            raise ValueError(f"every tensor needs a first (sample) dimension; {scalars} are scalars")
+        lengths = {k: v.shape[0] for k, v in self.tensors.items()}
         n = next(iter(lengths.values()))
         if any(length != n for length in lengths.values()):
             raise ValueError(f"all tensors must share their first dimension; got lengths {lengths}")

@@ -295,6 +295,7 @@ class LatentVariableDataModule(ArrayDataModule):
     # ------------------------------------------------------------------ generation
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
         """Draw ``n`` fresh samples ``{"x", "y", "latents"}`` from the generative process."""
+        check_int("n", n, low=0)
         y = rng.integers(0, self.num_classes, size=n)
         z = sample_von_mises_fisher(self.class_vectors.double().numpy()[y], self.kappa, rng)
         return self._observe(torch.from_numpy(z), torch.from_numpy(y))

@@ -117,6 +117,8 @@ def test_tensor_dict_dataset_checks_lengths():
         TensorDictDataset({"x": torch.zeros(3, 2), "y": torch.zeros(4)})
     with pytest.raises(ValueError, match="at least one entry"):
         TensorDictDataset({})
+    with pytest.raises(ValueError, match=r"first \(sample\) dimension; \['y'\] are scalars"):
+        TensorDictDataset({"x": torch.zeros(3, 2), "y": torch.tensor(1.0)})
 
 
 def test_split_indices_are_disjoint_and_cover():
