@@ -305,7 +305,8 @@ class StreamingRidge(Metric):
         if n <= self.dim:
             warnings.warn(
                 f"ridge is fitted on {int(n)} samples with {self.dim} features (fewer samples than "
-                f"features): the penalty keeps it well-posed, but expect optimistic training scores",
+                f"features): the penalty keeps it well-posed, but expect optimistic training scores; "
+                f"fit on more samples, or bound the features with projection_dim= or max_components=",
                 stacklevel=2,
             )
         mx, my, sxx, sxy, syy = self._centred()
