@@ -212,13 +212,13 @@ class MeanCorrelationCoefficient(Metric):
 
     Args:
         num_factors: ground-truth dimension ``K``.
-        num_features: learned dimension ``D``.
+        in_features: learned dimension ``D``.
         method: ``"pearson"`` or ``"spearman"`` (use :func:`mean_correlation_coefficient` with
             ``method="cosine"`` for dictionaries).
         max_samples: samples kept for Spearman.
 
     Example:
-        >>> m = MeanCorrelationCoefficient(num_factors=2, num_features=3)
+        >>> m = MeanCorrelationCoefficient(num_factors=2, in_features=3)
         >>> z = torch.randn(300, 2)
         >>> for zb in z.split(100):
         ...     m.update(zb, torch.cat([zb.flip(1), torch.randn(len(zb), 1)], 1))
@@ -231,10 +231,10 @@ class MeanCorrelationCoefficient(Metric):
     full_state_update = False
 
     def __init__(
-        self, num_factors: int, num_features: int, method: Method = "pearson", max_samples: int = 20_000, **kwargs
+        self, num_factors: int, in_features: int, method: Method = "pearson", max_samples: int = 20_000, **kwargs
     ) -> None:
         super().__init__(**kwargs)
-        for name, v in (("num_factors", num_factors), ("num_features", num_features), ("max_samples", max_samples)):
+        for name, v in (("num_factors", num_factors), ("in_features", in_features), ("max_samples", max_samples)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if method not in ("pearson", "spearman"):
@@ -242,27 +242,27 @@ class MeanCorrelationCoefficient(Metric):
                 f"method must be 'pearson' or 'spearman' for streamed samples, got {method!r} "
                 f"(dictionaries: mean_correlation_coefficient(true, learned, method='cosine'))"
             )
-        self.num_factors, self.num_features = num_factors, num_features
+        self.num_factors, self.in_features = num_factors, in_features
         self.method, self.max_samples = method, max_samples
         f64 = torch.float64
         self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         if method == "pearson":
             self.add_state("sum_t", torch.zeros(num_factors, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("sum_l", torch.zeros(num_features, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("sum_l", torch.zeros(in_features, dtype=f64), dist_reduce_fx="sum")
             self.add_state("sq_t", torch.zeros(num_factors, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("sq_l", torch.zeros(num_features, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("cross", torch.zeros(num_factors, num_features, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("sq_l", torch.zeros(in_features, dtype=f64), dist_reduce_fx="sum")
+            self.add_state("cross", torch.zeros(num_factors, in_features, dtype=f64), dist_reduce_fx="sum")
         else:
             from lit_repr.metrics.samples import SampleBuffer
 
             self.samples = SampleBuffer(max_samples)
 
     def update(self, true: Tensor, learned: Tensor) -> None:  # type: ignore[override]
-        """Add a batch: ``true`` ``(B, num_factors)``, ``learned`` ``(B, num_features)``."""
+        """Add a batch: ``true`` ``(B, num_factors)``, ``learned`` ``(B, in_features)``."""
         t, lr = as_matrix(true, "true"), as_matrix(learned, "learned")
-        if t.shape[1] != self.num_factors or lr.shape[1] != self.num_features or t.shape[0] != lr.shape[0]:
+        if t.shape[1] != self.num_factors or lr.shape[1] != self.in_features or t.shape[0] != lr.shape[0]:
             raise ValueError(
-                f"expected true (B, {self.num_factors}) and learned (B, {self.num_features}), "
+                f"expected true (B, {self.num_factors}) and learned (B, {self.in_features}), "
                 f"got {tuple(t.shape)} and {tuple(lr.shape)}"
             )
         dev = self.n.device

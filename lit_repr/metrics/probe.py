@@ -66,7 +66,7 @@ def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, n
                 f"outside [0, {num_classes}); set num_classes"
             )
         return y
-    y = y.float()
+    y = y.to(torch.float64)  # sums in float64: no precision is lost on float64 targets
     if y.ndim == 1:
         y = y[:, None]
     if y.ndim > 2:
@@ -268,7 +268,7 @@ class ProbeReadout(nn.Module):
         """Scores of an evaluation split (averaged over outputs); ``"fit"``: the chosen penalty."""
         if split in (FIT, HELDOUT):
             return {"alpha": self.alpha} if self.fitted and self.classifier == "ridge" else {}
-        return {k: float(v.float().mean()) for k, v in self.compute_eval(split).items()}
+        return {k: float(v.double().mean()) for k, v in self.compute_eval(split).items()}
 
     def reset(self, split: str | None = None) -> None:
         """Forget the evaluation statistics of ``split``, or all statistics (fitted weights stay)."""

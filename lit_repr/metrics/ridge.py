@@ -158,14 +158,14 @@ class StreamingRidge(Metric):
     """Ridge regression fitted in closed form from streamed sufficient statistics.
 
     Args:
-        num_features: feature dimension ``D`` of the inputs to ``update``.
+        in_features: feature dimension ``D`` of the inputs to ``update``.
         num_targets: number of regression targets ``K`` (one-hot columns for classification).
         alphas: grid of penalties (scikit-learn convention); one eigendecomposition serves all.
         selection: ``"gcv"`` (generalised cross-validation on the fitting data) or ``"heldout"``
             (pass the held-out statistics to :meth:`solve`).
         fit_intercept: centre features and targets (an unpenalised intercept).
         projection_dim: if set, features are multiplied by a fixed random Gaussian matrix
-            ``(num_features, projection_dim)`` (scaled by ``1/sqrt(projection_dim)``) before
+            ``(in_features, projection_dim)`` (scaled by ``1/sqrt(projection_dim)``) before
             accumulation, bounding memory at ``O(projection_dim²)``.
         max_components: if set, ridge is solved on the leading principal components only
             (principal-component regression with shrinkage).
@@ -194,7 +194,7 @@ class StreamingRidge(Metric):
 
     def __init__(
         self,
-        num_features: int,
+        in_features: int,
         num_targets: int,
         alphas: Sequence[float] = DEFAULT_ALPHAS,
         selection: Literal["gcv", "heldout"] = "gcv",
@@ -205,7 +205,7 @@ class StreamingRidge(Metric):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, v in (("num_features", num_features), ("num_targets", num_targets)):
+        for name, v in (("in_features", in_features), ("num_targets", num_targets)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         alphas_t = torch.as_tensor(list(alphas), dtype=torch.float64)
@@ -217,7 +217,7 @@ class StreamingRidge(Metric):
             raise ValueError(f"projection_dim must be a positive int or None, got {projection_dim!r}")
         if max_components is not None and (not isinstance(max_components, int) or max_components < 1):
             raise ValueError(f"max_components must be a positive int or None, got {max_components!r}")
-        self.num_features = num_features
+        self.in_features = in_features
         self.num_targets = num_targets
         self.alphas = alphas_t
         self.selection = selection
@@ -227,11 +227,11 @@ class StreamingRidge(Metric):
         self.seed = seed
         if projection_dim is not None:
             gen = torch.Generator().manual_seed(seed)
-            proj = torch.randn(num_features, projection_dim, generator=gen, dtype=torch.float64)
+            proj = torch.randn(in_features, projection_dim, generator=gen, dtype=torch.float64)
             self.register_buffer("projection", proj / math.sqrt(projection_dim), persistent=False)
         else:
             self.projection = None
-        d = projection_dim or num_features
+        d = projection_dim or in_features
         self.dim = d
         f64 = torch.float64
         self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
@@ -242,8 +242,8 @@ class StreamingRidge(Metric):
         self.add_state("yy", torch.zeros(num_targets, dtype=f64), dist_reduce_fx="sum")
 
     def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        if x.ndim != 2 or x.shape[1] != self.num_features:
-            raise ValueError(f"features must have shape (batch, {self.num_features}), got {tuple(x.shape)}")
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}")
         if y.ndim == 1:
             y = y.unsqueeze(1)
         if y.ndim != 2 or y.shape[1] != self.num_targets or y.shape[0] != x.shape[0]:
@@ -261,7 +261,7 @@ class StreamingRidge(Metric):
         return x, y
 
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
-        """Accumulate a batch of features ``(B, num_features)`` and targets ``(B, num_targets)``."""
+        """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``."""
         x, y = self._prepare(x, y)
         self.n += x.shape[0]
         self.sum_x += x.sum(0)
@@ -309,7 +309,8 @@ class StreamingRidge(Metric):
         if n <= self.dim:
             warnings.warn(
                 f"ridge is fitted on {int(n)} samples with {self.dim} features (fewer samples than "
-                f"features): the penalty keeps it well-posed, but expect optimistic training scores",
+                f"features): the penalty keeps it well-posed, but expect optimistic training scores; "
+                f"fit on more samples, or bound the features with projection_dim= or max_components=",
                 stacklevel=2,
             )
         mx, my, sxx, sxy, syy = self._centred()

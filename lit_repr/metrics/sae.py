@@ -17,7 +17,7 @@ __all__ = ["FractionOfVarianceExplained", "MeanL0", "FiringFrequency"]
 
 def _check_codes(codes: Tensor, n: int | None = None) -> None:
     if codes.ndim != 2:
-        raise ValueError(f"codes must have shape (batch, n_latents), got {tuple(codes.shape)}")
+        raise ValueError(f"codes must have shape (batch, num_latents), got {tuple(codes.shape)}")
     if n is not None and codes.shape[1] != n:
         raise ValueError(f"codes must have {n} latents, got {codes.shape[1]}")
 
@@ -29,7 +29,7 @@ class FractionOfVarianceExplained(Metric):
     from streaming sums ``Σx``, ``Σx²`` (float64), so the result does not depend on batching.
 
     Args:
-        num_features: input dimension ``d``.
+        in_features: input dimension ``d``.
 
     Example:
         >>> m = FractionOfVarianceExplained(2)
@@ -42,20 +42,20 @@ class FractionOfVarianceExplained(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, num_features: int, **kwargs) -> None:
+    def __init__(self, in_features: int, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
-        self.num_features = num_features
+        if not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
+        self.in_features = in_features
         self.add_state("sse", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_x", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_x2", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_x", torch.zeros(in_features, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_x2", torch.zeros(in_features, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, x: Tensor, recon: Tensor) -> None:
-        if x.shape != recon.shape or x.ndim != 2 or x.shape[1] != self.num_features:
+        if x.shape != recon.shape or x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
-                f"x and recon must both have shape (batch, {self.num_features}), got {tuple(x.shape)} and "
+                f"x and recon must both have shape (batch, {self.in_features}), got {tuple(x.shape)} and "
                 f"{tuple(recon.shape)}"
             )
         x64 = x.detach().double()
@@ -102,7 +102,7 @@ class FiringFrequency(Metric):
     is dead if it never fired, dense if it fired on more than ``dense_threshold`` of the samples.
 
     Args:
-        n_latents: number of latents.
+        num_latents: number of latents.
         dense_threshold: firing frequency above which a latent counts as dense, in ``(0, 1]``.
 
     Example:
@@ -116,19 +116,19 @@ class FiringFrequency(Metric):
     higher_is_better = None
     full_state_update = False
 
-    def __init__(self, n_latents: int, dense_threshold: float = 0.1, **kwargs) -> None:
+    def __init__(self, num_latents: int, dense_threshold: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not isinstance(n_latents, int) or n_latents < 1:
-            raise ValueError(f"n_latents must be a positive int, got {n_latents!r}")
+        if not isinstance(num_latents, int) or num_latents < 1:
+            raise ValueError(f"num_latents must be a positive int, got {num_latents!r}")
         if not 0 < dense_threshold <= 1:
             raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
-        self.n_latents = n_latents
+        self.num_latents = num_latents
         self.dense_threshold = dense_threshold
-        self.add_state("counts", torch.zeros(n_latents, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("counts", torch.zeros(num_latents, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, codes: Tensor) -> None:
-        _check_codes(codes, self.n_latents)
+        _check_codes(codes, self.num_latents)
         self.counts += (codes != 0).sum(0)
         self.n += codes.shape[0]
 

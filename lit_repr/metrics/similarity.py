@@ -70,8 +70,8 @@ class LinearCKA(Metric):
     """Streaming linear CKA between two representations of the same samples (biased and debiased).
 
     Args:
-        num_features_x: feature dimension of ``x``.
-        num_features_y: feature dimension of ``y``.
+        in_features_x: feature dimension of ``x``.
+        in_features_y: feature dimension of ``y``.
         debiased: report the debiased estimator (unbiased HSIC) instead of the biased one.
 
     Example:
@@ -87,13 +87,13 @@ class LinearCKA(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, num_features_x: int, num_features_y: int, debiased: bool = False, **kwargs) -> None:
+    def __init__(self, in_features_x: int, in_features_y: int, debiased: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name, v in (("num_features_x", num_features_x), ("num_features_y", num_features_y)):
+        for name, v in (("in_features_x", in_features_x), ("in_features_y", in_features_y)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        self.num_features_x, self.num_features_y, self.debiased = num_features_x, num_features_y, bool(debiased)
-        dx, dy, f64 = num_features_x, num_features_y, torch.float64
+        self.in_features_x, self.in_features_y, self.debiased = in_features_x, in_features_y, bool(debiased)
+        dx, dy, f64 = in_features_x, in_features_y, torch.float64
         for name, shape in (
             ("n", ()), ("sx", (dx,)), ("sy", (dy,)), ("xtx", (dx, dx)), ("yty", (dy, dy)), ("xty", (dx, dy)),
             # for the unbiased HSIC: a_i = ‖x_i‖², b_i = ‖y_i‖²
@@ -105,9 +105,9 @@ class LinearCKA(Metric):
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
         """Add a batch of paired features ``x`` ``(B, D_x)`` and ``y`` ``(B, D_y)``."""
         x, y = _pair(x, y)
-        if x.shape[1] != self.num_features_x or y.shape[1] != self.num_features_y:
+        if x.shape[1] != self.in_features_x or y.shape[1] != self.in_features_y:
             raise ValueError(
-                f"expected x (B, {self.num_features_x}) and y (B, {self.num_features_y}), "
+                f"expected x (B, {self.in_features_x}) and y (B, {self.in_features_y}), "
                 f"got {tuple(x.shape)} and {tuple(y.shape)}"
             )
         x, y = x.to(self.n.device), y.to(self.n.device)

@@ -121,7 +121,7 @@ def test_bad_input():
         mean_correlation_coefficient(torch.zeros(2, 4), torch.randn(3, 4), method="cosine")
     with pytest.raises(ValueError, match="'pearson' or 'spearman'"):
         MeanCorrelationCoefficient(2, 2, method="cosine")
-    with pytest.raises(ValueError, match="num_features must be a positive int"):
+    with pytest.raises(ValueError, match="in_features must be a positive int"):
         MeanCorrelationCoefficient(2, 0)
     m = MeanCorrelationCoefficient(3, 3)
     with pytest.raises(ValueError, match=r"expected true \(B, 3\)"):

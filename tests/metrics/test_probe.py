@@ -106,3 +106,20 @@ def test_buffered_accumulation_equals_unbuffered_and_flushes_on_state_dict():
         ProbeReadout(6, buffer_rows=0)
     with pytest.raises(RuntimeError, match="not been fitted"):
         ProbeReadout(6).update_eval("val", x, x[:, 0])
+
+
+def test_regression_r2_equals_sklearn_ridgecv_to_rounding():
+    from scipy.stats import spearmanr
+    from sklearn.linear_model import RidgeCV
+
+    from lit_repr.metrics import DEFAULT_ALPHAS
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(800, 30, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(30, generator=g, dtype=torch.float64) + torch.randn(800, generator=g, dtype=torch.float64)
+    res = fit_probe(x[:600], y[:600], eval_sets={"val": (x[600:], y[600:])})
+    sk = RidgeCV(alphas=DEFAULT_ALPHAS, gcv_mode="eigen").fit(x[:600].numpy(), y[:600].numpy())
+    assert res.scores["val"]["r2"] == pytest.approx(sk.score(x[600:].numpy(), y[600:].numpy()), abs=1e-10)
+    # Spearman on the bounded sample equals scipy's when every prediction is kept
+    pred = res.predict(x[600:]).reshape(-1).numpy()
+    assert res.scores["val"]["spearman"] == pytest.approx(spearmanr(pred, y[600:].numpy()).statistic, abs=1e-6)

@@ -33,7 +33,7 @@ def test_l0_and_firing_frequency():
 
 
 def test_metric_bad_shapes():
-    with pytest.raises(ValueError, match="num_features"):
+    with pytest.raises(ValueError, match="in_features"):
         FractionOfVarianceExplained(0)
     with pytest.raises(ValueError, match=r"\(batch, 3\)"):
         FractionOfVarianceExplained(3).update(torch.zeros(2, 3), torch.zeros(2, 4))
