@@ -259,15 +259,13 @@ class SpritesDataModule(ArrayDataModule):
         if len(shapes) < 2 or len(set(shapes)) != len(shapes) or any(s not in SHAPES for s in shapes):
             raise ValueError(f"shapes must be at least two distinct names from {SHAPES}, got {shapes}")
         self.shapes = shapes
-        bad_range = ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
-        if isinstance(scale_range, str) or len(scale_range) != 2:
-            raise bad_range
-        try:
+        try:  # two finite numbers, 0 < low <= high
             lo_s, hi_s = (check_number("scale_range", v, low=0, low_open=True) for v in scale_range)
-        except ValueError:
-            raise bad_range from None
-        if lo_s > hi_s:
-            raise bad_range
+            ok = lo_s <= hi_s
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         self.scale_range = (lo_s, hi_s)
         self.color = check_bool("color", color)
         self.supersample = check_int("supersample", supersample)

@@ -134,6 +134,8 @@ def test_bad_args(kw, match):
         ({"scale_range": (0.5,)}, r"scale_range must be \(low, high\) with 0 < low <= high, got \(0.5,\)"),
         ({"scale_range": "0.5"}, r"scale_range must be \(low, high\) with 0 < low <= high, got '0.5'"),
         ({"scale_range": (0.5, float("inf"))}, r"scale_range must be \(low, high\)"),
+        ({"scale_range": 0.5}, r"scale_range must be \(low, high\) with 0 < low <= high, got 0.5"),
+        ({"scale_range": (0.5, 0.7, 0.9)}, r"scale_range must be \(low, high\)"),
         ({"color": "yes"}, "color must be True or False, got 'yes'"),
         ({"num_val": -1}, "num_val must be an int >= 0, got -1"),
         ({"layout": "grid"}, r"layout must be one of \('image', 'flat'\), got 'grid'"),
