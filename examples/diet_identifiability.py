@@ -84,7 +84,7 @@ def _trainer(epochs: int) -> pl.Trainer:
 
 
 def probe_accuracy(f_tr: Tensor, y_tr: Tensor, f_te: Tensor, y_te: Tensor, num_classes: int) -> float:
-    """Test accuracy of a logistic-regression probe fitted on standardised training features."""
+    """Test accuracy of a logistic-regression probe fitted on standardized training features."""
     mu, sd = f_tr.mean(0), f_tr.std(0).clamp_min(1e-6)
     res = fit_probe((f_tr - mu) / sd, y_tr, task="classification", num_classes=num_classes,
                     eval_sets={"test": ((f_te - mu) / sd, y_te)}, classifier="logistic")
