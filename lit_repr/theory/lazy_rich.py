@@ -194,7 +194,7 @@ def lazy_rich_init(
 
     Example:
         >>> W1, W2 = lazy_rich_init(3, 4, 1, tau=2.0, delta=-1.0, dtype=torch.float64)
-        >>> neuron_conserved_quantities(W1, W2)
+        >>> neuron_conserved_quantities(W1, W2).round(decimals=12)
         tensor([-1., -1., -1., -1.], dtype=torch.float64)
     """
     for name, v in (("in_features", in_features), ("hidden_features", hidden_features), ("out_features", out_features)):
