@@ -145,3 +145,20 @@ def test_other_bad_arguments():
     model = TwoLayerNetwork(in_features=2, out_features=2)
     with pytest.raises(ValueError, match="regression targets must have shape"):
         model.training_step({"x": torch.zeros(3, 2), "y": torch.zeros(3)}, 0)
+
+
+def test_relu_network_conserves_delta_per_neuron_under_small_step_gd(trainer_kwargs):
+    pl.seed_everything(4)
+    dm = TeacherStudentDataModule(in_features=4, num_teacher_neurons=3, num_train=128, num_val=0, num_test=0,
+                                  radius=2.0, batch_size=128)
+    delta = torch.linspace(-0.8, 0.8, 8, dtype=torch.float64)
+    model = TwoLayerNetwork(in_features=4, hidden_features=8, hidden_bias=True, output_bias=True, init_tau=1.0,
+                            init_delta=delta.tolist(), lr=2e-3, eta_hidden=0.5, eta_output=2.0, dtype="float64")
+    dm.setup("fit")
+    a_sq0 = model.output.weight.detach().pow(2).sum(0)
+    pl.Trainer(max_epochs=150, limit_val_batches=0, **trainer_kwargs).fit(model, dm.train_dataloader())
+    assert model.hidden[0].bias.abs().max() > 1e-3  # the biases moved, and count towards δ_k
+    drift = (model.conserved_quantities() - delta).abs().max().item()
+    moved = (model.output.weight.detach().pow(2).sum(0) - a_sq0).abs().max().item()
+    assert moved > 100 * drift  # the norms move; their difference δ_k stays
+    assert drift < 5e-3  # first order in the step (δ is exact only for gradient flow)
