@@ -51,7 +51,8 @@ class TwoLayerNetwork(pl.LightningModule):
         init_tau: per-neuron scale ``τ > 0`` with ``τ² = η_w ‖a_k‖² + η_a ‖w_k‖²`` (a number or one
             per neuron).
         init_delta: per-neuron imbalance ``δ = η_w ‖a_k‖² − η_a ‖w_k‖²`` in ``[−τ², τ²]`` (a number or
-            one per neuron); ``δ > 0`` leans lazy, ``δ ≤ 0`` rich.
+            one per neuron); ``δ > 0``: larger output weights (the hidden layer learns faster),
+            ``δ < 0``: larger hidden weights (the output layer learns faster), ``0``: balanced.
         lr: base learning rate ``> 0``.
         eta_hidden: relative learning rate ``η_w > 0`` of the hidden layer.
         eta_output: relative learning rate ``η_a > 0`` of the output layer.

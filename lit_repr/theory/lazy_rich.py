@@ -3,8 +3,12 @@
 The model is ``f(x) = a·wᵀx`` on whitened inputs (``E[x xᵀ] = I``) with the teacher ``y = β*ᵀx``,
 so the loss is ``L = ½‖a w − β*‖²``. Gradient flow runs with layer rates ``η_a`` and ``η_w``:
 ``da/dt = −η_a ∂L/∂a``, ``dw/dt = −η_w ∇_w L``. The quantity ``δ = η_w a² − η_a ‖w‖²`` is
-conserved; its sign and size set the regime: ``δ ≫ 0`` (large output weight) is lazy, ``δ ≈ 0``
-(balanced, small) is rich, ``δ ≪ 0`` (large input weight) is a rapid rich regime.
+conserved; with the scale of the weights it sets the regime. ``δ ≫ 0`` (large output weight, so the
+input weight learns fast): ``β = a w`` moves linearly, like a kernel model (lazy). ``δ ≈ 0`` at a small
+scale: sigmoidal, rich learning that first aligns ``w`` with ``β*``, then grows. ``δ ≪ 0`` (large input
+weight, so the output weight learns fast): ``β`` rescales quickly along its current direction and
+rotates slowly. Kunin et al. find that in wide ReLU networks unbalanced initializations in which the
+earlier layer learns faster accelerate rich learning.
 
 In a wider two-layer network ``f(x) = Σ_k a_k σ(w_kᵀx + b_k)`` with a homogeneous ``σ`` (linear
 or ReLU) every neuron conserves its own ``δ_k = η_w ‖a_k‖² − η_a (‖w_k‖² + b_k²)``;
@@ -59,15 +63,16 @@ def _h(rate: float, t: np.ndarray) -> np.ndarray:
 def single_neuron_solution(a0, w0, beta_star, t, eta_a: float = 1.0, eta_w: float = 1.0):
     """The exact gradient-flow trajectory ``(a(t), w(t))`` of ``f(x) = a·wᵀx`` on whitened inputs.
 
-    Derivation (closed form in hyperbolic functions; no ODE is integrated). Rescale
+    Derivation (an exact closed form in hyperbolic functions of ``ωt``: no ODE is integrated, and no
+    root find or quadrature is needed). Rescale
     ``ã = a/√η_a``, ``w̃ = w/√η_w`` and let ``g = √(η_a η_w)``: the flow becomes plain gradient flow
     of ``½‖g ã w̃ − β*‖²``. Stack ``Q = (ã, w̃) ∈ R^{1+d}``; with ``F = [[0, β*ᵀ], [β*, 0]]``,
     ``J = diag(1, −I)`` and the conserved ``δ = g²·QᵀJQ``, one checks
     ``(ã‖w̃‖², ã² w̃) = ½(‖Q‖² Q − (δ/g²) J Q)``, hence
 
-        ``dQ/dt = A Q − (g²/2) ‖Q‖² Q``,   ``A = g F + (δ/2) J``  (symmetric, constant).
+        ``dQ/dt = A Q − (g²/2) ‖Q‖² Q``,   ``A = g F + (δ/2) J``  (symmetric, constant):
 
-    The nonlinearity only rescales ``Q``, so ``Q(t) = c(t) e^{At} Q0`` with
+    a Riccati-type equation whose nonlinearity only rescales ``Q``, so ``Q(t) = c(t) e^{At} Q0`` with
     ``d(c⁻²)/dt = g² ‖e^{At} Q0‖²``:
 
         ``Q(t) = e^{At} Q0 / √(1 + g² ∫_0^t ‖e^{As} Q0‖² ds)``.
@@ -81,7 +86,9 @@ def single_neuron_solution(a0, w0, beta_star, t, eta_a: float = 1.0, eta_w: floa
     growing exponential, so any ``t >= 0`` (including ``t → ∞``, where ``a w → β*``) is finite.
     The same formula covers ``δ > 0``, ``δ = 0`` and ``δ < 0``; ``β* = 0`` uses the eigenbasis
     ``e0`` (rate ``δ/2``) and the ``w̃`` space (rate ``−δ/2``); ``w0 ∥ β*`` and ``a0 = 0`` need no
-    special case; the saddle ``a0 = 0, w0 = 0`` is a fixed point and returns zeros.
+    special case; the saddle ``a0 = 0, w0 = 0`` is a fixed point and returns zeros, and an
+    initialization on its stable manifold (no component along the growing eigenvector, e.g. ``δ = 0``
+    and ``a0 w0`` opposite to ``β*`` in ``d = 1``) converges to it, as gradient flow does.
 
     Args:
         a0: initial output weight (scalar).
