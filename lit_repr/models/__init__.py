@@ -13,10 +13,12 @@ from lit_repr.models.encoders import (
     SparseEncoder,
 )
 from lit_repr.models.sae import SAE_VARIANTS, SparseAutoencoder, register_variant
+from lit_repr.models.two_layer import TwoLayerNetwork
 
 __all__ = [
     "MLP", "build_backbone", "Classifier", "DIET",
     "SparseAutoencoder", "SAE_VARIANTS", "register_variant",
     "SparseEncoder", "AmortisedEncoder", "MLPEncoder", "ISTAEncoder", "FISTAEncoder", "InferenceTimeOptimisation",
     "ENCODERS",
+    "TwoLayerNetwork",
 ]
