@@ -207,8 +207,9 @@ def param_distance(theta0: Mapping[str, Tensor], theta: Mapping[str, Tensor]) ->
         >>> param_distance({"w": torch.ones(4)}, {"w": torch.full((4,), 1.5)})
         0.5
     """
-    diff = sum(float((theta[n].double() - t0.to(theta[n].device).double()).pow(2).sum()) for n, t0 in theta0.items())
-    norm = sum(float(t0.double().pow(2).sum()) for t0 in theta0.values())
+    diff = sum(float((theta[n].detach().double() - t0.detach().to(theta[n].device).double()).pow(2).sum())
+               for n, t0 in theta0.items())
+    norm = sum(float(t0.detach().double().pow(2).sum()) for t0 in theta0.values())
     return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
 
 
@@ -256,23 +257,24 @@ def conserved_quantities(
 def ntk_history_figure(history: Mapping[str, Sequence[float]], name: str = "ntk") -> Any:
     """Figure of lazy/rich diagnostics over training, from ``{"step": [...], "<name>/<quantity>": [...]}``.
 
-    Panels: kernel and parameter distance; activation Hamming distance per ReLU site; mean and
-    largest ``|δ|`` per two-layer block.
+    Panels: kernel distance; parameter distance; activation Hamming distance per ReLU site; mean
+    and largest ``|δ|`` and largest change of ``δ`` per two-layer block.
 
     Example:
         >>> fig = ntk_history_figure({"step": [0, 10], "ntk/kernel_distance": [0.0, 0.2],
         ...                           "ntk/param_distance": [0.0, 0.5]})
         >>> len(fig.axes)
-        1
+        2
     """
     from lit_repr.metrics.figures import _pyplot
 
     plt = _pyplot()
     steps = list(history.get("step", []))
     groups: list[tuple[str, list[str]]] = [
-        ("distance from init", [t for t in (f"{name}/kernel_distance", f"{name}/param_distance") if t in history]),
-        ("activation pattern change", [t for t in history if t.endswith("/activation_hamming")]),
-        ("conserved quantities δ", [t for t in history if t.endswith(("/delta_mean", "/delta_abs_max"))]),
+        ("kernel distance S(t) = 1 − cos(K₀, K_t)", [t for t in (f"{name}/kernel_distance",) if t in history]),
+        ("parameter distance ‖θ_t − θ₀‖ / ‖θ₀‖", [t for t in (f"{name}/param_distance",) if t in history]),
+        ("activation signs changed since init", [t for t in history if t.endswith("/activation_hamming")]),
+        ("conserved quantities δ per block", [t for t in history if "/delta_" in t]),
     ]
     groups = [(title, tags) for title, tags in groups if tags]
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(4.2 * max(1, len(groups)), 3.3), squeeze=False)
