@@ -26,8 +26,15 @@ from lit_repr.callbacks.base import TapCallback
 from lit_repr.callbacks.identifiability import _detached_copy
 from lit_repr.features import frozen_mode, preserved_rng
 from lit_repr.metrics.ntk import (
-    KernelMode, activation_hamming, conserved_quantities, empirical_ntk, kernel_distance, ntk_chunk_size,
-    ntk_history_figure, param_distance, trainable_parameters,
+    KernelMode,
+    activation_hamming,
+    conserved_quantities,
+    empirical_ntk,
+    kernel_distance,
+    ntk_chunk_size,
+    ntk_history_figure,
+    param_distance,
+    trainable_parameters,
 )
 from lit_repr.taps import Tap, _first_tensor, resolve_sites
 from lit_repr.targets import TargetSpec, check_finite, check_target_spec, get_input
@@ -404,7 +411,7 @@ class KernelDistance(Callback):
 
     # ------------------------------------------------------------------ figures and state
     def figure(self) -> Any:
-        """A matplotlib figure of the logged quantities over training (see :func:`~lit_repr.metrics.ntk.ntk_history_figure`)."""
+        """A matplotlib figure of the history (:func:`~lit_repr.metrics.ntk.ntk_history_figure`)."""
         return ntk_history_figure(self.history, self.name)
 
     @override

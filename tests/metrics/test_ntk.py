@@ -3,7 +3,12 @@ import torch
 from torch import nn
 
 from lit_repr.metrics.ntk import (
-    activation_hamming, conserved_quantities, empirical_ntk, kernel_distance, ntk_chunk_size, param_distance,
+    activation_hamming,
+    conserved_quantities,
+    empirical_ntk,
+    kernel_distance,
+    ntk_chunk_size,
+    param_distance,
     trainable_parameters,
 )
 
@@ -12,7 +17,8 @@ def hand_ntk_full(w1, b1, w2, b2, x):
     """NTK of f(x) = W2 tanh(W1 x + b1) + b2 written out by hand: (N·K)×(N·K), sample-major.
 
     ∂f_k/∂W2[k', i] = δ_kk' s_i, ∂f_k/∂b2[k'] = δ_kk', ∂f_k/∂W1[i, :] = W2[k, i] s'_i x, ∂f_k/∂b1[i] = W2[k, i] s'_i,
-    with s = tanh(z), s' = 1 − s², so K[(n,k),(m,l)] = δ_kl (s_n·s_m + 1) + Σ_i W2[k,i] W2[l,i] s'_ni s'_mi (x_n·x_m + 1).
+    with s = tanh(z), s' = 1 − s², so
+    K[(n,k),(m,l)] = δ_kl (s_n·s_m + 1) + Σ_i W2[k,i] W2[l,i] s'_ni s'_mi (x_n·x_m + 1).
     """
     n, k = x.shape[0], w2.shape[0]
     s = torch.tanh(x @ w1.T + b1)
