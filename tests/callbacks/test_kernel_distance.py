@@ -144,8 +144,8 @@ def test_activation_hamming_and_deltas_equal_direct_computation_with_group_learn
         before = torch.relu(x[:40] @ init[0].T + init[1]) > 0
         after = net[1](net[0](x[:40])) > 0
     assert cb.scores["ntk/net.1/activation_hamming"] == pytest.approx(float((before != after).double().mean()))
-    delta = 0.2 * (net[2].weight.double() ** 2).sum(0) - 0.05 * ((net[0].weight.double() ** 2).sum(1)
-                                                                  + net[0].bias.double() ** 2)
+    w1, b1, w2 = (p.detach().double() for p in (net[0].weight, net[0].bias, net[2].weight))
+    delta = 0.2 * (w2**2).sum(0) - 0.05 * ((w1**2).sum(1) + b1**2)
     assert cb.scores["ntk/net.0/delta_mean"] == pytest.approx(float(delta.mean()))
     assert cb.scores["ntk/net.0/delta_abs_max"] == pytest.approx(float(delta.abs().max()))
 
