@@ -241,7 +241,8 @@ class KernelDistance(Callback):
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._check_module(pl_module)
+        if stage == "fit":  # the callback measures training only
+            self._check_module(pl_module)
         # values logged here are identical on every process by construction
         warnings.filterwarnings("ignore", message=rf"It is recommended to use `self.log\('{re.escape(self.name)}/")
 
