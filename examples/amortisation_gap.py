@@ -47,20 +47,13 @@ PAPER = {
 }
 
 
-def train(sae: SparseAutoencoder, x: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int) -> None:
-    """Adam on the SAE loss with the module's own atom constraint (projection + renormalisation)."""
-    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr)
-    sae.initialize_decoder_bias(x)
-    sae.train()
+def train(sae: SparseAutoencoder, x: torch.Tensor, steps: int, batch_size: int, seed: int) -> None:
+    """Adam on the SAE loss through the module's own training step (atom constraint included)."""
+    opt = sae.configure_optimizers()
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         xb = x if batch_size >= len(x) else x[torch.randint(0, len(x), (batch_size,), generator=g)]
-        loss = sae.compute_losses(xb)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.on_before_optimizer_step(opt)
-        opt.step()
-        sae.renormalize_atoms()
+        sae.train_step(xb, opt)
     sae.eval()
 
 
@@ -105,9 +98,9 @@ def run(
         for name, (enc, n_steps) in encoders.items():
             torch.manual_seed(seed)
             sae = SparseAutoencoder(
-                8, 16, variant="relu", l1_coefficient=l1, encoder=enc, init_seed=seed, decoder_bias_init="zeros"
+                8, 16, "relu", {"l1_coefficient": l1}, encoder=enc, lr=lr, init_seed=seed, decoder_bias_init="zeros"
             )
-            train(sae, xtr, n_steps, lr, batch_size, seed)
+            train(sae, xtr, n_steps, batch_size, seed)
             if name == "sparse coding":  # test-time codes: exact lasso on the learned dictionary
                 sae.encoder.tol = 1e-6
                 sae.encoder.max_iter = 2000

@@ -457,7 +457,7 @@ def flops_per_sample(sae: SparseAutoencoder) -> float:
 
     Example:
         >>> flops_per_sample(SparseAutoencoder(4, 8, variant="topk", variant_args={"k": 2}))
-        108.0
+        104.0
     """
     enc = sae.encoder.flops_per_sample()
     n, d = sae.num_latents, sae.in_features
