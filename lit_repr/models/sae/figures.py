@@ -22,7 +22,7 @@ def atom_figure(
 ) -> Any:
     """A matplotlib figure of the first ``max_atoms`` rows of ``dictionary`` as images.
 
-    Single-channel atoms use a diverging colour map centred on 0; ``(C, H, W)`` atoms are shown
+    Single-channel atoms use a diverging color map centered on 0; ``(C, H, W)`` atoms are shown
     as RGB after min-max scaling.
 
     Args:

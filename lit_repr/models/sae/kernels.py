@@ -6,7 +6,7 @@ the AuxK loss and the geometric median.
 - :func:`jump_relu` / :func:`heaviside_step`: ``pre·H(pre − θ)`` and ``H(pre − θ)`` with
   straight-through (rectangle-kernel) gradients to the threshold ``θ``;
 - :func:`auxk_loss`: the dead-latent loss of Gao et al. (2024);
-- :func:`geometric_median`: Weiszfeld's algorithm, for the decoder-bias initialisation.
+- :func:`geometric_median`: Weiszfeld's algorithm, for the decoder-bias initialization.
 """
 
 from __future__ import annotations

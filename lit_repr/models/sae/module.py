@@ -1,18 +1,18 @@
 """The sparse autoencoder LightningModule: a unit-norm dictionary, a swappable encoder, a named variant.
 
 ``x ≈ x̂ = b_dec + s·W_dec``: the dictionary ``W_dec`` (``(num_latents, in_features)``) has unit-norm
-rows (atoms), restored after every optimiser step (``atom_norm``):
+rows (atoms), restored after every optimizer step (``atom_norm``):
 
 - ``"fold"`` (default): the step is unconstrained, then each atom is divided by its norm and the
   encoder's latent is multiplied by it (:meth:`~lit_repr.models.encoders.SparseEncoder.scale_latents`),
   so the reconstruction is kept and what the step taught about each latent's scale stays in the
-  model; this is the parametrisation of SAELens's ``rescale_acts_by_decoder_norm``. Encoders
+  model; this is the parametrization of SAELens's ``rescale_acts_by_decoder_norm``. Encoders
   that cannot absorb a scale (the iterative solvers) fall back to ``"project"``;
 - ``"project"``: the gradient component along each atom is removed before the step and atoms
-  are renormalised after it (the scale information of the decoder's gradient is discarded);
+  are renormalized after it (the scale information of the decoder's gradient is discarded);
 - ``"none"``: a free decoder.
 
-The decoder bias is initialised from the training data (mean or geometric median) when training
+The decoder bias is initialized from the training data (mean or geometric median) when training
 starts. Codes come from an *encoder* (:mod:`lit_repr.models.encoders`) applied to ``x − b_dec`` and
 a *variant* (:mod:`lit_repr.models.sae.variants`) applying the nonlinearity and adding its named
 losses. Losses (per sample, averaged over the batch): ``mse_loss = ‖x − x̂‖²`` summed over
@@ -41,7 +41,7 @@ from lit_repr.metrics.sae import FiringFrequency, FractionOfVarianceExplained, M
 from lit_repr.models.encoders import SparseEncoder, build_encoder
 from lit_repr.models.sae.figures import atom_figure, log_atom_figure, log_firing_histogram
 from lit_repr.models.sae.kernels import geometric_median, sparse_decode, topk_encode
-from lit_repr.models.sae.variants import SAEVariant, build_variant
+from lit_repr.models.sae.variants import SAEVariant, _check, build_variant
 from lit_repr.targets import TargetSpec, check_target_spec, get_target
 
 __all__ = ["SparseAutoencoder", "flops_per_sample"]
@@ -49,12 +49,6 @@ __all__ = ["SparseAutoencoder", "flops_per_sample"]
 _ATOM_NORMS = ("fold", "project", "none")
 _BIAS_INITS = ("geometric_median", "mean", "zeros")
 _OUTPUTS = ("codes", "recon", "pre")  # tensors compute_losses returns beside the losses
-
-
-def _positive_int(name: str, v: Any) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"{name} must be a positive int, got {v!r}")
-    return v
 
 
 class SparseAutoencoder(pl.LightningModule):
@@ -124,14 +118,13 @@ class SparseAutoencoder(pl.LightningModule):
         sparse_kernels: bool = True,
     ) -> None:
         super().__init__()
-        _positive_int("in_features", in_features)
-        _positive_int("num_latents", num_latents)
-        _positive_int("dead_after", dead_after)
-        _positive_int("num_bias_init_batches", num_bias_init_batches)
+        _check("in_features", in_features, "positive_int")
+        _check("num_latents", num_latents, "positive_int")
+        _check("dead_after", dead_after, "positive_int")
+        _check("num_bias_init_batches", num_bias_init_batches, "positive_int")
         if not (isinstance(dense_threshold, (int, float)) and 0 < dense_threshold <= 1):
             raise ValueError(f"dense_threshold must be in (0, 1], got {dense_threshold!r}")
-        if not (isinstance(lr, (int, float)) and lr > 0):
-            raise ValueError(f"lr must be > 0, got {lr!r}")
+        _check("lr", lr, "positive")
         if decoder_bias_init not in _BIAS_INITS:
             raise ValueError(f"decoder_bias_init must be one of {_BIAS_INITS}, got {decoder_bias_init!r}")
         if atom_norm not in _ATOM_NORMS:
