@@ -33,12 +33,15 @@ def _segment_sum(idx: Tensor, weights: Tensor, rows: Tensor, n: int) -> Tensor:
     return F.embedding_bag(sample, rows, offsets, per_sample_weights=w, mode="sum")
 
 
-def _gather_dot(table: Tensor, idx: Tensor, vec: Tensor, chunk: int = 256) -> Tensor:
-    """``out[b, s] = table[idx[b, s]] · vec[b]`` in chunks (no ``(B, k, d)`` tensor held at once)."""
-    out = torch.empty(idx.shape, dtype=vec.dtype, device=vec.device)
+def _gather_dot(table: Tensor, idx: Tensor, vec: Tensor, chunk: int = 64) -> Tensor:
+    """``out[b, s] = table[idx[b, s]] · vec[b]`` in chunks small enough that the gathered rows are
+    still in cache when they are multiplied (no ``(B, k, d)`` tensor held at once)."""
+    out = torch.empty(*idx.shape, 1, dtype=vec.dtype, device=vec.device)
+    k, d = idx.shape[1], table.shape[1]
     for i in range(0, idx.shape[0], chunk):
-        out[i : i + chunk] = torch.bmm(table[idx[i : i + chunk]], vec[i : i + chunk, :, None])[..., 0]
-    return out
+        rows = table.index_select(0, idx[i : i + chunk].reshape(-1)).view(-1, k, d)
+        torch.bmm(rows, vec[i : i + chunk, :, None], out=out[i : i + chunk])
+    return out[..., 0]
 
 
 class _TopKEncode(torch.autograd.Function):

@@ -67,7 +67,8 @@ class SparseAutoencoder(pl.LightningModule):
         num_latents: dictionary size.
         variant: a name in :data:`~lit_repr.models.sae.variants.SAE_VARIANTS` (``"relu"``,
             ``"topk"``, ``"batchtopk"``, ``"jumprelu"`` or any registered one) or an
-            :class:`~lit_repr.models.sae.variants.SAEVariant` instance.
+            :class:`~lit_repr.models.sae.variants.SAEVariant` instance (YAML: ``class_path``); a name
+            is saved in the hyperparameters, so ``load_from_checkpoint`` rebuilds it.
         variant_args: the named variant's arguments, e.g. ``{"k": 32}`` for ``"topk"``; unknown
             names raise ``ValueError`` listing the allowed ones.
         encoder: a :class:`~lit_repr.models.encoders.SparseEncoder` or a name (``"amortized"``,
@@ -212,7 +213,10 @@ class SparseAutoencoder(pl.LightningModule):
         On the sparse TopK path (:meth:`uses_sparse_kernels`) the pre-activations are returned
         without gradient; only the ``k`` selected latents backpropagate.
         """
-        x_c = self._prepare_input(x) - self.b_dec
+        return self._encode(self._prepare_input(x))
+
+    def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        x_c = x - self.b_dec
         if self.uses_sparse_kernels():
             lin = self.encoder.linear
             vals, idx, pre = topk_encode(x_c, lin.weight, lin.bias, self.variant.k)
@@ -242,8 +246,10 @@ class SparseAutoencoder(pl.LightningModule):
 
     def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
         """Named losses (``loss``, ``mse_loss``, the variant's) and the batch's ``codes``, ``recon``, ``pre``."""
-        x = self._prepare_input(x)
-        codes, pre, support = self.encode_with_hidden_pre(x)
+        return self._losses(self._prepare_input(x))
+
+    def _losses(self, x: Tensor) -> dict[str, Tensor]:
+        codes, pre, support = self._encode(x)
         recon = self.decode(codes, support)
         residual = x - recon
         if not pre.requires_grad and self.training and self.variant.uses_dead_latents and torch.is_grad_enabled():
@@ -277,7 +283,7 @@ class SparseAutoencoder(pl.LightningModule):
         x = self._prepare_input(x)
         if not bool(self.bias_initialized):
             self.initialize_decoder_bias(x)
-        out = self.compute_losses(x)
+        out = self._losses(x)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.on_before_optimizer_step(optimizer)
@@ -360,7 +366,7 @@ class SparseAutoencoder(pl.LightningModule):
 
     def _shared_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         x = self._prepare_input(get_target(batch, self.input_key, "input_key"))
-        out = self.compute_losses(x)
+        out = self._losses(x)
         codes = out["codes"].detach()
         bs = x.shape[0]
         if stage == "train":
