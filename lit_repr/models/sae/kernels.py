@@ -54,10 +54,13 @@ class _TopKEncode(torch.autograd.Function):
         ctx.save_for_backward(x, weight, idx, pos)
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(idx, pre)
+        ctx.set_materialize_grads(False)  # no (B, n) zero gradient for the pre-activations
         return vals, idx, pre
 
     @staticmethod
-    def backward(ctx, g_vals: Tensor, g_idx: Any, g_pre: Any):
+    def backward(ctx, g_vals: Tensor | None, g_idx: Any, g_pre: Any):
+        if g_vals is None:
+            return None, None, None, None
         x, weight, idx, pos = ctx.saved_tensors
         g = g_vals * pos
         n = weight.shape[0]

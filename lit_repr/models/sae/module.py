@@ -48,7 +48,7 @@ __all__ = ["SparseAutoencoder", "flops_per_sample"]
 
 _ATOM_NORMS = ("fold", "project", "none")
 _BIAS_INITS = ("geometric_median", "mean", "zeros")
-_OUTPUTS = ("codes", "recon", "pre")  # tensors compute_losses returns beside the losses
+_OUTPUTS = ("codes", "recon", "pre", "support")  # what compute_losses returns beside the losses
 
 
 class SparseAutoencoder(pl.LightningModule):
@@ -245,7 +245,8 @@ class SparseAutoencoder(pl.LightningModule):
         return self.samples_since_fired >= self.dead_after
 
     def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
-        """Named losses (``loss``, ``mse_loss``, the variant's) and the batch's ``codes``, ``recon``, ``pre``."""
+        """Named losses (``loss``, ``mse_loss``, the variant's) and the batch's ``codes``, ``recon``, ``pre``
+        and top-k ``support`` (``(values, indices)`` or ``None``)."""
         return self._losses(self._prepare_input(x))
 
     def _losses(self, x: Tensor) -> dict[str, Tensor]:
@@ -262,7 +263,7 @@ class SparseAutoencoder(pl.LightningModule):
         out = {"mse_loss": residual.pow(2).sum(-1).mean()}
         out.update(self.variant.losses(self, pre, codes, residual))
         out["loss"] = sum(out.values())
-        out["codes"], out["recon"], out["pre"] = codes, recon, pre
+        out["codes"], out["recon"], out["pre"], out["support"] = codes, recon, pre, support
         return out
 
     # ------------------------------------------------------------------ training outside a Trainer
@@ -289,7 +290,7 @@ class SparseAutoencoder(pl.LightningModule):
         self.on_before_optimizer_step(optimizer)
         optimizer.step()
         self.on_train_batch_end(None, None, 0)
-        self._count_firing(out["codes"])
+        self._count_firing(out["codes"], out["support"])
         return {name: v.detach() for name, v in out.items() if name not in _OUTPUTS}
 
     # ------------------------------------------------------------------ ground truth
@@ -360,9 +361,13 @@ class SparseAutoencoder(pl.LightningModule):
 
     # ------------------------------------------------------------------ steps
     @torch.no_grad()
-    def _count_firing(self, codes: Tensor) -> None:
+    def _count_firing(self, codes: Tensor, support: tuple[Tensor, Tensor] | None = None) -> None:
         self.samples_since_fired.add_(codes.shape[0])
-        self.samples_since_fired[(codes != 0).any(0)] = 0
+        if support is not None:  # the top-k support names the candidates: no pass over (B, n) codes
+            vals, idx = support
+            self.samples_since_fired[idx[vals != 0]] = 0
+        else:
+            self.samples_since_fired[(codes != 0).any(0)] = 0
 
     def _shared_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
         x = self._prepare_input(get_target(batch, self.input_key, "input_key"))
@@ -370,7 +375,7 @@ class SparseAutoencoder(pl.LightningModule):
         codes = out["codes"].detach()
         bs = x.shape[0]
         if stage == "train":
-            self._count_firing(codes)
+            self._count_firing(codes, out["support"])
         log_kw = dict(batch_size=bs, on_epoch=True, on_step=stage == "train", sync_dist=stage != "train")
         self.log(f"{stage}/loss", out["loss"], prog_bar=True, **log_kw)
         self.log(f"{stage}/mse", out["mse_loss"].detach() / self.in_features, **log_kw)
