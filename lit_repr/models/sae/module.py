@@ -1,5 +1,9 @@
 """The sparse autoencoder LightningModule: a unit-norm dictionary, a swappable encoder, a named variant.
 
+(About 470 lines, a little over the project's ~450: the Lightning hooks and the public ``train_step``
+share the atom constraint and the counters, so they stay in one class; kernels, variants and
+figures live in their own modules.)
+
 ``x ≈ x̂ = b_dec + s·W_dec``: the dictionary ``W_dec`` (``(num_latents, in_features)``) has unit-norm
 rows (atoms), restored after every optimizer step (``atom_norm``):
 
