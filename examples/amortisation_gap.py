@@ -76,8 +76,8 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, codes: torch.Tensor, dicti
 
 def run(
     seeds: int = 5,
-    n_train: int = 1024,
-    n_test: int = 1024,
+    num_train: int = 1024,
+    num_test: int = 1024,
     steps: int = 6000,
     sc_steps: int = 1500,
     l1: float = 0.03,
@@ -90,7 +90,7 @@ def run(
     for seed in range(seeds):
         t0 = time.time()
         dm = SparseCodingDataModule(
-            n_features=16, dim=8, n_active=3, n_train=n_train, n_val=0, n_test=n_test, seed=seed
+            num_features=16, in_features=8, num_active=3, num_train=num_train, num_val=0, num_test=num_test, seed=seed
         )
         dm.setup()
         xtr = dm.datasets["train"].tensors["x"]
@@ -154,13 +154,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
-        kw = dict(seeds=args.seeds or 1, n_train=256, n_test=256, steps=args.steps or 300, sc_steps=60)
+        kw = dict(seeds=args.seeds or 1, num_train=256, num_test=256, steps=args.steps or 300, sc_steps=60)
     else:
         kw = dict(seeds=args.seeds or 5, steps=args.steps or 6000)
     results = run(l1=args.l1, **kw)
     print()
     print(
-        f"Amortisation gap, N=16 M=8 K=3, {kw.get('n_train', 1024)} train / {kw.get('n_test', 1024)} test, "
+        f"Amortisation gap, N=16 M=8 K=3, {kw.get('num_train', 1024)} train / {kw.get('num_test', 1024)} test, "
         f"{kw['seeds']} seed(s); paper: O'Neill, Gumran & Klindt (ICML 2025)"
     )
     print(format_table(results))

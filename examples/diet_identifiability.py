@@ -36,15 +36,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from supervised_identifiability import cross_validated_r2, ridge_r2  # the sibling example's ridge readouts
 from torch import Tensor, nn
 
+import lit_repr
 from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import LatentVariableDataModule
 from lit_repr.metrics import fit_probe
-from lit_repr.metrics.ridge import StreamingRidge, moments_score
 from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET
-from lit_repr.taps import Tap
 
 
 class AugmentedDigits(DigitsDataModule):
@@ -83,53 +83,12 @@ def _trainer(epochs: int) -> pl.Trainer:
     )
 
 
-@torch.no_grad()
-def site_features(model: nn.Module, site: str, x: Tensor, batch_size: int = 2048) -> Tensor:
-    """Features of ``model`` at ``site`` for inputs ``x``, read with a :class:`Tap`."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with Tap(model, [site]) as tap:
-        for xb in x.split(batch_size):
-            model(xb)
-            chunks.append(tap.read()[site])
-    model.train(was_training)
-    return torch.cat(chunks)
-
-
-def latent_r2(f_tr: Tensor, z_tr: Tensor, f_te: Tensor, z_te: Tensor) -> float:
-    """Mean test R² of a ridge map features -> latents fitted on the training split."""
-    fit_stats, test_stats = StreamingRidge(f_tr.shape[1], z_tr.shape[1]), StreamingRidge(f_tr.shape[1], z_tr.shape[1])
-    fit_stats.update(f_tr, z_tr)
-    test_stats.update(f_te, z_te)
-    return moments_score(fit_stats.compute(), test_stats)["r2"].mean().item()
-
-
 def probe_accuracy(f_tr: Tensor, y_tr: Tensor, f_te: Tensor, y_te: Tensor, num_classes: int) -> float:
-    """Test accuracy of a logistic-regression probe fitted on standardised training features."""
+    """Test accuracy of a logistic-regression probe fitted on standardized training features."""
     mu, sd = f_tr.mean(0), f_tr.std(0).clamp_min(1e-6)
     res = fit_probe((f_tr - mu) / sd, y_tr, task="classification", num_classes=num_classes,
                     eval_sets={"test": ((f_te - mu) / sd, y_te)}, classifier="logistic")
     return res.scores["test"]["acc"]
-
-
-def head_rows_r2(W: Tensor, Z: Tensor, folds: int = 10, seed: int = 0) -> tuple[float, float]:
-    """R² of the samples' latents from DIET's head rows: in-sample and ``folds``-fold cross-validated."""
-    stats = StreamingRidge(W.shape[1], Z.shape[1])
-    stats.update(W, Z)
-    r2_in = moments_score(stats.compute(), stats)["r2"].mean().item()
-    n = W.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    pred = torch.empty(n, Z.shape[1], dtype=torch.float64)
-    for held in perm.tensor_split(folds):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[held] = False
-        fold = StreamingRidge(W.shape[1], Z.shape[1])
-        fold.update(W[keep], Z[keep])
-        pred[held] = fold.compute().predict(W[held])
-    Z = Z.to(torch.float64)
-    r2_cv = (1 - ((pred - Z) ** 2).sum(0) / ((Z - Z.mean(0)) ** 2).sum(0)).mean().item()
-    return r2_in, r2_cv
 
 
 def latent_part(quick: bool, seed: int, epochs: int | None) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
@@ -172,8 +131,8 @@ def latent_part(quick: bool, seed: int, epochs: int | None) -> tuple[list[tuple[
         if model is None:
             f_tr, f_te = tr["x"], te["x"]
         else:
-            f_tr, f_te = site_features(model, "backbone", tr["x"]), site_features(model, "backbone", te["x"])
-        r2 = latent_r2(f_tr, tr["latents"], f_te, te["latents"])
+            f_tr, f_te = (lit_repr.features(model, "backbone", x)["backbone"] for x in (tr["x"], te["x"]))
+        r2 = ridge_r2(f_tr, tr["latents"], f_te, te["latents"]).mean().item()
         acc = probe_accuracy(f_tr, tr["y"], f_te, te["y"], C)
         rows.append((name, r2, acc))
         results[f"latent/{name}/r2"] = r2
@@ -189,7 +148,9 @@ def latent_part(quick: bool, seed: int, epochs: int | None) -> tuple[list[tuple[
     print("DIET head rows -> each training sample's latent z_n (one row per sample):")
     for name, (model, _, _) in runs.items():
         if isinstance(model, DIET):
-            r2_in, r2_cv = head_rows_r2(model.head_rows, tr["latents"], seed=seed)
+            W, Z = model.head_rows, tr["latents"]
+            r2_in = ridge_r2(W, Z, W, Z).mean().item()
+            r2_cv = cross_validated_r2(W, Z, folds=10, seed=seed).mean().item()
             results[f"latent/{name}/head_r2_in"] = r2_in
             results[f"latent/{name}/head_r2_cv"] = r2_cv
             print(f"  {name:<34} in-sample R2 {r2_in:.3f}, 10-fold CV R2 {r2_cv:.3f}")
@@ -222,7 +183,7 @@ def digits_part(quick: bool, seed: int, epochs: int | None) -> tuple[list[tuple[
         if model is None:
             f_tr, f_te = tr["x"], te["x"]
         else:
-            f_tr, f_te = site_features(model, "backbone", tr["x"]), site_features(model, "backbone", te["x"])
+            f_tr, f_te = (lit_repr.features(model, "backbone", x)["backbone"] for x in (tr["x"], te["x"]))
         acc = probe_accuracy(f_tr, tr["y"], f_te, te["y"], 10)
         rows.append((name, acc))
         results[f"digits/{name}/probe_acc"] = acc

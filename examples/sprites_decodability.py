@@ -27,26 +27,12 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+import lit_repr
 from lit_repr.data.sprites import SpritesDataModule
 from lit_repr.metrics.ridge import StreamingRidge, moments_score
 from lit_repr.models.classifier import Classifier
-from lit_repr.taps import Tap
-
-
-@torch.no_grad()
-def site_features(model: nn.Module, site: str, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Features of ``model`` at ``site`` for inputs ``x``, read with a :class:`Tap`."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with Tap(model, [site]) as tap:
-        for xb in x.split(batch_size):
-            model(xb)
-            chunks.append(tap.read()[site])
-    model.train(was_training)
-    return torch.cat(chunks)
 
 
 def decode(f_tr: Tensor, lat_tr: Tensor, f_te: Tensor, lat_te: Tensor, batch_size: int = 2048) -> dict[str, Tensor]:
@@ -100,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if source is None:
             f_tr, f_te = tr["x"], te["x"]
         else:
-            f_tr, f_te = site_features(source, "backbone", tr["x"]), site_features(source, "backbone", te["x"])
+            f_tr, f_te = (lit_repr.features(source, "backbone", x)["backbone"] for x in (tr["x"], te["x"]))
         scores = decode(f_tr, tr["latents"], f_te, te["latents"])
         table[name] = scores["pearson"]
         for k, factor in enumerate(dm.factor_names):

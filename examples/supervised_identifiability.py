@@ -32,12 +32,12 @@ from collections.abc import Sequence
 
 import lightning.pytorch as pl
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
+import lit_repr
 from lit_repr.data.latent import LatentVariableDataModule
 from lit_repr.metrics.ridge import StreamingRidge, moments_score
 from lit_repr.models.classifier import Classifier
-from lit_repr.taps import Tap
 
 
 def ridge_r2(x_fit: Tensor, y_fit: Tensor, x_eval: Tensor, y_eval: Tensor) -> Tensor:
@@ -62,20 +62,6 @@ def cross_validated_r2(x: Tensor, y: Tensor, folds: int = 10, seed: int = 0) -> 
         pred[held] = stats.compute().predict(x[held])
     y = y.to(torch.float64)
     return 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
-
-
-@torch.no_grad()
-def site_features(model: nn.Module, site: str, x: Tensor, batch_size: int = 2048) -> Tensor:
-    """Features of ``model`` at ``site`` for inputs ``x``, read with a :class:`Tap`."""
-    was_training = model.training
-    model.eval()
-    chunks = []
-    with Tap(model, [site]) as tap:
-        for xb in x.split(batch_size):
-            model(xb)
-            chunks.append(tap.read()[site])
-    model.train(was_training)
-    return torch.cat(chunks)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
@@ -116,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         if source is None:
             f_tr, f_te = tr["x"], te["x"]
         else:
-            f_tr, f_te = site_features(source, "backbone", tr["x"]), site_features(source, "backbone", te["x"])
+            f_tr, f_te = (lit_repr.features(source, "backbone", x)["backbone"] for x in (tr["x"], te["x"]))
         r2 = ridge_r2(f_tr, tr["latents"], f_te, te["latents"])
         rows.append((f"latents z <- {name}", r2.mean().item(), r2.min().item()))
         results[f"latents_r2/{name}"] = r2.mean().item()
@@ -124,9 +110,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     V = dm.class_vectors
     for name, source in (("trained head rows", model), ("untrained head rows", untrained)):
         W = source.head.weight.detach()
-        stats = StreamingRidge(W.shape[1], d)
-        stats.update(W, V)
-        r2_in = moments_score(stats.compute(), stats)["r2"]
+        r2_in = ridge_r2(W, V, W, V)
         r2_cv = cross_validated_r2(W, V, folds=10, seed=args.seed)
         rows.append((f"class vectors v <- {name} (in-sample)", r2_in.mean().item(), r2_in.min().item()))
         rows.append((f"class vectors v <- {name} (10-fold CV)", r2_cv.mean().item(), r2_cv.min().item()))

@@ -199,6 +199,10 @@ class Tap:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if when not in ("always", "training", "eval"):
             raise ValueError(f"when must be 'always', 'training' or 'eval', got {when!r}")
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise ValueError(f"dtype must be a torch.dtype (e.g. torch.float32) or None, got {dtype!r}")
+        if output_fn is not None and not callable(output_fn):
+            raise ValueError(f"output_fn must be a callable module output -> tensor, or None, got {output_fn!r}")
         self.model = model
         self.sites = resolve_sites(model, sites)
         self.reduction = reduction
@@ -300,7 +304,13 @@ class Tap:
 
 
 def site_names(model: nn.Module, leaves_only: bool = False) -> Iterable[str]:
-    """List the tappable site names of ``model`` (handy in notebooks and error messages)."""
+    """List the tappable site names of ``model`` (handy in notebooks and error messages).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Sequential(nn.ReLU(), nn.Linear(2, 1)))
+        >>> list(site_names(net)), list(site_names(net, leaves_only=True))
+        (['0', '1', '1.0', '1.1'], ['0', '1.0', '1.1'])
+    """
     for name, module in model.named_modules():
         if name and (not leaves_only or not any(True for _ in module.children())):
             yield name

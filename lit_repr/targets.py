@@ -22,7 +22,16 @@ TargetSpec = Union[str, int, Callable[[Any], Any]]
 
 
 def check_target_spec(spec: Any, name: str = "target") -> TargetSpec:
-    """Validate a target spec at construction time; raise ``ValueError`` naming what is allowed."""
+    """Validate a target spec at construction time; raise ``ValueError`` naming what is allowed.
+
+    Example:
+        >>> check_target_spec("latents"), check_target_spec(1)
+        ('latents', 1)
+        >>> check_target_spec(None, "target_key")
+        Traceback (most recent call last):
+        ...
+        ValueError: target_key must be a dict key (str), a tuple position (int) or a callable ... got None (NoneType)
+    """
     if isinstance(spec, bool) or not (isinstance(spec, (str, int)) or callable(spec)):
         raise ValueError(
             f"{name} must be a dict key (str), a tuple position (int) or a callable batch -> tensor, "
@@ -109,7 +118,14 @@ def get_input(batch: Any, spec: TargetSpec | None = None) -> Any:
 
 
 def check_finite(x: Tensor, what: str) -> Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or infinity; otherwise return it unchanged."""
+    """Raise ``ValueError`` if ``x`` holds NaN or infinity; otherwise return it unchanged.
+
+    Example:
+        >>> check_finite(torch.tensor([1.0, float("nan")]), "logits")
+        Traceback (most recent call last):
+        ...
+        ValueError: logits contains 1 non-finite values (NaN or inf) out of 2; ...
+    """
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(

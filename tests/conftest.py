@@ -15,6 +15,16 @@ warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
 
 
 @pytest.fixture
+def num_threads(request):
+    """Intra-op threads for the test: 1, or the value given by ``parametrize(..., indirect=True)``;
+    the previous count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(getattr(request, "param", 1))
+    yield torch.get_num_threads()
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def trainer_kwargs(tmp_path):
     """Quiet, fast Trainer settings for tests."""
     return dict(

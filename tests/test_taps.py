@@ -99,3 +99,13 @@ def test_when_training_only():
     net(torch.randn(1, 2))
     assert tap.has_features()
     tap.remove()
+
+
+def test_tap_bad_args_name_argument_and_value():
+    net = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="dtype must be a torch.dtype .* got 'float32'"):
+        Tap(net, "0", dtype="float32")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="output_fn must be a callable .* got 0"):
+        Tap(net, "0", output_fn=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="when must be 'always', 'training' or 'eval', got 'test'"):
+        Tap(net, "0", when="test")  # type: ignore[arg-type]

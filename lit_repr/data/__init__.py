@@ -4,8 +4,10 @@ from lit_repr.data.base import ArrayDataModule, EpochSeededSampler, TensorDictDa
 from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import InvertibleMLP, LatentVariableDataModule
 from lit_repr.data.medmnist import MedMNISTDataModule
+from lit_repr.data.modular import ModularArithmeticDataModule
 from lit_repr.data.sparse_coding import SparseCodingDataModule
 from lit_repr.data.sprites import SpritesDataModule, render_sprites
+from lit_repr.data.teacher_student import TeacherStudentDataModule
 
 __all__ = [
     "ArrayDataModule", "EpochSeededSampler", "TensorDictDataset", "split_indices",
@@ -13,4 +15,5 @@ __all__ = [
     "LatentVariableDataModule", "InvertibleMLP",
     "SpritesDataModule", "render_sprites",
     "SparseCodingDataModule",
+    "TeacherStudentDataModule", "ModularArithmeticDataModule",
 ]

@@ -8,7 +8,9 @@ stacks them into batches.
 :class:`ArrayDataModule` is the base of lit_repr's DataModules whose data fits in memory: a
 subclass implements :meth:`ArrayDataModule.build_splits` and gets loaders for ``train``/``val``/
 ``test``, ``predict`` (the test split) and :meth:`ArrayDataModule.probe_dataloaders` (unshuffled
-loaders over every split, used by frozen-feature probes).
+loaders over every split, used by frozen-feature probes). A split of size 0 does not exist: no
+split stands in for another (without ``val``, ``fit`` skips validation and says so; without
+``test``, testing and prediction raise ``ValueError``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from collections.abc import Mapping
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from lit_repr.checks import check_bool, check_int
 
 __all__ = ["TensorDictDataset", "ArrayDataModule", "EpochSeededSampler", "split_indices"]
 
@@ -41,12 +47,15 @@ class TensorDictDataset(Dataset):
         if not tensors:
             raise ValueError("tensors must hold at least one entry, e.g. {'x': ...}")
         self.tensors = {k: torch.as_tensor(v) for k, v in tensors.items()}
-        lengths = {k: v.shape[0] if v.ndim else -1 for k, v in self.tensors.items()}
+        scalars = [k for k, v in self.tensors.items() if v.ndim == 0]
+        if scalars:
+            raise ValueError(f"every tensor needs a first (sample) dimension; {scalars} are scalars")
+        lengths = {k: v.shape[0] for k, v in self.tensors.items()}
         n = next(iter(lengths.values()))
         if any(length != n for length in lengths.values()):
             raise ValueError(f"all tensors must share their first dimension; got lengths {lengths}")
         self.n = n
-        if add_index and "index" not in self.tensors:
+        if check_bool("add_index", add_index) and "index" not in self.tensors:
             self.tensors["index"] = torch.arange(n)
 
     def __len__(self) -> int:
@@ -63,7 +72,8 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.nd
         >>> [len(s) for s in split_indices(10, (0.2, 0.3), seed=0)]
         [2, 3, 5]
     """
-    if any(f < 0 for f in fractions) or sum(fractions) >= 1:
+    check_int("n", n, low=0)
+    if any(not 0 <= f < 1 for f in fractions) or sum(fractions) >= 1:
         raise ValueError(f"split fractions must be >= 0 and sum to < 1, got {fractions}")
     perm = np.random.default_rng(seed).permutation(n)
     out, start = [], 0
@@ -91,8 +101,8 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
     """
 
     def __init__(self, num_samples: int, seed: int = 0) -> None:
-        self.num_samples = num_samples
-        self.seed = seed
+        self.num_samples = check_int("num_samples", num_samples, low=0)
+        self.seed = check_int("seed", seed, low=0)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -111,7 +121,9 @@ class ArrayDataModule(pl.LightningDataModule):
 
     Subclasses implement :meth:`build_splits`, returning ``{split: {key: tensor}}`` with at least
     ``"train"`` (and usually ``"val"``, ``"test"``, and any extra evaluation split such as
-    ``"ood"``). Everything else (datasets, loaders, probe loaders) is handled here.
+    ``"ood"``). Everything else (datasets, loaders, probe loaders) is handled here. A missing
+    ``val`` split skips validation during ``fit`` (with a warning); a missing ``test`` split makes
+    :meth:`test_dataloader` and :meth:`predict_dataloader` raise ``ValueError``.
 
     Args:
         batch_size: samples per batch for every loader.
@@ -138,17 +150,11 @@ class ArrayDataModule(pl.LightningDataModule):
         drop_last: bool = False,
     ) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if eval_batch_size is not None and (not isinstance(eval_batch_size, int) or eval_batch_size < 1):
-            raise ValueError(f"eval_batch_size must be a positive int or None, got {eval_batch_size!r}")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.drop_last = drop_last
+        self.batch_size = check_int("batch_size", batch_size)
+        self.eval_batch_size = batch_size if eval_batch_size is None else check_int("eval_batch_size", eval_batch_size)
+        self.num_workers = check_int("num_workers", num_workers, low=0)
+        self.seed = check_int("seed", seed, low=0)
+        self.drop_last = check_bool("drop_last", drop_last)
         self.datasets: dict[str, TensorDictDataset] = {}
 
     # -------------------------------------------------------------- subclass API
@@ -165,11 +171,22 @@ class ArrayDataModule(pl.LightningDataModule):
             raise ValueError(f"{type(self).__name__}.build_splits() must return a 'train' split, got {list(splits)}")
         self.datasets = {name: TensorDictDataset(t) for name, t in splits.items()}
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int, drop_last: bool = False) -> DataLoader:
+    def _splits(self) -> dict[str, TensorDictDataset]:
         if not self.datasets:
             self.setup()
-        if split not in self.datasets:
-            raise ValueError(f"{type(self).__name__} has no {split!r} split; it has {sorted(self.datasets)}")
+        return self.datasets
+
+    def _missing(self, split: str, consequence: str) -> str:
+        return (
+            f"{type(self).__name__} has no {split!r} split ({consequence}); it has {sorted(self.datasets)}. "
+            f"Splits of size 0 are left out: give the {split!r} split a size > 0"
+        )
+
+    def _loader(
+        self, split: str, shuffle: bool, batch_size: int, drop_last: bool = False, needed_by: str = "asked for"
+    ) -> DataLoader:
+        if split not in self._splits():
+            raise ValueError(self._missing(split, needed_by))
         sampler = EpochSeededSampler(len(self.datasets[split]), self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],
@@ -183,27 +200,34 @@ class ArrayDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True, batch_size=self.batch_size, drop_last=self.drop_last)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(
-            "val" if "val" in self.datasets or not self.datasets else "train", False, self.eval_batch_size
-        )
+    def val_dataloader(self) -> DataLoader | list:
+        """The ``val`` split, unshuffled.
+
+        Without a ``val`` split, validation during ``fit`` is skipped: this returns no loader and
+        warns, naming the splits there are. ``trainer.validate`` raises ``ValueError`` instead.
+        """
+        if "val" in self._splits():
+            return self._loader("val", False, self.eval_batch_size)
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn == TrainerFn.VALIDATING:
+            raise ValueError(self._missing("val", "trainer.validate() needs it"))
+        rank_zero_warn(self._missing("val", "validation is skipped"), category=UserWarning)
+        return []
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test" if "test" in self.datasets else "val", False, self.eval_batch_size)
+        """The ``test`` split, unshuffled; ``ValueError`` if there is none."""
+        return self._loader("test", False, self.eval_batch_size, needed_by="testing needs it")
 
     def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
+        """The ``test`` split, unshuffled; ``ValueError`` if there is none."""
+        return self._loader("test", False, self.eval_batch_size, needed_by="prediction reads it")
 
     def probe_dataloaders(self) -> dict[str, DataLoader]:
-        """Unshuffled loaders over every split, keyed by split name (``train`` fits a probe)."""
-        if not self.datasets:
-            self.setup()
-        return {name: self._loader(name, False, self.eval_batch_size) for name in self.datasets}
+        """Unshuffled loaders over every split there is, keyed by split name (``train`` fits a probe)."""
+        return {name: self._loader(name, False, self.eval_batch_size) for name in self._splits()}
 
     # -------------------------------------------------------------- info
     @property
-    def num_features(self) -> int:
-        """Flattened input dimension (after :meth:`setup`)."""
-        if not self.datasets:
-            self.setup()
-        return int(self.datasets["train"].tensors["x"][0].numel())
+    def in_features(self) -> int:
+        """Flattened dimension of ``x``: the ``in_features`` of a model that reads it (sets the data up if needed)."""
+        return int(self._splits()["train"].tensors["x"][0].numel())

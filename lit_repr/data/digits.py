@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_repr.checks import check_bool, check_choice, check_number
 from lit_repr.data.base import ArrayDataModule, split_indices
 
 __all__ = ["DigitsDataModule"]
@@ -27,7 +28,8 @@ class DigitsDataModule(ArrayDataModule):
             ``"image3"`` for ``(3, 8, 8)`` (timm models that expect RGB).
         standardize: subtract the training mean and divide by the training std per pixel.
         num_workers: DataLoader workers.
-        seed: split seed.
+        seed: split seed (and seed of the training shuffle).
+        eval_batch_size: batch size of evaluation and probe loaders (default ``batch_size``).
 
     Example:
         >>> dm = DigitsDataModule(batch_size=32); dm.setup("fit")
@@ -46,19 +48,18 @@ class DigitsDataModule(ArrayDataModule):
         standardize: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        eval_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
-        if layout not in ("flat", "image", "image3"):
-            raise ValueError(f"layout must be 'flat', 'image' or 'image3', got {layout!r}")
-        for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0 <= f < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {f}")
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
+        self.layout = check_choice("layout", layout, ("flat", "image", "image3"))
+        self.val_fraction = check_number("val_fraction", val_fraction, low=0, high=1, high_open=True)
+        self.test_fraction = check_number("test_fraction", test_fraction, low=0, high=1, high_open=True)
         if val_fraction + test_fraction >= 1:
-            raise ValueError(f"val_fraction + test_fraction must be < 1, got {val_fraction + test_fraction}")
-        self.val_fraction = val_fraction
-        self.test_fraction = test_fraction
-        self.layout = layout
-        self.standardize = standardize
+            raise ValueError(
+                f"val_fraction + test_fraction must be < 1 (the rest is the training split), got "
+                f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
+            )
+        self.standardize = check_bool("standardize", standardize)
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         from sklearn.datasets import load_digits

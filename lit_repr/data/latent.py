@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lit_repr.checks import check_int, check_number
 from lit_repr.data.base import ArrayDataModule
 
 __all__ = [
@@ -33,27 +34,28 @@ __all__ = [
 ]
 
 
-def uniform_on_sphere(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` points drawn uniformly on the unit sphere ``S^{dim-1}`` (normalised Gaussians).
+def uniform_on_sphere(n: int, num_features: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` points drawn uniformly on the unit sphere ``S^{num_features-1}`` of ``R^num_features``
+    (normalized Gaussians).
 
     Example:
         >>> z = uniform_on_sphere(4, 3, np.random.default_rng(0))
         >>> bool(np.allclose(np.linalg.norm(z, axis=1), 1))
         True
     """
-    if dim < 1:
-        raise ValueError(f"dim must be >= 1, got {dim}")
-    g = rng.standard_normal((n, dim))
+    if num_features < 1:
+        raise ValueError(f"num_features must be >= 1, got {num_features}")
+    g = rng.standard_normal((n, num_features))
     norms = np.linalg.norm(g, axis=1, keepdims=True)
     while np.any(norms < 1e-12):  # measure zero, but never divide by zero
         bad = norms[:, 0] < 1e-12
-        g[bad] = rng.standard_normal((int(bad.sum()), dim))
+        g[bad] = rng.standard_normal((int(bad.sum()), num_features))
         norms = np.linalg.norm(g, axis=1, keepdims=True)
     return g / norms
 
 
-def vmf_mean_resultant_length(kappa: float, dim: int) -> float:
-    """``E[μ·z]`` for ``z ~ vMF(μ, κ)`` on ``S^{dim-1}``: ``I_{d/2}(κ) / I_{d/2-1}(κ)``.
+def vmf_mean_resultant_length(kappa: float, num_features: int) -> float:
+    """``E[μ·z]`` for ``z ~ vMF(μ, κ)`` on ``S^{d-1}``, ``d = num_features``: ``I_{d/2}(κ) / I_{d/2-1}(κ)``.
 
     Example:
         >>> round(vmf_mean_resultant_length(10.0, 5), 3)
@@ -63,7 +65,7 @@ def vmf_mean_resultant_length(kappa: float, dim: int) -> float:
 
     if kappa == 0:
         return 0.0
-    return float(ive(dim / 2, kappa) / ive(dim / 2 - 1, kappa))
+    return float(ive(num_features / 2, kappa) / ive(num_features / 2 - 1, kappa))
 
 
 def sample_von_mises_fisher(mu: np.ndarray, kappa: float, rng: np.random.Generator) -> np.ndarray:
@@ -124,7 +126,7 @@ def sample_von_mises_fisher(mu: np.ndarray, kappa: float, rng: np.random.Generat
     return z / np.linalg.norm(z, axis=1, keepdims=True)
 
 
-def _conditioned_matrix(dim: int, condition_number: float, rng: np.random.Generator) -> np.ndarray:
+def _conditioned_matrix(size: int, condition_number: float, rng: np.random.Generator) -> np.ndarray:
     """``U diag(s) Vᵀ`` with Haar-random orthogonal ``U, V`` and log-spaced singular values whose
     ratio is ``condition_number`` and whose geometric mean is 1 (volume preserving)."""
 
@@ -132,12 +134,12 @@ def _conditioned_matrix(dim: int, condition_number: float, rng: np.random.Genera
         q, r = np.linalg.qr(rng.standard_normal((k, k)))
         return q * np.sign(np.diag(r))[None, :]
 
-    s = np.exp(np.linspace(-0.5, 0.5, dim) * math.log(condition_number)) if dim > 1 else np.ones(1)
-    return haar(dim) @ np.diag(s) @ haar(dim).T
+    s = np.exp(np.linspace(-0.5, 0.5, size) * math.log(condition_number)) if size > 1 else np.ones(1)
+    return haar(size) @ np.diag(s) @ haar(size).T
 
 
 class InvertibleMLP(nn.Sequential):
-    """A fixed random invertible MLP ``R^d -> R^d``: ``Linear, LeakyReLU, ..., Linear``.
+    """A fixed random invertible MLP ``R^d -> R^d`` (``d = in_features``): ``Linear, LeakyReLU, ..., Linear``.
 
     Every weight matrix is square with singular values log-spaced over a ratio of
     ``condition_number`` (geometric mean 1); LeakyReLU with a positive slope is a bijection, so
@@ -145,7 +147,7 @@ class InvertibleMLP(nn.Sequential):
     something to train.
 
     Args:
-        dim: input and output dimension.
+        in_features: input dimension, also the output dimension.
         num_layers: number of linear layers (``num_layers - 1`` LeakyReLUs between them).
         negative_slope: LeakyReLU slope for negative inputs, in ``(0, 1]``; smaller is more
             nonlinear (``1`` gives a linear map).
@@ -162,36 +164,33 @@ class InvertibleMLP(nn.Sequential):
 
     def __init__(
         self,
-        dim: int,
+        in_features: int,
         num_layers: int = 3,
         negative_slope: float = 0.2,
         condition_number: float = 2.0,
         bias_scale: float = 0.1,
         seed: int = 0,
     ) -> None:
-        if not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be a positive int, got {dim!r}")
-        if not isinstance(num_layers, int) or num_layers < 1:
-            raise ValueError(f"num_layers must be a positive int, got {num_layers!r}")
-        if not 0 < negative_slope <= 1:
-            raise ValueError(f"negative_slope must be in (0, 1] so the LeakyReLU is invertible, got {negative_slope}")
-        if not condition_number >= 1:
-            raise ValueError(f"condition_number must be >= 1, got {condition_number}")
-        if bias_scale < 0:
-            raise ValueError(f"bias_scale must be >= 0, got {bias_scale}")
+        check_int("in_features", in_features)
+        check_int("num_layers", num_layers)
+        check_number("negative_slope", negative_slope, low=0, high=1, low_open=True,
+                     why=" so the LeakyReLU is invertible")  # fmt: skip
+        check_number("condition_number", condition_number, low=1)
+        check_number("bias_scale", bias_scale, low=0)
+        check_int("seed", seed, low=0)
         rng = np.random.default_rng(seed)
         layers: list[nn.Module] = []
         for i in range(num_layers):
-            lin = nn.Linear(dim, dim, dtype=torch.float64)
+            lin = nn.Linear(in_features, in_features, dtype=torch.float64)
             with torch.no_grad():
-                lin.weight.copy_(torch.from_numpy(_conditioned_matrix(dim, condition_number, rng)))
-                lin.bias.copy_(torch.from_numpy(bias_scale * rng.standard_normal(dim)))
+                lin.weight.copy_(torch.from_numpy(_conditioned_matrix(in_features, condition_number, rng)))
+                lin.bias.copy_(torch.from_numpy(bias_scale * rng.standard_normal(in_features)))
             lin.requires_grad_(False)
             layers.append(lin)
             if i < num_layers - 1:
                 layers.append(nn.LeakyReLU(negative_slope))
         super().__init__(*layers)
-        self.dim = dim
+        self.in_features = in_features
         self.negative_slope = negative_slope
 
     def forward(self, z: Tensor) -> Tensor:  # type: ignore[override]
@@ -233,7 +232,7 @@ class LatentVariableDataModule(ArrayDataModule):
         num_train: training samples.
         num_val: validation samples.
         num_test: test samples.
-        mixing_layers: linear layers of the mixing MLP.
+        num_mixing_layers: linear layers of the mixing MLP.
         negative_slope: LeakyReLU slope of the mixing MLP in ``(0, 1]`` (``1``: linear mixing).
         condition_number: condition number of each mixing weight matrix (``>= 1``).
         view_kappa: if set (``> 0``), concentration of the training-time vMF views.
@@ -258,7 +257,7 @@ class LatentVariableDataModule(ArrayDataModule):
         num_train: int = 20_000,
         num_val: int = 2_000,
         num_test: int = 5_000,
-        mixing_layers: int = 3,
+        num_mixing_layers: int = 3,
         negative_slope: float = 0.2,
         condition_number: float = 2.0,
         view_kappa: float | None = None,
@@ -270,20 +269,17 @@ class LatentVariableDataModule(ArrayDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
         if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 2:
             raise ValueError(f"latent_dim must be an int >= 2 (latents live on S^(d-1)), got {latent_dim!r}")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        if not (isinstance(kappa, (int, float)) and math.isfinite(kappa) and kappa >= 0):
-            raise ValueError(f"kappa must be a finite number >= 0, got {kappa!r}")
-        for name, v, lo in (("num_train", num_train, 2), ("num_val", num_val, 0), ("num_test", num_test, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if view_kappa is not None and not (math.isfinite(view_kappa) and view_kappa > 0):
-            raise ValueError(f"view_kappa must be None or a finite number > 0, got {view_kappa!r}")
-        if isinstance(mixing_layers, bool) or not isinstance(mixing_layers, int) or mixing_layers < 1:
-            raise ValueError(f"mixing_layers must be a positive int, got {mixing_layers!r}")
+        check_int("num_classes", num_classes)
+        check_number("kappa", kappa, low=0)
+        check_int("num_train", num_train, low=2)
+        check_int("num_val", num_val, low=0)
+        check_int("num_test", num_test, low=0)
+        if view_kappa is not None:
+            check_number("view_kappa", view_kappa, low=0, low_open=True, why=" (or None: no views)")
+        check_int("num_mixing_layers", num_mixing_layers)
         # Build the mixing now so that its own argument checks fire at construction time.
         self.mixing = InvertibleMLP(
-            latent_dim, num_layers=mixing_layers, negative_slope=negative_slope,
+            latent_dim, num_layers=num_mixing_layers, negative_slope=negative_slope,
             condition_number=condition_number, seed=seed + 1,
         )
         self.latent_dim = latent_dim
@@ -299,6 +295,7 @@ class LatentVariableDataModule(ArrayDataModule):
     # ------------------------------------------------------------------ generation
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
         """Draw ``n`` fresh samples ``{"x", "y", "latents"}`` from the generative process."""
+        check_int("n", n, low=0)
         y = rng.integers(0, self.num_classes, size=n)
         z = sample_von_mises_fisher(self.class_vectors.double().numpy()[y], self.kappa, rng)
         return self._observe(torch.from_numpy(z), torch.from_numpy(y))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_repr.checks import check_bool, check_choice
 from lit_repr.data.base import ArrayDataModule
 
 __all__ = ["MedMNISTDataModule", "medmnist_filename", "load_medmnist_npz"]
@@ -69,10 +70,19 @@ class MedMNISTDataModule(ArrayDataModule):
         batch_size: samples per batch.
         num_workers: DataLoader workers.
         seed: seed of the training shuffle.
+        eval_batch_size: batch size of evaluation and probe loaders (default ``batch_size``).
 
     Example:
-        >>> dm = MedMNISTDataModule("pathmnist", root="~/.medmnist")  # doctest: +SKIP
-        >>> dm.setup("fit")  # doctest: +SKIP
+        A file with the official layout (here a stand-in of four 28×28 RGB images per split):
+
+        >>> import tempfile; root = tempfile.mkdtemp()
+        >>> fake = {f"{s}_images": np.zeros((4, 28, 28, 3), np.uint8) for s in ("train", "val", "test")}
+        >>> fake.update({f"{s}_labels": np.zeros((4, 1), np.int64) for s in ("train", "val", "test")})
+        >>> np.savez(f"{root}/bloodmnist.npz", **fake)
+        >>> dm = MedMNISTDataModule("bloodmnist", root=root, batch_size=2); dm.setup("fit")
+        >>> b = next(iter(dm.train_dataloader())); b["x"].shape, b["y"].shape, dm.num_classes
+        (torch.Size([2, 3, 28, 28]), torch.Size([2]), 8)
+        >>> import shutil; shutil.rmtree(root)
     """
 
     def __init__(
@@ -85,22 +95,21 @@ class MedMNISTDataModule(ArrayDataModule):
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
+        eval_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
+        super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
         flags = medmnist_flags_2d()
         if flag not in flags:
             raise ValueError(f"flag must be a 2D MedMNIST flag, one of {flags}; got {flag!r}")
-        if size not in _SIZES:
-            raise ValueError(f"size must be one of {_SIZES}, got {size!r}")
         self.flag = flag
         self.root = Path(root).expanduser()
-        self.size = size
-        self.download = download
-        self.as_rgb = as_rgb
+        self.size = check_choice("size", size, _SIZES)
+        self.download = check_bool("download", download)
+        self.as_rgb = check_bool("as_rgb", as_rgb)
         info = _info()[flag]
         self.task: str = info["task"]
         self.num_classes = len(info["label"])
-        self.n_channels = 3 if as_rgb else int(info["n_channels"])
+        self.num_channels = 3 if as_rgb else int(info["n_channels"])
 
     @property
     def path(self) -> Path:

@@ -2,9 +2,11 @@
 
 The generative process (as in the amortisation-gap study of O'Neill, Gumran & Klindt, 2025):
 
-1. a dictionary ``D`` of ``N`` random unit-norm atoms in ``R^M`` (normalised Gaussian rows);
-2. per sample, exactly ``K`` of the ``N`` features are active, drawn without replacement with
-   probabilities ``p_i ∝ i^{−zipf_exponent}`` (``0``: uniform) by the Gumbel-top-k trick;
+1. a dictionary ``D`` of ``N`` (``num_features``) random unit-norm atoms in ``R^M``
+   (``M = in_features``; normalized Gaussian rows);
+2. per sample, exactly ``K`` (``num_active``) of the ``N`` features are active, drawn without
+   replacement with probabilities ``p_i ∝ i^{−zipf_exponent}`` (``0``: uniform) by the Gumbel-top-k
+   trick;
    ``correlation > 0`` makes the Gumbel perturbations of features in the same group of
    ``group_size`` jointly Gaussian (copula) with that correlation, so they tend to fire together;
 3. active magnitudes are ``|N(0, 1)|``;
@@ -24,38 +26,39 @@ import torch
 from scipy.special import ndtr
 from torch import Tensor
 
+from lit_repr.checks import check_int, check_number
 from lit_repr.data.base import ArrayDataModule
 
 __all__ = ["SparseCodingDataModule", "sample_sparse_codes", "random_dictionary"]
 
 
-def random_dictionary(n_features: int, dim: int, rng: np.random.Generator) -> np.ndarray:
-    """``(n_features, dim)`` atoms drawn uniformly on the unit sphere.
+def random_dictionary(num_features: int, in_features: int, rng: np.random.Generator) -> np.ndarray:
+    """``(num_features, in_features)`` atoms drawn uniformly on the unit sphere.
 
     Example:
         >>> D = random_dictionary(5, 3, np.random.default_rng(0))
         >>> D.shape, bool(np.allclose(np.linalg.norm(D, axis=1), 1))
         ((5, 3), True)
     """
-    D = rng.standard_normal((n_features, dim))
+    D = rng.standard_normal((num_features, in_features))
     return D / np.linalg.norm(D, axis=1, keepdims=True)
 
 
 def sample_sparse_codes(
     n: int,
-    n_features: int,
-    k: int,
+    num_features: int,
+    num_active: int,
     rng: np.random.Generator,
     zipf_exponent: float = 0.0,
     correlation: float = 0.0,
     group_size: int = 4,
 ) -> np.ndarray:
-    """``(n, n_features)`` codes with exactly ``k`` non-zeros per row, magnitudes ``|N(0, 1)|``.
+    """``(n, num_features)`` codes with exactly ``num_active`` non-zeros per row, magnitudes ``|N(0, 1)|``.
 
     Args:
         n: samples.
-        n_features: features ``N``.
-        k: active features per sample.
+        num_features: features ``N``.
+        num_active: active features per sample ``K``.
         rng: numpy generator.
         zipf_exponent: firing probabilities ``∝ rank^{−zipf_exponent}``.
         correlation: Gaussian-copula correlation of the selection noise within feature groups.
@@ -66,20 +69,20 @@ def sample_sparse_codes(
         >>> (s != 0).sum(1).tolist()
         [2, 2, 2, 2]
     """
-    logits = -zipf_exponent * np.log(np.arange(1, n_features + 1))
+    logits = -zipf_exponent * np.log(np.arange(1, num_features + 1))
     if correlation > 0:
-        z = rng.standard_normal((n, n_features))
-        groups = np.arange(n_features) // group_size
+        z = rng.standard_normal((n, num_features))
+        groups = np.arange(num_features) // group_size
         shared = rng.standard_normal((n, int(groups.max()) + 1))[:, groups]
         z = math.sqrt(1 - correlation) * z + math.sqrt(correlation) * shared
         u = np.clip(ndtr(z), 1e-12, 1 - 1e-12)
     else:
-        u = rng.uniform(1e-12, 1 - 1e-12, size=(n, n_features))
+        u = rng.uniform(1e-12, 1 - 1e-12, size=(n, num_features))
     gumbel = -np.log(-np.log(u))
-    active = np.argpartition(-(logits + gumbel), k - 1, axis=1)[:, :k]
-    codes = np.zeros((n, n_features))
+    active = np.argpartition(-(logits + gumbel), num_active - 1, axis=1)[:, :num_active]
+    codes = np.zeros((n, num_features))
     rows = np.arange(n)[:, None]
-    codes[rows, active] = np.abs(rng.standard_normal((n, k)))
+    codes[rows, active] = np.abs(rng.standard_normal((n, num_active)))
     return codes
 
 
@@ -87,13 +90,14 @@ class SparseCodingDataModule(ArrayDataModule):
     """Synthetic sparse-coding data ``x = s·D`` with the true codes in every batch.
 
     Args:
-        n_features: number of ground-truth features ``N``.
-        dim: observation dimension ``M``.
-        n_active: active features per sample ``K`` (``1 <= n_active <= n_features``); named so as
-            not to clash with an SAE's ``k`` when Lightning merges hyperparameters.
-        n_train: training samples.
-        n_val: validation samples.
-        n_test: test samples.
+        num_features: number of ground-truth features ``N`` (dictionary atoms).
+        in_features: dimension ``M`` of the observations ``x`` (the ``in_features`` of a model
+            reading them).
+        num_active: active features per sample ``K`` (``1 <= num_active <= num_features``); named
+            so as not to clash with an SAE's ``k`` when Lightning merges hyperparameters.
+        num_train: training samples.
+        num_val: validation samples (``0``: no ``val`` split).
+        num_test: test samples (``0``: no ``test`` split).
         zipf_exponent: Zipfian firing (``0``: every feature equally likely).
         correlation: within-group correlation of feature selection, in ``[0, 1)``.
         group_size: features per correlated group.
@@ -105,7 +109,7 @@ class SparseCodingDataModule(ArrayDataModule):
         eval_batch_size: evaluation batch size.
 
     Example:
-        >>> dm = SparseCodingDataModule(n_features=16, dim=8, n_active=3, n_train=64, batch_size=16)
+        >>> dm = SparseCodingDataModule(num_features=16, in_features=8, num_active=3, num_train=64, batch_size=16)
         >>> dm.setup("fit"); b = next(iter(dm.train_dataloader()))
         >>> b["x"].shape, b["codes"].shape, dm.dictionary.shape
         (torch.Size([16, 8]), torch.Size([16, 16]), torch.Size([16, 8]))
@@ -113,12 +117,12 @@ class SparseCodingDataModule(ArrayDataModule):
 
     def __init__(
         self,
-        n_features: int = 16,
-        dim: int = 8,
-        n_active: int = 3,
-        n_train: int = 1024,
-        n_val: int = 1024,
-        n_test: int = 1024,
+        num_features: int = 16,
+        in_features: int = 8,
+        num_active: int = 3,
+        num_train: int = 1024,
+        num_val: int = 1024,
+        num_test: int = 1024,
         zipf_exponent: float = 0.0,
         correlation: float = 0.0,
         group_size: int = 4,
@@ -130,30 +134,29 @@ class SparseCodingDataModule(ArrayDataModule):
         eval_batch_size: int | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
-        for name, v in (("n_features", n_features), ("dim", dim), ("n_active", n_active), ("n_train", n_train),
-                        ("group_size", group_size)):  # fmt: skip
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        for name, v in (("n_val", n_val), ("n_test", n_test)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"{name} must be an int >= 0, got {v!r}")
-        if n_active > n_features:
-            raise ValueError(f"n_active must be <= n_features={n_features}, got {n_active}")
-        if not (zipf_exponent >= 0 and math.isfinite(zipf_exponent)):
-            raise ValueError(f"zipf_exponent must be a finite number >= 0, got {zipf_exponent!r}")
-        if not 0 <= correlation < 1:
-            raise ValueError(f"correlation must be in [0, 1), got {correlation!r}")
-        if not (noise_std >= 0 and math.isfinite(noise_std)):
-            raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
+        for name, v in (("num_features", num_features), ("in_features", in_features), ("num_active", num_active),
+                        ("num_train", num_train), ("group_size", group_size)):  # fmt: skip
+            check_int(name, v)
+        check_int("num_val", num_val, low=0)
+        check_int("num_test", num_test, low=0)
+        if num_active > num_features:
+            raise ValueError(f"num_active must be <= num_features={num_features}, got {num_active}")
+        check_number("zipf_exponent", zipf_exponent, low=0)
+        check_number("correlation", correlation, low=0, high=1, high_open=True)
+        check_number("noise_std", noise_std, low=0)
+        if dictionary_seed is not None:
+            check_int("dictionary_seed", dictionary_seed, low=0)
         self.save_hyperparameters()
-        self.n_features, self.dim, self.n_active = n_features, dim, n_active
-        self.sizes = {"train": n_train, "val": n_val, "test": n_test}
+        self.num_features, self.num_active = num_features, num_active
+        self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.zipf_exponent, self.correlation, self.group_size = zipf_exponent, correlation, group_size
         self.noise_std = noise_std
         self.dictionary_seed = dictionary_seed
         rng = np.random.default_rng([seed if dictionary_seed is None else dictionary_seed, 1])
-        #: the true dictionary, ``(n_features, dim)`` unit-norm rows
-        self.dictionary: Tensor = torch.as_tensor(random_dictionary(n_features, dim, rng), dtype=torch.float32)
+        #: the true dictionary, ``(num_features, in_features)`` unit-norm rows
+        self.dictionary: Tensor = torch.as_tensor(
+            random_dictionary(num_features, in_features, rng), dtype=torch.float32
+        )
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         rng = np.random.default_rng([self.seed, 2])
@@ -162,7 +165,7 @@ class SparseCodingDataModule(ArrayDataModule):
         for split, n in self.sizes.items():
             if n == 0:
                 continue
-            s = sample_sparse_codes(n, self.n_features, self.n_active, rng, self.zipf_exponent, self.correlation,
+            s = sample_sparse_codes(n, self.num_features, self.num_active, rng, self.zipf_exponent, self.correlation,
                                     self.group_size)  # fmt: skip
             x = s @ D
             if self.noise_std > 0:

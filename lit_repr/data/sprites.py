@@ -1,7 +1,7 @@
 """Procedural dSprites-like images with every generative factor in the batch.
 
-:func:`render_sprites` is a pure, vectorised renderer: given per-image factors (shape, scale,
-orientation, position, optionally hue) it draws white (or coloured) shapes on a black canvas by
+:func:`render_sprites` is a pure, vectorized renderer: given per-image factors (shape, scale,
+orientation, position, optionally hue) it draws white (or colored) shapes on a black canvas by
 evaluating each shape's implicit inequality on the pixel grid, in chunks, with optional
 supersampling for anti-aliased edges. Twenty thousand 64×64 images take a few seconds on a CPU.
 
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lit_repr.checks import check_bool, check_choice, check_int, check_number
 from lit_repr.data.base import ArrayDataModule, TensorDictDataset
 
 __all__ = ["SpritesDataModule", "render_sprites", "SHAPES", "sample_sprite_factors"]
@@ -38,12 +39,12 @@ def _inside(shape: str, u: Tensor, v: Tensor) -> Tensor:
     if shape == "ellipse":
         return u**2 + (v / 0.55) ** 2 <= 1.0
     if shape == "heart":
-        # (X² + Y² − 1)³ − X² Y³ ≤ 0, lobes up (Y up = −v), recentred and scaled into [-1, 1]².
+        # (X² + Y² − 1)³ − X² Y³ ≤ 0, lobes up (Y up = −v), recentered and scaled into [-1, 1]².
         X = 1.14 * u
         Y = -1.12 * v + 0.12
         return (X**2 + Y**2 - 1.0) ** 3 - X**2 * Y**3 <= 0.0
     if shape == "triangle":
-        # Equilateral, apex up, circumradius 1, centred on its centroid: inside all three edges.
+        # Equilateral, apex up, circumradius 1, centered on its centroid: inside all three edges.
         Y = -v
         inside = Y >= -0.5
         for angle in (math.pi / 6, 5 * math.pi / 6):
@@ -53,7 +54,7 @@ def _inside(shape: str, u: Tensor, v: Tensor) -> Tensor:
 
 
 def _hue_to_rgb(hue: Tensor) -> Tensor:
-    """Fully saturated, full-value colours for hues in ``[0, 1)``: ``(N,) -> (N, 3)``."""
+    """Fully saturated, full-value colors for hues in ``[0, 1)``: ``(N,) -> (N, 3)``."""
     k = (hue[:, None] * 6.0 + torch.tensor([5.0, 3.0, 1.0], dtype=hue.dtype)) % 6.0
     return 1.0 - torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
 
@@ -73,7 +74,7 @@ def render_sprites(
     """Render one sprite per row of factors; a pure function of its arguments.
 
     Geometry: a scale-1 sprite spans ``2 × 0.15`` of the image width; ``pos_x``/``pos_y`` in
-    ``[0, 1]`` move its centre from ``0.23`` to ``0.77`` of the width/height (left to right, top
+    ``[0, 1]`` move its center from ``0.23`` to ``0.77`` of the width/height (left to right, top
     to bottom), so rotated sprites stay inside the canvas; ``orientation`` (radians) rotates
     counter-clockwise on screen.
 
@@ -83,7 +84,7 @@ def render_sprites(
         orientation: rotation in radians per image.
         pos_x: horizontal position in ``[0, 1]`` per image.
         pos_y: vertical position in ``[0, 1]`` per image (0 is the top).
-        hue: if given, colour per image as a hue in ``[0, 1)`` (saturation and value 1), and the
+        hue: if given, color per image as a hue in ``[0, 1)`` (saturation and value 1), and the
             images have 3 channels; otherwise they are white on black with 1 channel.
         image_size: height and width in pixels.
         shapes: the shape vocabulary, names from ``SHAPES``.
@@ -102,12 +103,9 @@ def render_sprites(
     for name in shapes:
         if name not in SHAPES:
             raise ValueError(f"shapes must be names from {SHAPES}, got {name!r}")
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-        raise ValueError(f"image_size must be an int >= 4, got {image_size!r}")
-    if isinstance(supersample, bool) or not isinstance(supersample, int) or supersample < 1:
-        raise ValueError(f"supersample must be a positive int, got {supersample!r}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    check_int("image_size", image_size, low=4)
+    check_int("supersample", supersample)
+    check_int("chunk_size", chunk_size)
     named = {"shape": shape, "scale": scale, "orientation": orientation, "pos_x": pos_x, "pos_y": pos_y}
     if hue is not None:
         named["hue"] = hue
@@ -170,10 +168,10 @@ def sample_sprite_factors(
     rng: np.random.Generator,
     num_shapes: int = 3,
     scale_range: tuple[float, float] = (0.5, 1.0),
-    colour: bool = False,
+    color: bool = False,
 ) -> dict[str, np.ndarray]:
     """Independent uniform factors: shape index, scale, orientation in ``[0, 2π)``, positions in
-    ``[0, 1]`` and (if ``colour``) hue in ``[0, 1)``.
+    ``[0, 1]`` and (if ``color``) hue in ``[0, 1)``.
 
     Example:
         >>> sorted(sample_sprite_factors(3, np.random.default_rng(0)))
@@ -186,7 +184,7 @@ def sample_sprite_factors(
         "pos_x": rng.uniform(0.0, 1.0, size=n),
         "pos_y": rng.uniform(0.0, 1.0, size=n),
     }
-    if colour:
+    if color:
         out["hue"] = rng.uniform(0.0, 1.0, size=n)
     return out
 
@@ -205,7 +203,7 @@ class SpritesDataModule(ArrayDataModule):
 
     Factors are drawn independently and uniformly: shape (from ``shapes``), scale in
     ``scale_range``, orientation in ``[0, 2π)`` radians, ``pos_x`` and ``pos_y`` in ``[0, 1]``
-    and, with ``colour=True``, hue in ``[0, 1)``. Batches are ``{"x": images, "y": shape index,
+    and, with ``color=True``, hue in ``[0, 1)``. Batches are ``{"x": images, "y": shape index,
     "latents": (B, F) float factors in the order of factor_names, "index"}`` with
     ``factor_names = ("shape", "scale", "orientation", "pos_x", "pos_y"[, "hue"])``. Images are
     stored as bytes and served as float32 in ``[0, 1]``. Note that the square is invariant to
@@ -220,7 +218,7 @@ class SpritesDataModule(ArrayDataModule):
         shapes: shape vocabulary, names from ``SHAPES`` (``square``, ``ellipse``, ``heart``,
             ``triangle``).
         scale_range: ``(low, high)`` of the uniform scale, ``0 < low <= high``.
-        colour: render coloured sprites (3 channels) with a hue factor; otherwise white on black.
+        color: render colored sprites (3 channels) with a hue factor; otherwise white on black.
         supersample: anti-aliasing factor (``1``: binary images, as dSprites).
         layout: ``"image"`` for ``(C, H, W)`` tensors (CNNs), ``"flat"`` for vectors (MLPs).
         batch_size: samples per batch.
@@ -244,7 +242,7 @@ class SpritesDataModule(ArrayDataModule):
         image_size: int = 64,
         shapes: Sequence[str] = ("square", "ellipse", "heart"),
         scale_range: tuple[float, float] = (0.5, 1.0),
-        colour: bool = False,
+        color: bool = False,
         supersample: int = 1,
         layout: Literal["image", "flat"] = "image",
         batch_size: int = 128,
@@ -253,32 +251,27 @@ class SpritesDataModule(ArrayDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
-        for name, v, lo in (("num_train", num_train, 1), ("num_val", num_val, 0), ("num_test", num_test, 0)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 4:
-            raise ValueError(f"image_size must be an int >= 4, got {image_size!r}")
+        self.num_train = check_int("num_train", num_train)
+        self.num_val = check_int("num_val", num_val, low=0)
+        self.num_test = check_int("num_test", num_test, low=0)
+        self.image_size = check_int("image_size", image_size, low=4)
         shapes = tuple(shapes)
         if len(shapes) < 2 or len(set(shapes)) != len(shapes) or any(s not in SHAPES for s in shapes):
             raise ValueError(f"shapes must be at least two distinct names from {SHAPES}, got {shapes}")
-        lo_s, hi_s = (float(v) for v in scale_range)
-        if not (0 < lo_s <= hi_s and math.isfinite(hi_s)):
-            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {tuple(scale_range)}")
-        if isinstance(supersample, bool) or not isinstance(supersample, int) or supersample < 1:
-            raise ValueError(f"supersample must be a positive int, got {supersample!r}")
-        if layout not in ("image", "flat"):
-            raise ValueError(f"layout must be 'image' or 'flat', got {layout!r}")
-        self.num_train = num_train
-        self.num_val = num_val
-        self.num_test = num_test
-        self.image_size = image_size
         self.shapes = shapes
+        try:  # two finite numbers, 0 < low <= high
+            lo_s, hi_s = (check_number("scale_range", v, low=0, low_open=True) for v in scale_range)
+            ok = lo_s <= hi_s
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"scale_range must be (low, high) with 0 < low <= high, got {scale_range!r}")
         self.scale_range = (lo_s, hi_s)
-        self.colour = bool(colour)
-        self.supersample = supersample
-        self.layout = layout
+        self.color = check_bool("color", color)
+        self.supersample = check_int("supersample", supersample)
+        self.layout = check_choice("layout", layout, ("image", "flat"))
         self.factor_names: tuple[str, ...] = ("shape", "scale", "orientation", "pos_x", "pos_y") + (
-            ("hue",) if self.colour else ()
+            ("hue",) if self.color else ()
         )
 
     @property
@@ -288,7 +281,8 @@ class SpritesDataModule(ArrayDataModule):
 
     @property
     def num_channels(self) -> int:
-        return 3 if self.colour else 1
+        """Image channels: 3 with ``color=True``, else 1."""
+        return 3 if self.color else 1
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         rng = np.random.default_rng([self.seed, 5])
@@ -296,7 +290,7 @@ class SpritesDataModule(ArrayDataModule):
         for split, n in (("train", self.num_train), ("val", self.num_val), ("test", self.num_test)):
             if n == 0:
                 continue
-            f = sample_sprite_factors(n, rng, len(self.shapes), self.scale_range, self.colour)
+            f = sample_sprite_factors(n, rng, len(self.shapes), self.scale_range, self.color)
             x = render_sprites(
                 f["shape"], f["scale"], f["orientation"], f["pos_x"], f["pos_y"], f.get("hue"),
                 image_size=self.image_size, shapes=self.shapes, supersample=self.supersample,
@@ -319,7 +313,7 @@ class SpritesDataModule(ArrayDataModule):
         if not self.datasets:
             self.setup()
         if split not in self.datasets:
-            raise ValueError(f"no {split!r} split; have {sorted(self.datasets)}")
+            raise ValueError(self._missing(split, "arrays() asked for it"))
         t = dict(self.datasets[split].tensors)
         t["x"] = t["x"].float() / 255.0
         return t

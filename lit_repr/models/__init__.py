@@ -22,6 +22,7 @@ from lit_repr.models.sae import (
     TopKVariant,
     register_variant,
 )
+from lit_repr.models.two_layer import TwoLayerNetwork
 
 __all__ = [
     "MLP", "build_backbone", "Classifier", "DIET",
@@ -29,4 +30,5 @@ __all__ = [
     "SAEVariant", "ReLUVariant", "TopKVariant", "BatchTopKVariant", "JumpReLUVariant",
     "SparseEncoder", "AmortizedEncoder", "MLPEncoder", "ISTAEncoder", "FISTAEncoder", "InferenceTimeOptimization",
     "ENCODERS",
+    "TwoLayerNetwork",
 ]

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from lit_repr.checks import check_bool, check_choice, check_int, check_number
+
 __all__ = ["MLP", "build_backbone", "ACTIVATIONS"]
 
 ACTIVATIONS = {
@@ -46,18 +48,16 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
         batch_norm: bool = False,
     ) -> None:
-        if not isinstance(in_features, int) or in_features < 1:
-            raise ValueError(f"in_features must be a positive int, got {in_features!r}")
-        hidden = list(hidden)
-        if not hidden or any((not isinstance(h, int)) or h < 1 for h in hidden):
+        check_int("in_features", in_features)
+        widths = list(hidden) if isinstance(hidden, Sequence) and not isinstance(hidden, str) else []
+        if not widths or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in widths):
             raise ValueError(f"hidden must be a non-empty list of positive ints, got {hidden!r}")
-        if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        check_choice("activation", activation, tuple(ACTIVATIONS))
+        check_number("dropout", dropout, low=0, high=1, high_open=True)
+        check_bool("batch_norm", batch_norm)
         blocks = []
         d = in_features
-        for h in hidden:
+        for h in widths:
             layers: list[nn.Module] = [nn.Linear(d, h)]
             if batch_norm:
                 layers.append(nn.BatchNorm1d(h))
@@ -77,7 +77,7 @@ class MLP(nn.Sequential):
 def build_backbone(
     name: str,
     in_features: int | None = None,
-    in_chans: int = 3,
+    in_channels: int = 3,
     hidden: Sequence[int] = (128, 128),
     activation: str = "relu",
     dropout: float = 0.0,
@@ -90,7 +90,7 @@ def build_backbone(
         name: ``"mlp"``, or any timm model name (built with ``pretrained=False`` and no
             classifier, so it returns pooled features).
         in_features: input dimension for the MLP.
-        in_chans: input channels for timm models.
+        in_channels: input channels for timm models.
         hidden, activation, dropout, batch_norm: MLP settings.
         timm_kwargs: extra keyword arguments for ``timm.create_model``.
 
@@ -98,10 +98,13 @@ def build_backbone(
         >>> build_backbone("mlp", in_features=64, hidden=[32]).num_features
         32
     """
+    if not isinstance(name, str):
+        raise ValueError(f"name must be 'mlp' or a timm model name, got {name!r}")
     if name == "mlp":
         if in_features is None:
             raise ValueError("backbone='mlp' needs in_features (the flattened input dimension)")
         return MLP(in_features, hidden, activation, dropout, batch_norm)
+    check_int("in_channels", in_channels)
     import timm
 
     if not timm.is_model(name):
@@ -109,5 +112,5 @@ def build_backbone(
 
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
         raise ValueError(f"backbone {name!r} is neither 'mlp' nor a timm model; closest timm names: {close}")
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **(timm_kwargs or {}))
+    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_channels, **(timm_kwargs or {}))
     return model

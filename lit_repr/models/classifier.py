@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from lit_repr.checks import check_bool, check_choice, check_int, check_number
 from lit_repr.models.backbones import build_backbone
 from lit_repr.targets import TargetSpec, check_finite, check_target_spec, get_target
 
@@ -28,7 +29,7 @@ class Classifier(pl.LightningModule):
         num_classes: number of classes (or labels, for ``task="multilabel"``).
         backbone: ``"mlp"`` or a timm model name (no pretrained weights are loaded).
         in_features: flattened input dimension (MLP backbone).
-        in_chans: input channels (timm backbone).
+        in_channels: input channels (timm backbone).
         hidden: MLP hidden widths.
         activation: MLP activation.
         dropout: MLP dropout.
@@ -54,7 +55,7 @@ class Classifier(pl.LightningModule):
         num_classes: int = 10,
         backbone: str = "mlp",
         in_features: int | None = 64,
-        in_chans: int = 3,
+        in_channels: int = 3,
         hidden: Sequence[int] = (128, 128),
         activation: str = "relu",
         dropout: float = 0.0,
@@ -70,16 +71,16 @@ class Classifier(pl.LightningModule):
         timm_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 2 and task == "multiclass" or num_classes < 1:
-            raise ValueError(f"num_classes must be an int >= 2 (>= 1 for multilabel), got {num_classes!r}")
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
-        if task not in ("multiclass", "multilabel"):
-            raise ValueError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
-        if lr <= 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        check_choice("task", task, ("multiclass", "multilabel"))
+        check_int("num_classes", num_classes, low=2 if task == "multiclass" else 1)
+        check_number("label_smoothing", label_smoothing, low=0, high=1, high_open=True)
+        check_number("lr", lr, low=0, low_open=True)
+        check_number("weight_decay", weight_decay, low=0)
+        if max_epochs_hint is not None:
+            check_int("max_epochs_hint", max_epochs_hint)
+        check_bool("head_bias", head_bias)
+        if not isinstance(backbone, str):
+            raise ValueError(f"backbone must be 'mlp' or a timm model name, got {backbone!r}")
         check_target_spec(input_key, "input_key")
         check_target_spec(target_key, "target_key")
         self.save_hyperparameters()
@@ -91,7 +92,7 @@ class Classifier(pl.LightningModule):
         self.backbone = build_backbone(
             backbone,
             in_features=in_features,
-            in_chans=in_chans,
+            in_channels=in_channels,
             hidden=hidden,
             activation=activation,
             dropout=dropout,

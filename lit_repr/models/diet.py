@@ -17,6 +17,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 
+from lit_repr.checks import check_bool, check_int, check_number
 from lit_repr.models.classifier import Classifier
 from lit_repr.targets import TargetSpec, check_finite, get_target
 
@@ -39,8 +40,8 @@ class RowNormalizedLinear(nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, eps: float = 1e-8) -> None:
-        super().__init__(in_features, out_features, bias=False)
-        self.eps = eps
+        super().__init__(check_int("in_features", in_features), check_int("out_features", out_features), bias=False)
+        self.eps = check_number("eps", eps, low=0, low_open=True)
 
     @property
     def normalized_weight(self) -> Tensor:
@@ -70,10 +71,10 @@ class DIET(Classifier):
     ``"head"``.
 
     Logged quantities: ``train/loss`` and ``train/acc``, the *instance* accuracy (how well the
-    model tells training samples apart: a memorisation score, not a class accuracy). DIET never
+    model tells training samples apart: a memorization score, not a class accuracy). DIET never
     sees class labels, so it logs no class-label accuracy; in validation and test it logs
-    ``val/feature_norm`` and ``val/feature_rank`` (effective rank of the batch's centred features,
-    ``exp`` of the entropy of the normalised singular values) and leaves class information to
+    ``val/feature_norm`` and ``val/feature_rank`` (effective rank of the batch's centered features,
+    ``exp`` of the entropy of the normalized singular values) and leaves class information to
     linear probes (:class:`lit_repr.callbacks.LinearProbe`). Instance indices of held-out splits
     name other samples, so no held-out loss is computed.
 
@@ -85,7 +86,7 @@ class DIET(Classifier):
             (:class:`RowNormalizedLinear`).
         label_smoothing: cross-entropy label smoothing in ``[0, 1)`` (paper: 0.8).
         target_key: where the instance index lives in a batch (target spec; default ``"index"``).
-        backbone, in_features, in_chans, hidden, activation, dropout, batch_norm, lr,
+        backbone, in_features, in_channels, hidden, activation, dropout, batch_norm, lr,
             weight_decay, max_epochs_hint, input_key, timm_kwargs: as for
             :class:`~lit_repr.models.classifier.Classifier`.
 
@@ -107,7 +108,7 @@ class DIET(Classifier):
         target_key: TargetSpec = "index",
         backbone: str = "mlp",
         in_features: int | None = 64,
-        in_chans: int = 3,
+        in_channels: int = 3,
         hidden: Sequence[int] = (128, 128),
         activation: str = "relu",
         dropout: float = 0.0,
@@ -125,10 +126,9 @@ class DIET(Classifier):
                 f"num_samples must be an int >= 2 (the training set size: one head row per sample) or "
                 f"None (read from the DataModule in setup), got {num_samples!r}"
             )
-        if not isinstance(normalize_head, bool):
-            raise ValueError(f"normalize_head must be True or False, got {normalize_head!r}")
+        check_bool("normalize_head", normalize_head)
         super().__init__(
-            num_classes=num_samples or 2, backbone=backbone, in_features=in_features, in_chans=in_chans,
+            num_classes=num_samples or 2, backbone=backbone, in_features=in_features, in_channels=in_channels,
             hidden=hidden, activation=activation, dropout=dropout, batch_norm=batch_norm,
             head_bias=False, label_smoothing=label_smoothing, task="multiclass", lr=lr,
             weight_decay=weight_decay, max_epochs_hint=max_epochs_hint, input_key=input_key,
@@ -183,7 +183,7 @@ class DIET(Classifier):
 
     @property
     def head_rows(self) -> Tensor:
-        """The head's rows as used in the forward pass (normalised if ``normalize_head``)."""
+        """The head's rows as used in the forward pass (normalized if ``normalize_head``)."""
         w = self.head.normalized_weight if self.normalize_head else self.head.weight
         return w.detach()
 

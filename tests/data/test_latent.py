@@ -13,13 +13,13 @@ from lit_repr.data.latent import (
 from lit_repr.metrics.ridge import StreamingRidge, moments_score
 
 
-@pytest.mark.parametrize("dim,kappa", [(2, 0.5), (3, 1.0), (5, 10.0), (5, 500.0)])
-def test_vmf_mean_resultant_length_and_direction(dim, kappa):
+@pytest.mark.parametrize("num_features,kappa", [(2, 0.5), (3, 1.0), (5, 10.0), (5, 500.0)])
+def test_vmf_mean_resultant_length_and_direction(num_features, kappa):
     rng = np.random.default_rng(0)
-    mu = uniform_on_sphere(1, dim, rng).repeat(20_000, 0)
+    mu = uniform_on_sphere(1, num_features, rng).repeat(20_000, 0)
     z = sample_von_mises_fisher(mu, kappa, rng)
     assert np.allclose(np.linalg.norm(z, axis=1), 1.0)
-    assert abs((z * mu).sum(1).mean() - vmf_mean_resultant_length(kappa, dim)) < 0.015
+    assert abs((z * mu).sum(1).mean() - vmf_mean_resultant_length(kappa, num_features)) < 0.015
     m = z.mean(0)
     assert np.allclose(m / np.linalg.norm(m), mu[0], atol=0.05)
 
@@ -141,9 +141,32 @@ def test_views_during_training_only(trainer_kwargs):
     [({"latent_dim": 1}, "latent_dim"), ({"num_classes": 0}, "num_classes"), ({"kappa": -1.0}, "kappa"),
      ({"kappa": float("nan")}, "kappa"), ({"num_train": 1}, "num_train"), ({"num_val": -1}, "num_val"),
      ({"view_kappa": 0.0}, "view_kappa"), ({"negative_slope": 2.0}, "negative_slope"),
-     ({"condition_number": 0.1}, "condition_number"), ({"mixing_layers": 0}, "mixing_layers"),
+     ({"condition_number": 0.1}, "condition_number"), ({"num_mixing_layers": 0}, "num_mixing_layers"),
      ({"batch_size": 0}, "batch_size")],
 )
 def test_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):
         LatentVariableDataModule(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"num_classes": True}, "num_classes must be a positive int, got True"),
+        ({"num_train": 1}, "num_train must be an int >= 2, got 1"),
+        ({"kappa": float("inf")}, "kappa must be a finite number >= 0, got inf"),
+        ({"view_kappa": float("nan")}, r"view_kappa must be a finite number > 0 \(or None: no views\), got nan"),
+        ({"negative_slope": 0.0}, r"negative_slope must be a finite number in \(0, 1\] so the LeakyReLU is invertible"),
+        ({"seed": -1}, "seed must be an int >= 0, got -1"),
+    ],
+)
+def test_bad_args_name_argument_value_and_what_is_allowed(kw, message):
+    with pytest.raises(ValueError, match=message):
+        LatentVariableDataModule(**kw)
+
+
+def test_invertible_mlp_bad_args():
+    with pytest.raises(ValueError, match="bias_scale must be a finite number >= 0, got nan"):
+        InvertibleMLP(3, bias_scale=float("nan"))
+    with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
+        InvertibleMLP(0)

@@ -6,14 +6,14 @@ from lit_repr.data import MedMNISTDataModule
 from lit_repr.data.medmnist import medmnist_filename
 
 
-def _write(path, n_channels, label_dim, n=(12, 4, 6), size=28, n_classes=9):
+def _write(path, num_channels, label_dim, n=(12, 4, 6), size=28, num_classes=9):
     rng = np.random.default_rng(0)
     arrays = {}
     for split, k in zip(("train", "val", "test"), n):
-        shape = (k, size, size) if n_channels == 1 else (k, size, size, 3)
+        shape = (k, size, size) if num_channels == 1 else (k, size, size, 3)
         arrays[f"{split}_images"] = rng.integers(0, 256, size=shape, dtype=np.uint8)
         if label_dim == 1:
-            arrays[f"{split}_labels"] = rng.integers(0, n_classes, size=(k, 1))
+            arrays[f"{split}_labels"] = rng.integers(0, num_classes, size=(k, 1))
         else:
             arrays[f"{split}_labels"] = rng.integers(0, 2, size=(k, label_dim))
     np.savez(path, **arrays)
@@ -29,7 +29,7 @@ def test_pathmnist_rgb_single_label(tmp_path):
     assert b["y"].shape == (4,) and b["y"].dtype == torch.int64
     np.testing.assert_array_equal(b["y"].numpy(), arrays["val_labels"][:, 0])
     np.testing.assert_allclose(b["x"][0].permute(1, 2, 0).numpy(), arrays["val_images"][0] / 255.0, rtol=1e-6)
-    assert dm.num_classes == 9 and len(dm.datasets["train"]) == 12
+    assert dm.num_classes == 9 and dm.num_channels == 3 and len(dm.datasets["train"]) == 12
 
 
 def test_chestmnist_multilabel_and_size(tmp_path):
@@ -59,7 +59,14 @@ def test_classifier_trains_on_medmnist_files(tmp_path, trainer_kwargs):
 
     from lit_repr.models import Classifier
 
-    _write(tmp_path / "bloodmnist.npz", 3, 1, n_classes=8)
+    _write(tmp_path / "bloodmnist.npz", 3, 1, num_classes=8)
     dm = MedMNISTDataModule("bloodmnist", root=str(tmp_path), batch_size=4)
     model = Classifier(num_classes=8, in_features=3 * 28 * 28, hidden=[8])
     pl.Trainer(max_epochs=1, **trainer_kwargs).fit(model, dm)
+
+
+def test_bad_flags_name_argument_and_value(tmp_path):
+    with pytest.raises(ValueError, match="as_rgb must be True or False, got 'yes'"):
+        MedMNISTDataModule("pathmnist", root=str(tmp_path), as_rgb="yes")
+    with pytest.raises(ValueError, match=r"size must be one of \(28, 64, 128, 224\), got 32"):
+        MedMNISTDataModule("pathmnist", root=str(tmp_path), size=32)  # type: ignore[arg-type]

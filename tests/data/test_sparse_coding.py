@@ -6,7 +6,9 @@ from lit_repr.data.sparse_coding import SparseCodingDataModule, random_dictionar
 
 
 def test_batches_carry_codes_and_x_is_codes_times_dictionary():
-    dm = SparseCodingDataModule(n_features=16, dim=8, n_active=3, n_train=200, n_val=50, n_test=60, batch_size=32)
+    dm = SparseCodingDataModule(
+        num_features=16, in_features=8, num_active=3, num_train=200, num_val=50, num_test=60, batch_size=32
+    )
     dm.setup()
     assert {k: len(v) for k, v in dm.datasets.items()} == {"train": 200, "val": 50, "test": 60}
     t = dm.datasets["train"].tensors
@@ -16,14 +18,15 @@ def test_batches_carry_codes_and_x_is_codes_times_dictionary():
     assert torch.allclose(dm.dictionary.norm(dim=1), torch.ones(16), atol=1e-6)
     b = next(iter(dm.train_dataloader()))
     assert set(b) == {"x", "codes", "index"}
+    assert dm.in_features == 8 and dm.num_features == 16 and dm.num_active == 3
 
 
 def test_reproducible_and_dictionary_seed():
-    a = SparseCodingDataModule(seed=3, n_train=10, n_val=0, n_test=0)
-    b = SparseCodingDataModule(seed=3, n_train=10, n_val=0, n_test=0)
+    a = SparseCodingDataModule(seed=3, num_train=10, num_val=0, num_test=0)
+    b = SparseCodingDataModule(seed=3, num_train=10, num_val=0, num_test=0)
     a.setup(), b.setup()
     assert torch.equal(a.datasets["train"].tensors["x"], b.datasets["train"].tensors["x"])
-    c = SparseCodingDataModule(seed=4, dictionary_seed=3, n_train=10, n_val=0, n_test=0)
+    c = SparseCodingDataModule(seed=4, dictionary_seed=3, num_train=10, num_val=0, num_test=0)
     c.setup()
     assert torch.equal(a.dictionary, c.dictionary)  # same dictionary, new codes
     assert not torch.equal(a.datasets["train"].tensors["codes"], c.datasets["train"].tensors["codes"])
@@ -62,14 +65,25 @@ def test_random_dictionary_unit_norm():
 @pytest.mark.parametrize(
     "kw, match",
     [
-        ({"n_active": 17}, "n_active must be <= n_features=16"),
-        ({"n_features": 0}, "n_features"),
+        ({"num_active": 17}, "num_active must be <= num_features=16, got 17"),
+        ({"num_features": 0}, "num_features must be a positive int, got 0"),
+        ({"in_features": 0}, "in_features must be a positive int, got 0"),
+        ({"num_train": 0}, "num_train must be a positive int, got 0"),
         ({"correlation": 1.0}, "correlation"),
         ({"zipf_exponent": -1.0}, "zipf_exponent"),
         ({"noise_std": -0.1}, "noise_std"),
-        ({"n_val": -1}, "n_val"),
+        ({"num_val": -1}, "num_val must be an int >= 0, got -1"),
     ],
 )
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         SparseCodingDataModule(**kw)
+
+
+def test_bad_arguments_name_value_and_what_is_allowed():
+    with pytest.raises(ValueError, match=r"correlation must be a finite number in \[0, 1\), got 1.0"):
+        SparseCodingDataModule(correlation=1.0)
+    with pytest.raises(ValueError, match="dictionary_seed must be an int >= 0, got -1"):
+        SparseCodingDataModule(dictionary_seed=-1)
+    with pytest.raises(ValueError, match="noise_std must be a finite number >= 0, got nan"):
+        SparseCodingDataModule(noise_std=float("nan"))

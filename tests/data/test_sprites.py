@@ -7,13 +7,7 @@ import torch
 
 from lit_repr.data.sprites import SHAPES, SpritesDataModule, render_sprites, sample_sprite_factors
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("num_threads")
 
 
 def _centroid(img):
@@ -57,7 +51,7 @@ def test_every_shape_stays_inside_and_differs():
             assert (flat[i] != flat[j]).float().mean() > 0.01
 
 
-def test_colour_supersample_and_ranges():
+def test_color_supersample_and_ranges():
     img = render_sprites([2], [1.0], [0.0], [0.5], [0.5], hue=[0.0], supersample=3)
     assert img.shape == (1, 3, 64, 64)
     assert img.min() >= 0 and img.max() <= 1
@@ -90,7 +84,7 @@ def test_render_bad_input(kw, match):
 
 
 def test_datamodule_batches_and_determinism():
-    dm = SpritesDataModule(num_train=200, num_val=40, num_test=0, batch_size=50, colour=True, seed=4)
+    dm = SpritesDataModule(num_train=200, num_val=40, num_test=0, batch_size=50, color=True, seed=4)
     dm.setup("fit")
     b = next(iter(dm.train_dataloader()))
     assert set(b) == {"x", "y", "latents", "index"}
@@ -104,13 +98,13 @@ def test_datamodule_batches_and_determinism():
     assert ((again - b["x"]).abs() > 0.5 / 255 + 1e-6).float().mean() < 1e-3  # byte rounding only
     # stored as bytes, served as float
     assert dm.datasets["train"].tensors["x"].dtype == torch.uint8
-    other = SpritesDataModule(num_train=200, num_val=40, num_test=0, colour=True, seed=4)
+    other = SpritesDataModule(num_train=200, num_val=40, num_test=0, color=True, seed=4)
     other.setup()
     assert torch.equal(other.datasets["train"].tensors["x"], dm.datasets["train"].tensors["x"])
     flat = SpritesDataModule(num_train=10, num_val=0, num_test=0, layout="flat", image_size=16)
     flat.setup()
     a = flat.arrays("train")
-    assert a["x"].shape == (10, 256) and a["x"].dtype == torch.float32 and flat.num_features == 256
+    assert a["x"].shape == (10, 256) and a["x"].dtype == torch.float32 and flat.in_features == 256
 
 
 def test_factor_ranges():
@@ -132,3 +126,27 @@ def test_factor_ranges():
 def test_bad_args(kw, match):
     with pytest.raises(ValueError, match=match):
         SpritesDataModule(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"scale_range": (0.5,)}, r"scale_range must be \(low, high\) with 0 < low <= high, got \(0.5,\)"),
+        ({"scale_range": "0.5"}, r"scale_range must be \(low, high\) with 0 < low <= high, got '0.5'"),
+        ({"scale_range": (0.5, float("inf"))}, r"scale_range must be \(low, high\)"),
+        ({"scale_range": 0.5}, r"scale_range must be \(low, high\) with 0 < low <= high, got 0.5"),
+        ({"scale_range": (0.5, 0.7, 0.9)}, r"scale_range must be \(low, high\)"),
+        ({"color": "yes"}, "color must be True or False, got 'yes'"),
+        ({"num_val": -1}, "num_val must be an int >= 0, got -1"),
+        ({"layout": "grid"}, r"layout must be one of \('image', 'flat'\), got 'grid'"),
+    ],
+)
+def test_bad_args_name_argument_value_and_what_is_allowed(kw, message):
+    with pytest.raises(ValueError, match=message):
+        SpritesDataModule(**kw)
+
+
+def test_arrays_of_a_missing_split_names_the_splits():
+    dm = SpritesDataModule(num_train=8, num_val=0, num_test=0, image_size=8)
+    with pytest.raises(ValueError, match=r"no 'test' split \(arrays\(\) asked for it\); it has \['train'\]"):
+        dm.arrays("test")

@@ -11,12 +11,13 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
+pytestmark = pytest.mark.usefixtures("num_threads")
+
+
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def _examples_on_path(monkeypatch):
+    """An example imports its sibling's helpers, as it does when run as a script from examples/."""
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
 
 
 def _load(name):

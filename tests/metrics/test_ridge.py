@@ -103,3 +103,31 @@ def test_few_samples_and_constant_features_warn_not_nan():
     assert torch.isfinite(fit.weight).all() and torch.isfinite(fit.bias).all()
     with pytest.raises(ValueError, match="at least 2 samples"):
         StreamingRidge(2, 1).compute()
+
+
+@pytest.mark.parametrize("num_threads", [2], indirect=True)
+def test_solve_leaves_thread_count_unchanged(num_threads, data, monkeypatch):
+    from lit_repr.metrics import ridge
+
+    seen = []
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(ridge.torch.linalg, "eigh", lambda a: seen.append(torch.get_num_threads()) or eigh(a))
+    x, y = data
+    stats = StreamingRidge(12, 3)
+    stats.update(torch.tensor(x), torch.tensor(y))
+    stats.compute()
+    assert seen == [1]  # solved on one thread ...
+    assert torch.get_num_threads() == 2  # ... and the caller's count is back
+
+
+@pytest.mark.parametrize("num_threads", [2], indirect=True)
+def test_failed_solve_leaves_thread_count_unchanged(num_threads, monkeypatch):
+    from lit_repr.metrics import ridge
+
+    def fail(a):
+        raise torch.linalg.LinAlgError("did not converge")
+
+    monkeypatch.setattr(ridge.torch.linalg, "eigh", fail)
+    with pytest.raises(torch.linalg.LinAlgError):
+        ridge._eigh(torch.eye(3))
+    assert torch.get_num_threads() == 2

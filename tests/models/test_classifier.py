@@ -20,7 +20,7 @@ def test_digits_reaches_90_percent(trainer_kwargs):
 
 def test_timm_backbone_and_sites():
     pytest.importorskip("timm")
-    model = Classifier(num_classes=10, backbone="resnet10t", in_chans=3)
+    model = Classifier(num_classes=10, backbone="resnet10t", in_channels=3)
     x = torch.randn(2, 3, 16, 16)
     with Tap(model, ["backbone.layer1", "backbone", "head"], reduction="mean") as tap:
         out = model(x)
@@ -58,3 +58,26 @@ def test_nan_input_raises():
     m = Classifier(num_classes=3, in_features=4, hidden=[5])
     with pytest.raises(ValueError, match="non-finite"):
         m.training_step({"x": torch.full((2, 4), float("nan")), "y": torch.tensor([0, 1])}, 0)
+
+
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"num_classes": 1}, "num_classes must be an int >= 2, got 1"),
+        ({"num_classes": 0, "task": "multilabel"}, "num_classes must be a positive int, got 0"),
+        ({"task": "binary"}, r"task must be one of \('multiclass', 'multilabel'\), got 'binary'"),
+        ({"lr": float("nan")}, "lr must be a finite number > 0, got nan"),
+        ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0, got -0.0001"),
+        ({"max_epochs_hint": 0}, "max_epochs_hint must be a positive int, got 0"),
+        ({"head_bias": None}, "head_bias must be True or False, got None"),
+        ({"backbone": 3}, "backbone must be 'mlp' or a timm model name, got 3"),
+        ({"backbone": "resnet10t", "in_channels": 0}, "in_channels must be a positive int, got 0"),
+        ({"in_features": None}, "backbone='mlp' needs in_features"),
+        ({"hidden": 32}, "hidden must be a non-empty list of positive ints, got 32"),
+        ({"activation": "swish"}, r"activation must be one of \('relu', .*\), got 'swish'"),
+        ({"dropout": 1.0}, r"dropout must be a finite number in \[0, 1\), got 1.0"),
+    ],
+)
+def test_bad_args_name_argument_value_and_what_is_allowed(kw, message):
+    with pytest.raises(ValueError, match=message):
+        Classifier(**{"in_features": 4, **kw})

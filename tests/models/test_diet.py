@@ -7,13 +7,7 @@ from lit_repr.data.digits import DigitsDataModule
 from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET, RowNormalizedLinear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("num_threads")
 
 
 def test_targets_are_indices_and_head_is_bias_free():
@@ -111,3 +105,10 @@ def test_num_samples_from_the_datamodule(trainer_kwargs, tmp_path):
     small = DIET(num_samples=10, in_features=64, hidden=[16])
     with pytest.raises(ValueError, match=f"set num_samples={n}"):
         pl.Trainer(max_epochs=1, **trainer_kwargs).fit(small, DigitsDataModule(batch_size=256))
+
+
+def test_row_normalized_linear_bad_args():
+    with pytest.raises(ValueError, match="eps must be a finite number > 0, got 0"):
+        RowNormalizedLinear(4, 3, eps=0)
+    with pytest.raises(ValueError, match="out_features must be a positive int, got 0"):
+        RowNormalizedLinear(4, 0)

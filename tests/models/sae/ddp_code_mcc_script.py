@@ -12,7 +12,7 @@ from lit_repr.models.sae import SparseAutoencoder
 
 def main(out: str, devices: int) -> None:
     sae = SparseAutoencoder(8, 16, variant="topk", variant_args={"k": 3}, init_seed=0, decoder_bias_init="zeros")
-    dm = SparseCodingDataModule(n_train=64, n_val=256, n_test=0, batch_size=32)  # 4 batches per process
+    dm = SparseCodingDataModule(num_train=64, num_val=256, num_test=0, batch_size=32)  # 4 batches per process
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,

@@ -37,7 +37,7 @@ def test_variant_forward_backward(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_atoms_unit_norm_after_training_steps(variant, trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=256, n_val=64, n_test=64, batch_size=32)
+    dm = SparseCodingDataModule(num_train=256, num_val=64, num_test=64, batch_size=32)
     for atom_norm in ("fold", "project"):
         sae = SparseAutoencoder(8, 16, variant, VARIANTS[variant], lr=0.05, codes_key=None, atom_norm=atom_norm)
         _fit(sae, dm, trainer_kwargs, limit_val_batches=0)
@@ -127,7 +127,7 @@ def test_batchtopk_training_budget_and_inference_threshold():
 
 
 def test_decoder_bias_initialized_from_data(trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=128, n_val=32, n_test=32, batch_size=32)
+    dm = SparseCodingDataModule(num_train=128, num_val=32, num_test=32, batch_size=32)
     dm.setup()
     x = dm.datasets["train"].tensors["x"]
     for init, expected in (("mean", x.mean(0)), ("geometric_median", geometric_median(x))):
@@ -173,7 +173,7 @@ def test_swappable_encoders_and_flops():
 
 
 def test_dictionary_learning_with_fista_encoder_trains_the_dictionary(trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=256, n_val=64, n_test=64, batch_size=64)
+    dm = SparseCodingDataModule(num_train=256, num_val=64, num_test=64, batch_size=64)
     sae = SparseAutoencoder(
         8, 16, encoder=FISTAEncoder(penalty=0.05, max_iter=30), lr=0.01, codes_key=None, init_seed=0
     )
@@ -183,7 +183,7 @@ def test_dictionary_learning_with_fista_encoder_trains_the_dictionary(trainer_kw
 
 
 def test_ground_truth_metrics_and_tensorboard(tmp_path, trainer_kwargs):
-    dm = SparseCodingDataModule(n_train=256, n_val=128, n_test=64, batch_size=64)
+    dm = SparseCodingDataModule(num_train=256, num_val=128, num_test=64, batch_size=64)
     sae = SparseAutoencoder(8, 16, variant="topk", image_shape=(2, 4), lr=0.01, variant_args={"k": 3})
     logger = TensorBoardLogger(str(tmp_path), name="sae")
     trainer = _fit(sae, dm, {**trainer_kwargs, "logger": logger}, max_epochs=2)

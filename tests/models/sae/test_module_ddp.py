@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).with_name("ddp_code_mcc_script.py")
 def test_code_mcc_two_processes_equal_one_and_the_whole_split(run_ddp_script):
     one, two = run_ddp_script(SCRIPT, 1), run_ddp_script(SCRIPT, 2)
     sae = SparseAutoencoder(8, 16, variant="topk", variant_args={"k": 3}, init_seed=0, decoder_bias_init="zeros")
-    dm = SparseCodingDataModule(n_train=64, n_val=256, n_test=0, batch_size=32)
+    dm = SparseCodingDataModule(num_train=64, num_val=256, num_test=0, batch_size=32)
     dm.setup("validate")
     val = dm.datasets["val"].tensors
     with torch.no_grad():

@@ -112,7 +112,7 @@ def _config(tmp_path, model_args):
                     "enable_progress_bar": False, "enable_checkpointing": False, "enable_model_summary": False,
                     "default_root_dir": str(tmp_path)},
         "model": {"class_path": "SparseAutoencoder", "init_args": {"in_features": 8, "num_latents": 16, **model_args}},
-        "data": {"class_path": "SparseCodingDataModule", "init_args": {"n_train": 64, "n_val": 32, "n_test": 0,
+        "data": {"class_path": "SparseCodingDataModule", "init_args": {"num_train": 64, "num_val": 32, "num_test": 0,
                                                                       "batch_size": 32}},
     }  # fmt: skip
     path = tmp_path / "sae.yaml"
