@@ -18,6 +18,11 @@ ordering SAE < MLP < sparse coding does not appear; at this budget it does. Plus
 decoupling makes free: the *trained SAE's* dictionary with FISTA codes at test time (inference-time
 optimisation, warm-started from the SAE encoder).
 
+Atoms are kept at unit norm by projecting out the radial gradient and renormalizing
+(``atom_norm="project"``), the constraint this table was measured with. With the module's default
+``atom_norm="fold"`` (atom norms folded into the encoder) the first four seeds gave code MCC
+0.602 (SAE) / 0.600 (MLP) / 0.687 (sparse coding): the MLP encoder loses its lead under the L1 penalty.
+
 Code MCC (Pearson, Hungarian matching) and dictionary MCC (|cosine|) are measured on the test set
 and printed, as mean ± std over seeds, beside the paper's numbers, with each encoder's inference
 FLOPs per sample.
@@ -47,20 +52,13 @@ PAPER = {
 }
 
 
-def train(sae: SparseAutoencoder, x: torch.Tensor, steps: int, lr: float, batch_size: int, seed: int) -> None:
-    """Adam on the SAE loss with the module's own atom constraint (projection + renormalisation)."""
-    opt = torch.optim.Adam([p for p in sae.parameters() if p.requires_grad], lr=lr)
-    sae.initialize_decoder_bias(x)
-    sae.train()
+def train(sae: SparseAutoencoder, x: torch.Tensor, steps: int, batch_size: int, seed: int) -> None:
+    """Adam on the SAE loss through the module's own training step (atom constraint included)."""
+    opt = sae.configure_optimizers()
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         xb = x if batch_size >= len(x) else x[torch.randint(0, len(x), (batch_size,), generator=g)]
-        loss = sae.compute_losses(xb)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        sae.on_before_optimizer_step(opt)
-        opt.step()
-        sae.renormalize_atoms()
+        sae.train_step(xb, opt)
     sae.eval()
 
 
@@ -78,8 +76,8 @@ def evaluate(sae: SparseAutoencoder, x: torch.Tensor, codes: torch.Tensor, dicti
 
 def run(
     seeds: int = 5,
-    n_train: int = 1024,
-    n_test: int = 1024,
+    num_train: int = 1024,
+    num_test: int = 1024,
     steps: int = 6000,
     sc_steps: int = 1500,
     l1: float = 0.03,
@@ -92,7 +90,7 @@ def run(
     for seed in range(seeds):
         t0 = time.time()
         dm = SparseCodingDataModule(
-            n_features=16, dim=8, n_active=3, n_train=n_train, n_val=0, n_test=n_test, seed=seed
+            num_features=16, in_features=8, num_active=3, num_train=num_train, num_val=0, num_test=num_test, seed=seed
         )
         dm.setup()
         xtr = dm.datasets["train"].tensors["x"]
@@ -105,9 +103,10 @@ def run(
         for name, (enc, n_steps) in encoders.items():
             torch.manual_seed(seed)
             sae = SparseAutoencoder(
-                8, 16, variant="relu", l1_coefficient=l1, encoder=enc, init_seed=seed, decoder_bias_init="zeros"
+                8, 16, "relu", {"l1_coefficient": l1}, encoder=enc, lr=lr, init_seed=seed, decoder_bias_init="zeros",
+                atom_norm="project",
             )
-            train(sae, xtr, n_steps, lr, batch_size, seed)
+            train(sae, xtr, n_steps, batch_size, seed)
             if name == "sparse coding":  # test-time codes: exact lasso on the learned dictionary
                 sae.encoder.tol = 1e-6
                 sae.encoder.max_iter = 2000
@@ -155,13 +154,13 @@ def main(argv: list[str] | None = None) -> dict[str, list[dict]]:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.quick:
-        kw = dict(seeds=args.seeds or 1, n_train=256, n_test=256, steps=args.steps or 300, sc_steps=60)
+        kw = dict(seeds=args.seeds or 1, num_train=256, num_test=256, steps=args.steps or 300, sc_steps=60)
     else:
         kw = dict(seeds=args.seeds or 5, steps=args.steps or 6000)
     results = run(l1=args.l1, **kw)
     print()
     print(
-        f"Amortisation gap, N=16 M=8 K=3, {kw.get('n_train', 1024)} train / {kw.get('n_test', 1024)} test, "
+        f"Amortisation gap, N=16 M=8 K=3, {kw.get('num_train', 1024)} train / {kw.get('num_test', 1024)} test, "
         f"{kw['seeds']} seed(s); paper: O'Neill, Gumran & Klindt (ICML 2025)"
     )
     print(format_table(results))

@@ -5,20 +5,30 @@ from lit_repr.models.classifier import Classifier
 from lit_repr.models.diet import DIET
 from lit_repr.models.encoders import (
     ENCODERS,
-    AmortisedEncoder,
+    AmortizedEncoder,
     FISTAEncoder,
-    InferenceTimeOptimisation,
+    InferenceTimeOptimization,
     ISTAEncoder,
     MLPEncoder,
     SparseEncoder,
 )
-from lit_repr.models.sae import SAE_VARIANTS, SparseAutoencoder, register_variant
+from lit_repr.models.sae import (
+    SAE_VARIANTS,
+    BatchTopKVariant,
+    JumpReLUVariant,
+    ReLUVariant,
+    SAEVariant,
+    SparseAutoencoder,
+    TopKVariant,
+    register_variant,
+)
 from lit_repr.models.two_layer import TwoLayerNetwork
 
 __all__ = [
     "MLP", "build_backbone", "Classifier", "DIET",
     "SparseAutoencoder", "SAE_VARIANTS", "register_variant",
-    "SparseEncoder", "AmortisedEncoder", "MLPEncoder", "ISTAEncoder", "FISTAEncoder", "InferenceTimeOptimisation",
+    "SAEVariant", "ReLUVariant", "TopKVariant", "BatchTopKVariant", "JumpReLUVariant",
+    "SparseEncoder", "AmortizedEncoder", "MLPEncoder", "ISTAEncoder", "FISTAEncoder", "InferenceTimeOptimization",
     "ENCODERS",
     "TwoLayerNetwork",
 ]

@@ -1,21 +1,24 @@
 """Sparse inference, decoupled from the dictionary: swappable encoders for sparse autoencoders.
 
-A sparse autoencoder reconstructs ``x ≈ b + s·W`` from a dictionary ``W`` (``(n_latents, d_in)``,
+(Longer than the project's ~450 lines per file: the five encoders share one base class, build
+protocol and registry and are read side by side; the ISTA/FISTA solver alone is 150 lines.)
+
+A sparse autoencoder reconstructs ``x ≈ b + s·W`` from a dictionary ``W`` (``(num_latents, in_features)``,
 unit-norm rows called atoms) and a decoder bias ``b``. *How* the codes ``s`` are inferred is a
 separate choice, made here:
 
-- :class:`AmortisedEncoder`: one linear map and the SAE's nonlinearity (the classic SAE);
-- :class:`MLPEncoder`: a deeper amortised encoder (one or more hidden layers);
+- :class:`AmortizedEncoder`: one linear map and the SAE's nonlinearity (the classic SAE);
+- :class:`MLPEncoder`: a deeper amortized encoder (one or more hidden layers);
 - :class:`ISTAEncoder` / :class:`FISTAEncoder`: iterative shrinkage on the *current* dictionary
   for the non-negative lasso ``min_s ½‖x_c − s·W‖² + penalty·‖s‖₁`` (``x_c = x − b``), with a fixed
-  or adaptive number of iterations and an optional warm start from an amortised encoder;
-- :class:`InferenceTimeOptimisation`: Adam on the codes against a trained SAE's dictionary.
+  or adaptive number of iterations and an optional warm start from an amortized encoder;
+- :class:`InferenceTimeOptimization`: Adam on the codes against a trained SAE's dictionary.
 
-Every encoder maps centred inputs ``x_c`` (``(B, d_in)``) and the dictionary to pre-activations
-``(B, n_latents)``; the SAE's variant then applies its nonlinearity (ReLU, TopK, JumpReLU, ...),
+Every encoder maps centered inputs ``x_c`` (``(B, in_features)``) and the dictionary to pre-activations
+``(B, num_latents)``; the SAE's variant then applies its nonlinearity (ReLU, TopK, JumpReLU, ...),
 which leaves the non-negative codes of the iterative solvers unchanged under ReLU. Iterative
 encoders run without gradient (their codes are constants for the dictionary update, as in
-classical dictionary learning); amortised encoders are trained by the SAE loss.
+classical dictionary learning); amortized encoders are trained by the SAE loss.
 
 Each encoder reports :meth:`SparseEncoder.flops_per_sample` (multiply-adds count as two FLOPs),
 so that code quality can be plotted against inference compute.
@@ -32,11 +35,11 @@ from torch import Tensor, nn
 
 __all__ = [
     "SparseEncoder",
-    "AmortisedEncoder",
+    "AmortizedEncoder",
     "MLPEncoder",
     "ISTAEncoder",
     "FISTAEncoder",
-    "InferenceTimeOptimisation",
+    "InferenceTimeOptimization",
     "ENCODERS",
     "build_encoder",
     "lasso_objective",
@@ -44,7 +47,7 @@ __all__ = [
 
 
 def lasso_objective(x: Tensor, codes: Tensor, dictionary: Tensor, penalty: float) -> Tensor:
-    """Per-sample lasso objective ``½‖x − s·W‖² + penalty·‖s‖₁`` (``x`` already centred).
+    """Per-sample lasso objective ``½‖x − s·W‖² + penalty·‖s‖₁`` (``x`` already centered).
 
     Example:
         >>> W = torch.eye(2)
@@ -59,59 +62,70 @@ class SparseEncoder(nn.Module):
     """Base class of encoders: ``forward(x_centered, dictionary) -> pre-activations``.
 
     Subclasses may be built lazily: the SAE calls :meth:`build` with its sizes, so YAML configs
-    need not repeat ``d_in`` and ``n_latents``.
+    need not repeat ``in_features`` and ``num_latents``.
 
     Args:
-        d_in: input dimension (``None``: set by :meth:`build`).
-        n_latents: number of latents (``None``: set by :meth:`build`).
+        in_features: input dimension (``None``: set by :meth:`build`).
+        num_latents: number of latents (``None``: set by :meth:`build`).
 
     Example:
-        >>> enc = AmortisedEncoder(d_in=4, n_latents=8)
+        >>> enc = AmortizedEncoder(in_features=4, num_latents=8)
         >>> enc(torch.randn(3, 4), torch.randn(8, 4)).shape
         torch.Size([3, 8])
     """
 
     #: whether the encoder has parameters trained by the SAE loss
-    amortised: bool = True
+    amortized: bool = True
+    #: ``forward`` is ``self.linear(x)``: the SAE may run its sparse TopK kernels on ``self.linear``
+    #: (a subclass that redefines ``forward`` loses it unless it sets the attribute itself)
+    supports_sparse_kernels: bool = False
+    #: :meth:`scale_latents` can multiply each latent's pre-activation by a positive factor
+    can_scale_latents: bool = False
 
-    def __init__(self, d_in: int | None = None, n_latents: int | None = None) -> None:
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "forward" in cls.__dict__ and "supports_sparse_kernels" not in cls.__dict__:
+            cls.supports_sparse_kernels = False
+
+    def __init__(self, in_features: int | None = None, num_latents: int | None = None) -> None:
         super().__init__()
-        for name, v in (("d_in", d_in), ("n_latents", n_latents)):
+        for name, v in (("in_features", in_features), ("num_latents", num_latents)):
             if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
                 raise ValueError(f"{name} must be a positive int or None, got {v!r}")
-        self.d_in = d_in
-        self.n_latents = n_latents
+        self.in_features = in_features
+        self.num_latents = num_latents
         self._built = False
-        if d_in is not None and n_latents is not None:
-            self.build(d_in, n_latents)
+        if in_features is not None and num_latents is not None:
+            self.build(in_features, num_latents)
 
-    def build(self, d_in: int, n_latents: int, dictionary: Tensor | None = None) -> "SparseEncoder":
+    def build(self, in_features: int, num_latents: int, dictionary: Tensor | None = None) -> "SparseEncoder":
         """Create parameters for these sizes (idempotent); ``dictionary`` may seed the weights."""
         if self._built:
-            if (d_in, n_latents) != (self.d_in, self.n_latents):
+            if (in_features, num_latents) != (self.in_features, self.num_latents):
                 raise ValueError(
-                    f"{type(self).__name__} was built for d_in={self.d_in}, n_latents={self.n_latents}; "
-                    f"cannot reuse it with d_in={d_in}, n_latents={n_latents}"
+                    f"{type(self).__name__} was built for in_features={self.in_features}, "
+                    f"num_latents={self.num_latents}; cannot reuse it with in_features={in_features}, "
+                    f"num_latents={num_latents}"
                 )
             return self
-        self.d_in, self.n_latents = d_in, n_latents
-        self._build(d_in, n_latents, dictionary)
+        self.in_features, self.num_latents = in_features, num_latents
+        self._build(in_features, num_latents, dictionary)
         self._built = True
         return self
 
-    def _build(self, d_in: int, n_latents: int, dictionary: Tensor | None) -> None:
+    def _build(self, in_features: int, num_latents: int, dictionary: Tensor | None) -> None:
         pass
 
     def _check(self, x: Tensor, dictionary: Tensor) -> None:
         if not self._built:
             self.build(dictionary.shape[1], dictionary.shape[0])
-        if x.ndim != 2 or x.shape[1] != self.d_in:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(
-                f"{type(self).__name__} expects inputs of shape (batch, {self.d_in}), got {tuple(x.shape)}"
+                f"{type(self).__name__} expects inputs of shape (batch, {self.in_features}), got {tuple(x.shape)}"
             )
-        if dictionary.shape != (self.n_latents, self.d_in):
+        if dictionary.shape != (self.num_latents, self.in_features):
             raise ValueError(
-                f"dictionary must have shape ({self.n_latents}, {self.d_in}), got {tuple(dictionary.shape)}"
+                f"dictionary must have shape ({self.num_latents}, {self.in_features}), got {tuple(dictionary.shape)}"
             )
 
     def forward(self, x: Tensor, dictionary: Tensor) -> Tensor:  # pragma: no cover - abstract
@@ -121,29 +135,50 @@ class SparseEncoder(nn.Module):
         """Inference FLOPs per sample (a multiply-add counts two)."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def scale_latents(self, scale: Tensor) -> None:
+        """Multiply the pre-activation of latent ``i`` by ``scale[i] > 0`` (``(num_latents,)``) by
+        rescaling the last layer, where ``can_scale_latents``; the SAE uses it to fold atom norms
+        into the encoder."""
+        if not self.can_scale_latents:
+            raise ValueError(f"{type(self).__name__} cannot rescale its latents (can_scale_latents is False)")
+        layer = self._last_linear()
+        layer.weight.mul_(scale.to(layer.weight)[:, None])
+        if layer.bias is not None:
+            layer.bias.mul_(scale.to(layer.bias))
 
-class AmortisedEncoder(SparseEncoder):
-    """The amortised SAE encoder: ``pre = x_c @ W_encᵀ + b_enc`` (the nonlinearity is the SAE's).
+    def _last_linear(self) -> nn.Linear:
+        raise NotImplementedError
 
-    The weight is initialised to the transpose of the dictionary when the SAE builds it.
+
+class AmortizedEncoder(SparseEncoder):
+    """The amortized SAE encoder: ``pre = x_c @ W_encᵀ + b_enc`` (the nonlinearity is the SAE's).
+
+    The weight is initialized to the transpose of the dictionary when the SAE builds it.
 
     Args:
-        d_in: input dimension (``None``: set by the SAE).
-        n_latents: number of latents (``None``: set by the SAE).
+        in_features: input dimension (``None``: set by the SAE).
+        num_latents: number of latents (``None``: set by the SAE).
         bias: whether the encoder has a bias.
 
     Example:
-        >>> enc = AmortisedEncoder(4, 8)
+        >>> enc = AmortizedEncoder(4, 8)
         >>> enc.flops_per_sample()
         72.0
     """
 
-    def __init__(self, d_in: int | None = None, n_latents: int | None = None, bias: bool = True) -> None:
-        self.bias = bias
-        super().__init__(d_in, n_latents)
+    supports_sparse_kernels = True
+    can_scale_latents = True
 
-    def _build(self, d_in: int, n_latents: int, dictionary: Tensor | None) -> None:
-        self.linear = nn.Linear(d_in, n_latents, bias=self.bias)
+    def __init__(self, in_features: int | None = None, num_latents: int | None = None, bias: bool = True) -> None:
+        self.bias = bias
+        super().__init__(in_features, num_latents)
+
+    def _last_linear(self) -> nn.Linear:
+        return self.linear
+
+    def _build(self, in_features: int, num_latents: int, dictionary: Tensor | None) -> None:
+        self.linear = nn.Linear(in_features, num_latents, bias=self.bias)
         if dictionary is not None:
             with torch.no_grad():
                 self.linear.weight.copy_(dictionary)
@@ -155,32 +190,33 @@ class AmortisedEncoder(SparseEncoder):
         return self.linear(x)
 
     def flops_per_sample(self) -> float:
-        return float(2 * self.d_in * self.n_latents + (self.n_latents if self.bias else 0))
+        return float(2 * self.in_features * self.num_latents + (self.num_latents if self.bias else 0))
 
 
 class MLPEncoder(SparseEncoder):
-    """A deeper amortised encoder: ``Linear → act → ... → Linear`` to pre-activations.
+    """A deeper amortized encoder: ``Linear → act → ... → Linear`` to pre-activations.
 
     Args:
         hidden: hidden widths (e.g. ``[256]``).
         activation: ``"relu"``, ``"gelu"`` or ``"tanh"``.
-        d_in: input dimension (``None``: set by the SAE).
-        n_latents: number of latents (``None``: set by the SAE).
+        in_features: input dimension (``None``: set by the SAE).
+        num_latents: number of latents (``None``: set by the SAE).
 
     Example:
-        >>> enc = MLPEncoder([16], d_in=4, n_latents=8)
+        >>> enc = MLPEncoder([16], in_features=4, num_latents=8)
         >>> enc(torch.randn(2, 4), torch.randn(8, 4)).shape, enc.flops_per_sample()
         (torch.Size([2, 8]), 424.0)
     """
 
     _ACTS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
+    can_scale_latents = True
 
     def __init__(
         self,
         hidden: Sequence[int] = (256,),
         activation: str = "relu",
-        d_in: int | None = None,
-        n_latents: int | None = None,
+        in_features: int | None = None,
+        num_latents: int | None = None,
     ) -> None:
         hidden = [hidden] if isinstance(hidden, int) else list(hidden)
         if not hidden or any(not isinstance(h, int) or h < 1 for h in hidden):
@@ -189,22 +225,25 @@ class MLPEncoder(SparseEncoder):
             raise ValueError(f"activation must be one of {sorted(self._ACTS)}, got {activation!r}")
         self.hidden = hidden
         self.activation = activation
-        super().__init__(d_in, n_latents)
+        super().__init__(in_features, num_latents)
 
-    def _build(self, d_in: int, n_latents: int, dictionary: Tensor | None) -> None:
+    def _build(self, in_features: int, num_latents: int, dictionary: Tensor | None) -> None:
         layers: list[nn.Module] = []
-        widths = [d_in, *self.hidden]
+        widths = [in_features, *self.hidden]
         for a, b in zip(widths[:-1], widths[1:]):
             layers += [nn.Linear(a, b), self._ACTS[self.activation]()]
-        layers.append(nn.Linear(widths[-1], n_latents))
+        layers.append(nn.Linear(widths[-1], num_latents))
         self.net = nn.Sequential(*layers)
+
+    def _last_linear(self) -> nn.Linear:
+        return self.net[-1]
 
     def forward(self, x: Tensor, dictionary: Tensor) -> Tensor:
         self._check(x, dictionary)
         return self.net(x)
 
     def flops_per_sample(self) -> float:
-        widths = [self.d_in, *self.hidden, self.n_latents]
+        widths = [self.in_features, *self.hidden, self.num_latents]
         matmul = sum(2 * a * b + b for a, b in zip(widths[:-1], widths[1:]))
         return float(matmul + sum(self.hidden))
 
@@ -236,10 +275,10 @@ class ISTAEncoder(SparseEncoder):
         penalty: L1 penalty ``>= 0``.
         max_iter: iterations (the fixed count when ``tol == 0``).
         tol: adaptive stopping tolerance (``0``: always ``max_iter`` iterations).
-        warm_start: optional amortised encoder whose ReLU'd output initialises the codes.
+        warm_start: optional amortized encoder whose ReLU'd output initializes the codes.
         nonnegative: constrain codes to be ``>= 0``.
-        d_in: input dimension (``None``: set by the SAE).
-        n_latents: number of latents (``None``: set by the SAE).
+        in_features: input dimension (``None``: set by the SAE).
+        num_latents: number of latents (``None``: set by the SAE).
 
     Example:
         >>> W = torch.eye(3)
@@ -247,7 +286,7 @@ class ISTAEncoder(SparseEncoder):
         tensor([[0.9000, 0.0000, 0.0000]])
     """
 
-    amortised = False
+    amortized = False
     momentum = False
 
     def __init__(
@@ -257,8 +296,8 @@ class ISTAEncoder(SparseEncoder):
         tol: float = 0.0,
         warm_start: SparseEncoder | None = None,
         nonnegative: bool = True,
-        d_in: int | None = None,
-        n_latents: int | None = None,
+        in_features: int | None = None,
+        num_latents: int | None = None,
     ) -> None:
         if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
             raise ValueError(f"penalty must be a finite number >= 0, got {penalty!r}")
@@ -273,15 +312,15 @@ class ISTAEncoder(SparseEncoder):
         self.tol = float(tol)
         self.nonnegative = nonnegative
         self.last_iterations: float = float(max_iter)
-        super().__init__(d_in, n_latents)
+        super().__init__(in_features, num_latents)
         self.warm_start = warm_start
 
-    def _build(self, d_in: int, n_latents: int, dictionary: Tensor | None) -> None:
+    def _build(self, in_features: int, num_latents: int, dictionary: Tensor | None) -> None:
         if self.warm_start is not None:
-            self.warm_start.build(d_in, n_latents, dictionary)
+            self.warm_start.build(in_features, num_latents, dictionary)
 
     def _use_gram(self) -> bool:
-        return self.n_latents <= 2 * self.d_in
+        return self.num_latents <= 2 * self.in_features
 
     @staticmethod
     def _apply_gram(y: Tensor, W: Tensor, G: Tensor | None, use_gram: bool) -> Tensor:
@@ -313,7 +352,7 @@ class ISTAEncoder(SparseEncoder):
         thr = self.penalty * step
         use_gram = self._use_gram()
         # the Gram matrix also serves sparse iterates: (y @ G) row by row over y's non-zeros
-        G = W @ W.T if use_gram or self.n_latents <= 8192 else None
+        G = W @ W.T if use_gram or self.num_latents <= 8192 else None
         c = x @ W.T  # (B, n)
         if self.warm_start is not None:
             s = self.warm_start(x, W).clamp_min(0) if self.nonnegative else self.warm_start(x, W)
@@ -368,7 +407,7 @@ class ISTAEncoder(SparseEncoder):
         return s
 
     def flops_per_sample(self) -> float:
-        n, d = self.n_latents, self.d_in
+        n, d = self.num_latents, self.in_features
         per_iter = (2 * n * n if self._use_gram() else 4 * n * d) + 4 * n + (7 * n if self.momentum else 0)
         warm = self.warm_start.flops_per_sample() if self.warm_start is not None else 0.0
         return float(2 * n * d + self.last_iterations * per_iter + warm)
@@ -386,10 +425,10 @@ class FISTAEncoder(ISTAEncoder):
         penalty: L1 penalty ``>= 0``.
         max_iter: iterations (the fixed count when ``tol == 0``).
         tol: adaptive stopping tolerance (``0``: always ``max_iter`` iterations).
-        warm_start: optional amortised encoder whose ReLU'd output initialises the codes.
+        warm_start: optional amortized encoder whose ReLU'd output initializes the codes.
         nonnegative: constrain codes to be ``>= 0``.
-        d_in: input dimension (``None``: set by the SAE).
-        n_latents: number of latents (``None``: set by the SAE).
+        in_features: input dimension (``None``: set by the SAE).
+        num_latents: number of latents (``None``: set by the SAE).
 
     Example:
         >>> W = torch.eye(3)
@@ -400,30 +439,30 @@ class FISTAEncoder(ISTAEncoder):
     momentum = True
 
 
-class InferenceTimeOptimisation(SparseEncoder):
-    """Inference-time optimisation: Adam on the codes of each sample against a fixed dictionary.
+class InferenceTimeOptimization(SparseEncoder):
+    """Inference-time optimization: Adam on the codes of each sample against a fixed dictionary.
 
     Minimises ``½‖x_c − s·W‖² + penalty·‖s‖₁`` over ``s ≥ 0`` by projected Adam, starting from
-    ``init`` (typically the trained SAE's own amortised encoder) or from zero. Use it to ask how
-    much better a *trained* SAE's dictionary explains data when codes are not amortised:
-    ``sae.swap_encoder(InferenceTimeOptimisation(init=sae.encoder))``.
+    ``init`` (typically the trained SAE's own amortized encoder) or from zero. Use it to ask how
+    much better a *trained* SAE's dictionary explains data when codes are not amortized:
+    ``sae.swap_encoder(InferenceTimeOptimization(init=sae.encoder))``.
 
     Args:
         penalty: L1 penalty ``>= 0``.
         steps: Adam steps.
         lr: Adam learning rate.
-        init: optional encoder whose ReLU'd output initialises the codes.
-        d_in: input dimension (``None``: set by the SAE).
-        n_latents: number of latents (``None``: set by the SAE).
+        init: optional encoder whose ReLU'd output initializes the codes.
+        in_features: input dimension (``None``: set by the SAE).
+        num_latents: number of latents (``None``: set by the SAE).
 
     Example:
         >>> W = torch.eye(2)
-        >>> s = InferenceTimeOptimisation(penalty=0.0, steps=200, lr=0.05)(torch.tensor([[1.0, 2.0]]), W)
+        >>> s = InferenceTimeOptimization(penalty=0.0, steps=200, lr=0.05)(torch.tensor([[1.0, 2.0]]), W)
         >>> bool(torch.allclose(s, torch.tensor([[1.0, 2.0]]), atol=1e-2))
         True
     """
 
-    amortised = False
+    amortized = False
 
     def __init__(
         self,
@@ -431,8 +470,8 @@ class InferenceTimeOptimisation(SparseEncoder):
         steps: int = 100,
         lr: float = 0.05,
         init: SparseEncoder | None = None,
-        d_in: int | None = None,
-        n_latents: int | None = None,
+        in_features: int | None = None,
+        num_latents: int | None = None,
     ) -> None:
         if not (isinstance(penalty, (int, float)) and math.isfinite(penalty) and penalty >= 0):
             raise ValueError(f"penalty must be a finite number >= 0, got {penalty!r}")
@@ -443,12 +482,12 @@ class InferenceTimeOptimisation(SparseEncoder):
         self.penalty = float(penalty)
         self.steps = steps
         self.lr = float(lr)
-        super().__init__(d_in, n_latents)
+        super().__init__(in_features, num_latents)
         self.init = init
 
-    def _build(self, d_in: int, n_latents: int, dictionary: Tensor | None) -> None:
+    def _build(self, in_features: int, num_latents: int, dictionary: Tensor | None) -> None:
         if self.init is not None:
-            self.init.build(d_in, n_latents, dictionary)
+            self.init.build(in_features, num_latents, dictionary)
 
     def forward(self, x: Tensor, dictionary: Tensor) -> Tensor:
         self._check(x, dictionary)
@@ -469,31 +508,31 @@ class InferenceTimeOptimisation(SparseEncoder):
         return s.detach()
 
     def flops_per_sample(self) -> float:
-        n, d = self.n_latents, self.d_in
+        n, d = self.num_latents, self.in_features
         init = self.init.flops_per_sample() if self.init is not None else 0.0
         # forward s·W, backward rᵀ·W, objective and Adam's elementwise update (~12 per entry)
         return float(init + self.steps * (4 * n * d + 3 * d + 14 * n))
 
 
 ENCODERS: dict[str, type[SparseEncoder]] = {
-    "amortised": AmortisedEncoder,
-    "linear": AmortisedEncoder,
+    "amortized": AmortizedEncoder,
+    "linear": AmortizedEncoder,
     "mlp": MLPEncoder,
     "ista": ISTAEncoder,
     "fista": FISTAEncoder,
-    "ito": InferenceTimeOptimisation,
+    "ito": InferenceTimeOptimization,
 }
 
 
 def build_encoder(encoder: SparseEncoder | str | None) -> SparseEncoder:
-    """An encoder from an instance, a name in :data:`ENCODERS`, or ``None`` (amortised).
+    """An encoder from an instance, a name in :data:`ENCODERS`, or ``None`` (amortized).
 
     Example:
         >>> type(build_encoder("fista")).__name__
         'FISTAEncoder'
     """
     if encoder is None:
-        return AmortisedEncoder()
+        return AmortizedEncoder()
     if isinstance(encoder, SparseEncoder):
         return encoder
     if isinstance(encoder, str) and encoder in ENCODERS:

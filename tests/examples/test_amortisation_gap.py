@@ -17,7 +17,7 @@ def _load():
 
 def test_amortisation_gap_quick(capsys):
     mod = _load()
-    results = mod.run(seeds=1, n_train=128, n_test=128, steps=60, sc_steps=15, verbose=False)
+    results = mod.run(seeds=1, num_train=128, num_test=128, steps=60, sc_steps=15, verbose=False)
     table = mod.format_table(results)
     assert "0.566" in table and "0.691" in table and "FLOPs/sample" in table
     for runs in results.values():

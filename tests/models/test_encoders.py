@@ -6,9 +6,9 @@ import torch
 from sklearn.decomposition import SparseCoder
 
 from lit_repr.models.encoders import (
-    AmortisedEncoder,
+    AmortizedEncoder,
     FISTAEncoder,
-    InferenceTimeOptimisation,
+    InferenceTimeOptimization,
     ISTAEncoder,
     MLPEncoder,
     build_encoder,
@@ -74,7 +74,7 @@ def test_adaptive_iterations_and_flops():
 def test_warm_start_saves_iterations():
     x, W = _problem()
     x, W = x.float(), W.float()
-    warm = AmortisedEncoder(16, 32)
+    warm = AmortizedEncoder(16, 32)
     with torch.no_grad():
         warm.linear.weight.copy_(W)  # a matched-filter start
         warm.linear.bias.fill_(-0.3)
@@ -88,26 +88,26 @@ def test_warm_start_saves_iterations():
 def test_inference_time_optimisation_improves_on_its_init():
     x, W = _problem()
     x, W = x.float(), W.float()
-    init = AmortisedEncoder(16, 32)
+    init = AmortizedEncoder(16, 32)
     with torch.no_grad():
         init.linear.weight.copy_(W)
         init.linear.bias.zero_()
     s0 = init(x, W).clamp_min(0)
-    ito = InferenceTimeOptimisation(penalty=0.05, steps=300, lr=0.02, init=init)
+    ito = InferenceTimeOptimization(penalty=0.05, steps=300, lr=0.02, init=init)
     s = ito(x, W)
     assert bool((s >= 0).all())
     assert lasso_objective(x, s, W, 0.05).mean() < 0.5 * lasso_objective(x, s0, W, 0.05).mean()
     assert ito.flops_per_sample() == init.flops_per_sample() + 300 * (4 * 32 * 16 + 3 * 16 + 14 * 32)
 
 
-def test_amortised_and_mlp_flops_and_lazy_build():
-    enc = AmortisedEncoder()
+def test_amortized_and_mlp_flops_and_lazy_build():
+    enc = AmortizedEncoder()
     out = enc(torch.randn(3, 4), torch.randn(6, 4))
     assert out.shape == (3, 6) and enc.flops_per_sample() == 2 * 4 * 6 + 6
     mlp = MLPEncoder(hidden=[10, 5])
     assert mlp(torch.randn(2, 4), torch.randn(6, 4)).shape == (2, 6)
     assert mlp.flops_per_sample() == (2 * 4 * 10 + 10) + (2 * 10 * 5 + 5) + (2 * 5 * 6 + 6) + 15
-    with pytest.raises(ValueError, match="n_latents=6"):
+    with pytest.raises(ValueError, match="num_latents=6"):
         mlp.build(4, 7)
 
 
@@ -122,7 +122,7 @@ def test_encoder_bad_arguments_and_shapes():
         MLPEncoder(hidden=[])
     with pytest.raises(ValueError, match="encoder must be"):
         build_encoder("nope")
-    enc = AmortisedEncoder(4, 6)
+    enc = AmortizedEncoder(4, 6)
     with pytest.raises(ValueError, match=r"\(batch, 4\)"):
         enc(torch.randn(2, 5), torch.randn(6, 4))
     with pytest.raises(ValueError, match="dictionary must have shape"):
