@@ -86,7 +86,7 @@ class TeacherStudentDataModule(ArrayDataModule):
             raise ValueError(f"noise_std must be a finite number >= 0, got {noise_std!r}")
         if not _is_number(radius) or not radius > 0:
             raise ValueError(f"radius must be a finite number > 0, got {radius!r}")
-        self.in_features = in_features
+        self._in_features = in_features
         self.num_teacher_neurons = num_teacher_neurons
         self.out_features = out_features
         self.noise_std = float(noise_std)
@@ -107,7 +107,7 @@ class TeacherStudentDataModule(ArrayDataModule):
 
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, Tensor]:
         """Draw ``n`` fresh samples ``{"x", "y", "latents"}``."""
-        x = torch.from_numpy(self.radius * uniform_on_sphere(n, self.in_features, rng))
+        x = torch.from_numpy(self.radius * uniform_on_sphere(n, self._in_features, rng))
         y, h = self.teacher(x)
         if self.noise_std > 0:
             y = y + self.noise_std * torch.from_numpy(rng.standard_normal(y.shape))
