@@ -13,6 +13,7 @@ inside a training run:
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader
 from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, get_input
 
-__all__ = ["features", "frozen_mode", "preserved_rng", "default_forward", "move_to"]
+__all__ = ["features", "frozen_mode", "preserved_rng", "default_forward", "move_to", "detached_copy"]
 
 
 @contextmanager
@@ -109,6 +110,25 @@ def iterate_frozen(
         finally:
             tap.enabled = was
             tap.clear()
+
+
+def detached_copy(module: nn.Module, trainer: Any = None) -> nn.Module:
+    """A deep copy of ``module`` without forward hooks, sharing (not copying) ``trainer``.
+
+    Other callbacks' taps may already hook ``module``: their hooks must not come along (torch has no
+    public way to drop hooks without their handles, so this reads ``_forward_hooks``; a test fails
+    loudly if the name moves).
+
+    Example:
+        >>> net = nn.Linear(2, 2); _ = net.register_forward_hook(lambda *a: None)
+        >>> len(detached_copy(net)._forward_hooks)
+        0
+    """
+    ref = copy.deepcopy(module, memo={id(trainer): trainer} if trainer is not None else None)
+    for m in ref.modules():
+        m._forward_hooks.clear()
+        m._forward_pre_hooks.clear()
+    return ref
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Tap", "resolve_sites", "reduce_features", "Reduction"]
+__all__ = ["Tap", "resolve_sites", "reduce_features", "Reduction", "first_tensor", "glob_regex", "site_names"]
 
 Reduction = Literal["none", "flatten", "mean", "max", "cls"]
 _REDUCTIONS = ("none", "flatten", "mean", "max", "cls")
@@ -27,7 +27,7 @@ def _module_names(model: nn.Module) -> list[str]:
     return [name for name, _ in model.named_modules() if name]
 
 
-def _glob_regex(glob: str) -> re.Pattern:
+def glob_regex(glob: str) -> re.Pattern:
     """``*`` matches within one path component, ``**`` across components, ``?`` one character."""
     parts = []
     i = 0
@@ -86,7 +86,7 @@ def resolve_sites(model: nn.Module, sites: str | Sequence[str]) -> list[str]:
         if site == "":
             matches = [""]
         elif any(ch in site for ch in "*?["):
-            pattern = _glob_regex(site)
+            pattern = glob_regex(site)
             matches = [n for n in names if pattern.fullmatch(n)]
         else:
             matches = [site] if site in names else []
@@ -104,7 +104,7 @@ def resolve_sites(model: nn.Module, sites: str | Sequence[str]) -> list[str]:
     return out
 
 
-def _first_tensor(output: Any) -> Tensor:
+def first_tensor(output: Any) -> Tensor:
     """Pick the feature tensor out of a module's output (tensor, tuple, dict, HF ModelOutput)."""
     if isinstance(output, Tensor):
         return output
@@ -244,7 +244,7 @@ class Tap:
                 return
             if self.when == "eval" and module.training:
                 return
-            out = self.output_fn(output) if self.output_fn is not None else _first_tensor(output)
+            out = self.output_fn(output) if self.output_fn is not None else first_tensor(output)
             feats = reduce_features(out.detach(), self.reduction)
             if self.dtype is not None:
                 feats = feats.to(self.dtype)

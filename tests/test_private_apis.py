@@ -4,7 +4,7 @@ if a new release moves them."""
 import torch
 from torch import nn
 
-from lit_repr.callbacks.identifiability import _detached_copy
+from lit_repr.features import detached_copy
 from lit_repr.metrics.ridge import StreamingRidge, synced
 
 
@@ -19,10 +19,10 @@ def test_torchmetrics_is_synced_flag_exists_and_synced_works():
 def test_torch_forward_hook_dicts_exist_and_copies_drop_them():
     net = nn.Sequential(nn.Linear(2, 2))
     assert hasattr(net, "_forward_hooks") and hasattr(net, "_forward_pre_hooks"), (
-        "torch moved Module._forward_hooks: update lit_repr.callbacks.identifiability._detached_copy"
+        "torch moved Module._forward_hooks: update lit_repr.features.detached_copy"
     )
     seen = []
     net[0].register_forward_hook(lambda *a: seen.append(1))
-    copy = _detached_copy(net, None)
+    copy = detached_copy(net, None)
     copy(torch.randn(1, 2))
     assert seen == []

@@ -9,7 +9,6 @@ by the exported Metrics (:class:`~lit_repr.metrics.LinearIdentifiability`,
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_repr.callbacks.base import Mode, TapCallback
+from lit_repr.features import detached_copy
 from lit_repr.metrics.figures import matched_heatmap
 from lit_repr.metrics.identifiability import DCI, KernelIdentifiability, LinearIdentifiability
 from lit_repr.metrics.mcc import MCCResult, MeanCorrelationCoefficient
@@ -136,20 +136,6 @@ class IdentifiabilityMetrics(TapCallback):
         return out
 
 
-def _detached_copy(module: nn.Module, trainer: pl.Trainer | None) -> nn.Module:
-    """A deep copy of ``module`` without forward hooks, sharing (not copying) the trainer.
-
-    Other callbacks' taps may already hook ``module``: their hooks must not come along (torch has no
-    public way to drop hooks without their handles, so this reads ``_forward_hooks``; a test fails
-    loudly if the name moves).
-    """
-    ref = copy.deepcopy(module, memo={id(trainer): trainer} if trainer is not None else None)
-    for m in ref.modules():
-        m._forward_hooks.clear()
-        m._forward_pre_hooks.clear()
-    return ref
-
-
 def load_checkpoint_weights(path: str) -> dict[str, Tensor]:
     """The ``state_dict`` of a Lightning checkpoint, read without unpickling arbitrary objects."""
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -238,11 +224,11 @@ class RepresentationSimilarity(TapCallback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # copy before our tap is attached (hooks would be copied along); share, not copy, the trainer
         if self.reference is None and self.reference_spec != "init":
-            ref = _detached_copy(pl_module, trainer)
+            ref = detached_copy(pl_module, trainer)
             ref.load_state_dict(load_checkpoint_weights(str(self.reference_spec)))
             self.reference = ref
         if self.reference is None and stage == "fit":
-            self.reference = _detached_copy(pl_module, trainer)  # the model at initialisation
+            self.reference = detached_copy(pl_module, trainer)  # the model at initialisation
         super().setup(trainer, pl_module, stage)
         if self.reference is None:
             raise ValueError("reference='init' is only defined when fitting; pass a checkpoint path or a module")

@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lit_repr.callbacks.base import TapCallback
-from lit_repr.callbacks.identifiability import _detached_copy
-from lit_repr.features import frozen_mode, preserved_rng
+from lit_repr.features import detached_copy, frozen_mode, preserved_rng
 from lit_repr.metrics.ntk import (
     KernelMode,
     activation_hamming,
@@ -36,7 +35,7 @@ from lit_repr.metrics.ntk import (
     param_distance,
     trainable_parameters,
 )
-from lit_repr.taps import Tap, _first_tensor, resolve_sites
+from lit_repr.taps import Tap, first_tensor, resolve_sites
 from lit_repr.targets import TargetSpec, check_finite, check_target_spec, get_input
 
 __all__ = ["KernelDistance"]
@@ -271,7 +270,7 @@ class KernelDistance(Callback):
 
     def _output_width(self, pl_module: nn.Module, x: Tensor) -> int:
         assert self._shadow is not None
-        pick = self.output_fn or _first_tensor
+        pick = self.output_fn or first_tensor
         with frozen_mode(self._shadow):
             return int(pick(functional_call(self._shadow, self._state(pl_module), (x[:1],))).numel())
 
@@ -281,7 +280,7 @@ class KernelDistance(Callback):
             if self._tap is not None:
                 self._tap.remove()
             self._module = pl_module
-            self._shadow = _detached_copy(pl_module, trainer).eval()
+            self._shadow = detached_copy(pl_module, trainer).eval()
             if self.relu_sites:
                 self._tap = Tap(self._shadow, self.relu_sites)
                 self._tap.enabled = False

@@ -13,7 +13,7 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from lit_repr.taps import _glob_regex
+from lit_repr.taps import glob_regex
 
 __all__ = ["ReadoutState"]
 
@@ -52,7 +52,7 @@ class ReadoutState:
     def _site_known(self, site: str) -> bool:
         if self.tap is not None:
             return site in self.tap.sites
-        return any(_glob_regex(p).fullmatch(site) for p in self.site_patterns)
+        return any(glob_regex(p).fullmatch(site) for p in self.site_patterns)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         device = self._module.device if self._module is not None else "cpu"

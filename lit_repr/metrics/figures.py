@@ -6,10 +6,11 @@ from typing import Any
 
 from torch import Tensor
 
-__all__ = ["matched_heatmap", "pred_vs_true_figure"]
+__all__ = ["matched_heatmap", "pred_vs_true_figure", "pyplot"]
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (figures are drawn off screen and sent to TensorBoard)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -20,7 +21,7 @@ def _pyplot() -> Any:
 
 def matched_heatmap(res: Any, title: str) -> Any:
     """Heat map of |correlation| between factors (rows) and matched feature dimensions (columns)."""
-    plt = _pyplot()
+    plt = pyplot()
 
     corr = res.corr.detach().cpu().reshape(-1, res.corr.shape[-1])
     matching = res.matching.detach().cpu().reshape(-1)
@@ -48,7 +49,7 @@ def matched_heatmap(res: Any, title: str) -> Any:
 
 def pred_vs_true_figure(pred: Tensor, true: Tensor, title: str, max_points: int = 2000) -> Any:
     """Scatter of predicted against true values, one panel per output dimension (at most 6)."""
-    plt = _pyplot()
+    plt = pyplot()
 
     k = min(pred.shape[1], 6)
     fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from lit_repr.features import frozen_mode
-from lit_repr.taps import _first_tensor
+from lit_repr.taps import first_tensor
 
 __all__ = [
     "empirical_ntk", "ntk_chunk_size", "kernel_distance", "param_distance", "activation_hamming",
@@ -101,7 +101,7 @@ def ntk_chunk_size(
 
 
 def _output_fn(output_fn: Callable[[Any], Tensor] | None) -> Callable[[Any], Tensor]:
-    return output_fn if output_fn is not None else _first_tensor
+    return output_fn if output_fn is not None else first_tensor
 
 
 def empirical_ntk(
@@ -266,9 +266,9 @@ def ntk_history_figure(history: Mapping[str, Sequence[float]], name: str = "ntk"
         >>> len(fig.axes)
         2
     """
-    from lit_repr.metrics.figures import _pyplot
+    from lit_repr.metrics.figures import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     steps = list(history.get("step", []))
     groups: list[tuple[str, list[str]]] = [
         ("kernel distance S(t) = 1 − cos(K₀, K_t)", [t for t in (f"{name}/kernel_distance",) if t in history]),
