@@ -364,13 +364,16 @@ def explain_parse_error(
     help_key = ""
     m = _NOT_ACCEPT_OPTION.match(first) or _UNRECOGNIZED.match(first)
     if m:
-        bad = [m.group(2)] if m.re is _NOT_ACCEPT_OPTION else re.findall(r"--?([\w.\-]+)", m.group(1))
+        as_key = m.re is _NOT_ACCEPT_OPTION  # from a config file or the command line
+        bad = [m.group(2)] if as_key else re.findall(r"--?([\w.\-]+)", m.group(1))
         options = _option_names(parser, subcommand) if parser is not None else []
+        dash = "" if as_key else "--"
         hints = []
         for b in bad:
             close = _did_you_mean(b, options)
-            hints.append(f"--{b}" + (f" (did you mean --{close[0]}?)" if close else ""))
-        cause = f"unknown option{'s' if len(bad) > 1 else ''}: {', '.join(hints)}"
+            hints.append(f"{dash}{b}" + (f" (did you mean {dash}{close[0]}?)" if close else ""))
+        what = "key" if as_key else "option"
+        cause = f"unknown {what}{'s' if len(bad) > 1 else ''}: {', '.join(hints)}"
     elif _REQUIRED.match(first):
         missing = _REQUIRED.match(first).group(1)  # type: ignore[union-attr]
         cause = (
