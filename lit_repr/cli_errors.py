@@ -224,9 +224,9 @@ def _plugin_note(class_path: str) -> str:
     top = class_path.split(".", 1)[0]
     for name, (value, error) in failed.items():
         if value.split(":", 1)[0].split(".", 1)[0] == top:
-            return f"; it belongs to plugin {name!r}, which failed to load: {error}"
+            return f"; it belongs to plugin {name!r}, which failed to load: {error}."
     listed = "; ".join(f"plugin {name!r} ({value}) failed to load: {error}" for name, (value, error) in failed.items())
-    return f"; a plugin may have provided it, but {listed}"
+    return f" A plugin may provide it, but {listed}."
 
 
 def class_name_hint(key: str, value: str, base: type | None) -> str:
@@ -240,8 +240,8 @@ def class_name_hint(key: str, value: str, base: type | None) -> str:
     Example:
         >>> from lightning.pytorch import LightningModule
         >>> import lit_repr.models
-        >>> class_name_hint("model", "Clasifier", LightningModule)[:78]
-        "model.class_path = 'Clasifier': not a known LightningModule; did you mean 'Cl"
+        >>> class_name_hint("model", "Clasifier", LightningModule).split("?")[0]
+        "model.class_path = 'Clasifier': not a known LightningModule; did you mean 'Classifier'"
     """
     base_name = base.__name__ if base is not None else "class"
     if "." in value:
@@ -261,10 +261,10 @@ def class_name_hint(key: str, value: str, base: type | None) -> str:
     listed = ", ".join(own[:12]) + (", ..." if len(own) > 12 else "")
     return (
         f"{key}.class_path = {value!r}: not a known {base_name}"
-        + (f"; did you mean {close[0]!r}?" if close else "")
-        + (f" Known: {listed}." if listed else "")
-        + " Any other class: its import path (package.module.ClassName)"
+        + (f"; did you mean {close[0]!r}?" if close else ".")
         + _plugin_note(value)
+        + (f" Known: {listed}; any other" if listed else " Any")
+        + " class by its import path (package.module.ClassName)."
     )
 
 
