@@ -143,7 +143,11 @@ class LitReprCLI(LightningCLI):
 
         from lit_repr.cli_errors import explain_config_error, explain_parse_error
 
-        parsers = [parser, *getattr(self, "_subcommand_parsers", {}).values()]
+        subparsers = getattr(self, "_subcommand_parsers", {})
+        for sub in ("validate", "test"):  # the run summary replaces Lightning's own results table
+            if sub in subparsers and any(a.dest == "verbose" for a in subparsers[sub]._actions):
+                subparsers[sub].set_defaults(verbose=False)
+        parsers = [parser, *subparsers.values()]
         for p in parsers:
             p.exit_on_error = False
         try:
@@ -172,11 +176,11 @@ class LitReprCLI(LightningCLI):
         if not isinstance(callbacks, (list, tuple)):
             callbacks = [] if callbacks is None else [callbacks]
         callbacks = list(callbacks)
-        if not any(isinstance(c, RunSummary) for c in callbacks):
-            callbacks.append(RunSummary())
         wants_bar = trainer_config.get("enable_progress_bar", None) is not False
         if wants_bar and not stdout_is_terminal() and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(LineProgressBar())
+        if not any(isinstance(c, RunSummary) for c in callbacks):
+            callbacks.append(RunSummary())  # after the progress bar: the table is the last thing printed
         return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
     def after_instantiate_classes(self) -> None:
