@@ -1,11 +1,18 @@
 """The README, read as a stranger would: its commands, tags, paths and messages match what runs produce."""
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
 from lit_repr.cli import LitReprCLI
+
+
+@pytest.fixture(autouse=True)
+def _command_line_of_its_own(monkeypatch):
+    """The CLI sees only the arguments a test gives it (not pytest's), as on a real command line."""
+    monkeypatch.setattr(sys, "argv", ["lit_repr"])
 
 REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
