@@ -16,6 +16,7 @@ def _command_line_of_its_own(monkeypatch):
     """The CLI sees only the arguments a test gives it (not pytest's), as on a real command line."""
     monkeypatch.setattr(sys, "argv", ["lit_repr"])
 
+
 REPO = Path(__file__).resolve().parents[1]
 
 BASE = """

@@ -13,6 +13,7 @@ def _command_line_of_its_own(monkeypatch):
     """The CLI sees only the arguments a test gives it (not pytest's), as on a real command line."""
     monkeypatch.setattr(sys, "argv", ["lit_repr"])
 
+
 BROKEN = EntryPoint(name="broken", value="lit_repr_broken_plugin_xyz", group=plugins.ENTRY_POINT_GROUP)
 CONFIG = """
 trainer:
