@@ -96,15 +96,10 @@ def _walk(message: str) -> list[_Leaf]:
         body = body.strip()
         while stack and stack[-1].indent >= indent:
             stack.pop()
-        m = _KEY.match(body)
-        if m:
-            stack.append(_Frame(indent, "key", m.group(1)))
-            if m.group(2):
-                leaves.append(_Leaf(m.group(2), list(stack)))
-            continue
-        m = _CLASS.match(body)
-        if m:
-            stack.append(_Frame(indent, "class", m.group(1)))
+        opened = [(kind, m) for kind, m in (("key", _KEY.match(body)), ("class", _CLASS.match(body))) if m]
+        if opened:  # a key or a class_path: what follows, indented, is about it
+            kind, m = opened[0]
+            stack.append(_Frame(indent, kind, m.group(1)))
             if m.group(2):
                 leaves.append(_Leaf(m.group(2), list(stack)))
             continue
