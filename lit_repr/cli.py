@@ -153,8 +153,11 @@ class LitReprCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as err:
-            sub = next((a for a in self._raw_args if a in getattr(self, "_subcommand_parsers", {})), None)
-            lines = explain_parse_error(str(err), parser=parser, subcommand=sub, prog=_prog())
+            sub = next((a for a in self._raw_args if a in subparsers), None)
+            try:
+                lines = explain_parse_error(str(err), parser=parser, subcommand=sub, prog=_prog())
+            except Exception:  # noqa: BLE001 - never hide the original message behind a second error
+                lines = [f"error: {err}"]
             print("\n".join(lines), file=sys.stderr)
             raise SystemExit(2) from None
         except OmegaConfBaseException as err:
