@@ -206,8 +206,14 @@ def _base_class(frames: list[_Frame]) -> type | None:
     return None
 
 
-def _is_own(cls: type) -> bool:
-    return not cls.__module__.startswith(("lightning.", "pytorch_lightning.", "torch.", "lightning_fabric."))
+def _is_listed(cls: type) -> bool:
+    """Whether a class is lit_repr's or an installed plugin's (the short names worth listing)."""
+    from lit_repr.plugins import load_plugins
+
+    names = ["lit_repr"]
+    for obj in load_plugins().values():  # a module, or the callable an entry point named
+        names.append(obj.__name__ if inspect.ismodule(obj) else getattr(obj, "__module__", "") or "")
+    return cls.__module__.split(".", 1)[0] in {n.split(".", 1)[0] for n in names if n}
 
 
 def _plugin_note(class_path: str) -> str:
@@ -252,7 +258,7 @@ def class_name_hint(key: str, value: str, base: type | None) -> str:
     known = _subclasses(base) if base is not None else []
     names = [c.__name__ for c in known]
     close = _did_you_mean(value, names)
-    own = sorted({c.__name__ for c in known if _is_own(c) and not c.__name__.startswith("_")})
+    own = sorted({c.__name__ for c in known if _is_listed(c) and not c.__name__.startswith("_")})
     listed = ", ".join(own[:12]) + (", ..." if len(own) > 12 else "")
     return (
         f"{key}.class_path = {value!r}: not a known {base_name}"
