@@ -42,6 +42,8 @@ def test_every_tag_has_the_documented_shape():
         parts = tag.split("/")
         if tag.startswith(("train/", "val/", "test/")):
             assert len(parts) == 2, tag  # the model's own metrics
+        elif tag.endswith("/alpha"):
+            assert len(parts) == 4, tag  # a probe's penalty: <callback>/<site>/<target>/alpha
         else:
             assert len(parts) == 5, tag  # <callback>/<site>/<target>/<split>/<quantity or figure>
 
