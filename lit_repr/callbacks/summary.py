@@ -204,9 +204,14 @@ class RunSummary(Callback):
 
     Example:
         >>> import lightning.pytorch as pl
-        >>> trainer = pl.Trainer(callbacks=[RunSummary()], logger=False, enable_progress_bar=False)
-        >>> RunSummary(filename=None).filename is None
-        True
+        >>> class Readout(pl.Callback):  # any callback with a ``scores`` dict
+        ...     scores = {"probe/encoder.1/digit/val/acc": 0.93, "probe/encoder.1/digit/val/auroc": 0.99}
+        >>> summary = RunSummary()
+        >>> trainer = pl.Trainer(callbacks=[Readout(), summary], logger=False)  # trainer.fit(...) ends with:
+        >>> _ = summary.summarise(trainer, "fit")
+        Final readouts (fit, epoch 0, step 0)
+        callback  site       target  split    acc  auroc
+        probe     encoder.1  digit   val    0.930  0.990
     """
 
     def __init__(self, filename: str | None = "summary.json", print_table: bool = True, stream: TextIO | None = None):
