@@ -218,30 +218,34 @@ def _normalised_entropy(p: np.ndarray, base: int, axis: int) -> np.ndarray:
     return -terms.sum(axis) / math.log(base)
 
 
-def _best_split_gain(x: np.ndarray, y: np.ndarray, block: int = 256) -> np.ndarray:
-    """Per feature, the largest drop in squared error of ``y`` from one threshold on that feature alone.
+def _best_split_gains(x: np.ndarray, z: np.ndarray, block: int = 256) -> np.ndarray:
+    """``(D, K)``: per feature and factor, the largest drop in squared error of the factor from one
+    threshold on that feature alone.
 
-    This is the criterion a regression tree's root split maximises (``S_L²/n_L + S_R²/n_R − S²/n``);
-    features are processed in blocks of columns to bound memory.
+    This is the criterion a regression tree's root split maximises (``S_L²/n_L + S_R²/n_R − S²/n``).
+    Each block of feature columns is sorted once for every factor; blocks bound the memory.
     """
     n, d = x.shape
-    y = y - y.mean()
+    z = z - z.mean(0)
     k = np.arange(1, n, dtype=np.float64)[:, None]
-    gains = np.empty(d)
+    gains = np.empty((d, z.shape[1]))
     for lo in range(0, d, block):
         xb = x[:, lo : lo + block]
         order = np.argsort(xb, axis=0, kind="stable")
-        left = np.cumsum(y[order], axis=0)[:-1]  # sums of the n_L smallest, for n_L = 1 .. n-1
-        gain = left**2 / k + left**2 / (n - k)  # the total is 0 after centring, so S_R = -S_L
         xs = np.take_along_axis(xb, order, axis=0)
-        gain[xs[1:] <= xs[:-1]] = -np.inf  # no threshold between tied values
-        gains[lo : lo + block] = gain.max(axis=0)
+        tied = xs[1:] <= xs[:-1]  # no threshold between tied values
+        for j in range(z.shape[1]):
+            left = np.cumsum(z[order, j], axis=0)[:-1]  # sums of the n_L smallest, for n_L = 1 .. n-1
+            gain = left**2 / k + left**2 / (n - k)  # the total is 0 after centring, so S_R = -S_L
+            gain[tied] = -np.inf
+            gains[lo : lo + block, j] = gain.max(axis=0)
     return gains
 
 
 def _dci_candidates(x: np.ndarray, z: np.ndarray, per_factor: int) -> np.ndarray:
     """Column indices: the union over factors of each factor's ``per_factor`` best features by split gain."""
-    picks = [np.argsort(-_best_split_gain(x, z[:, j]), kind="stable")[:per_factor] for j in range(z.shape[1])]
+    gains = _best_split_gains(x, z)
+    picks = [np.argsort(-gains[:, j], kind="stable")[:per_factor] for j in range(z.shape[1])]
     return np.unique(np.concatenate(picks))
 
 
