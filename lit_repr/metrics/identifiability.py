@@ -277,8 +277,8 @@ def dci(
     there are more than ``candidates_per_factor × K`` features, each factor first ranks every feature by
     the gain of its best single split (the criterion of a tree's root split, computed exactly and cheaply)
     and every forest searches only the union of the factors' top ``candidates_per_factor``; the other
-    features get importance 0. On 2048 features, 1500 samples and 5 factors this is over 10× faster and
-    moves disentanglement and completeness by about 0.01 (``benchmarks/bench_dci.py``); with
+    features get importance 0. On 2048 features, 1500 samples and 5 factors this takes 12× less CPU time
+    and moves disentanglement and completeness by less than 0.02 (``benchmarks/bench_dci.py``); with
     ``candidates_per_factor=None`` every forest searches every feature.
 
     Args:
