@@ -7,6 +7,10 @@ base class. Two lines attach a linear probe to its hidden layers:
     trainer = pl.Trainer(callbacks=[LinearProbe(sites=["encoder.*"], targets={"digit": 1}, num_classes=10,
                                                 input_key=0, mode="frozen")])
 
+``RunSummary`` prints the probe's final scores as a table at the end and writes them to
+``runs/probe_plain_lightning/version_N/summary.json``, beside the TensorBoard logs (the same layout as
+``python -m lit_repr fit --config configs/<name>.yaml``, which logs to ``runs/<name>/version_N``).
+
 Run:  python examples/probe_plain_lightning.py  [--epochs 5]
 """
 
@@ -16,11 +20,13 @@ import argparse
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
 from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.callbacks import LinearProbe
+from lit_repr.callbacks.summary import RunSummary
 
 
 class MyModel(pl.LightningModule):
@@ -75,18 +81,14 @@ def main(epochs: int = 5, logger: bool = True) -> dict[str, float]:
     )
     trainer = pl.Trainer(
         max_epochs=epochs,
-        callbacks=[probe],
-        logger=logger,
+        callbacks=[probe, RunSummary()],  # the table of final scores, and summary.json beside the logs
+        logger=TensorBoardLogger(save_dir="runs", name="probe_plain_lightning") if logger else False,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=False,
-        default_root_dir="runs/plain",
     )
     trainer.fit(MyModel(), train, val)
-    scores = {k: round(v, 4) for k, v in probe.scores.items()}
-    for k, v in scores.items():
-        print(f"{k:40s} {v}")
-    return scores
+    return {k: round(v, 4) for k, v in probe.scores.items()}
 
 
 if __name__ == "__main__":

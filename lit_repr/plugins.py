@@ -7,7 +7,9 @@ A plugin is any installed package that declares, in its ``pyproject.toml``::
     # or "my_plugin.register:setup"    # a callable to call after import
 
 Importing it defines its LightningModules, DataModules and Callbacks, which then resolve by short
-class name in YAML configs (``class_path: MyModel``).
+class name in YAML configs (``class_path: MyModel``). A plugin that fails to load is named in a
+warning and skipped: a run stops only if its config names a class that cannot be resolved, and then
+the error shows why the plugin failed (see :func:`failed_plugins`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from __future__ import annotations
 import logging
 from importlib.metadata import EntryPoint, entry_points
 
-__all__ = ["ENTRY_POINT_GROUP", "discover_plugins", "load_plugins"]
+__all__ = ["ENTRY_POINT_GROUP", "discover_plugins", "load_plugins", "failed_plugins"]
 
 ENTRY_POINT_GROUP = "lit_repr.plugins"
 _log = logging.getLogger(__name__)
 _loaded: dict[str, object] = {}
+_failed: dict[str, tuple[str, str]] = {}
 
 
 def discover_plugins() -> list[EntryPoint]:
@@ -27,26 +30,36 @@ def discover_plugins() -> list[EntryPoint]:
     return sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name)
 
 
-def load_plugins(strict: bool = True) -> dict[str, object]:
+def failed_plugins() -> dict[str, tuple[str, str]]:
+    """``{plugin name: (entry point value, "ErrorType: message")}`` for every plugin that failed to load."""
+    return dict(_failed)
+
+
+def load_plugins(strict: bool = False) -> dict[str, object]:
     """Import every registered plugin (and call it if the entry point names a callable).
 
+    A plugin that fails is recorded (:func:`failed_plugins`) and named in one warning, once per process.
+
     Args:
-        strict: raise if a plugin fails to load; otherwise log a warning and go on.
+        strict: raise ``RuntimeError`` at the first plugin that fails to load instead of warning.
 
     Returns:
         ``{plugin name: loaded object}`` for every plugin loaded so far.
     """
     for ep in discover_plugins():
-        if ep.name in _loaded:
+        if ep.name in _loaded or (ep.name in _failed and not strict):
             continue
         try:
             obj = ep.load()
             if callable(obj) and not isinstance(obj, type):
                 obj()
             _loaded[ep.name] = obj
-        except Exception as err:  # noqa: BLE001 - re-raised with context below
-            msg = f"lit_repr plugin {ep.name!r} ({ep.value}) failed to load: {type(err).__name__}: {err}"
+            _failed.pop(ep.name, None)
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not stop runs that do not need it
+            reason = f"{type(err).__name__}: {err}"
+            msg = f"lit_repr plugin {ep.name!r} ({ep.value}) failed to load: {reason}"
             if strict:
                 raise RuntimeError(msg) from err
-            _log.warning(msg)
+            _failed[ep.name] = (ep.value, reason)
+            _log.warning(f"{msg}; skipped (its classes are unavailable)")
     return dict(_loaded)

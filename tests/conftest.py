@@ -59,3 +59,24 @@ def run_ddp_script(tmp_path):
         return torch.load(out, weights_only=False)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory):
+    """The README's quickstart command, run once in a fresh directory with stdout captured (not a terminal).
+
+    Returns ``(completed process, run directory)``.
+    """
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cwd = tmp_path_factory.mktemp("quickstart")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([repo, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "lit_repr", "fit", "--config", os.path.join(repo, "configs", "quickstart.yaml")],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc, cwd / "runs" / "quickstart" / "version_0"

@@ -234,6 +234,37 @@ def _normalised_entropy(p: np.ndarray, base: int, axis: int) -> np.ndarray:
     return -terms.sum(axis) / math.log(base)
 
 
+def _best_split_gains(x: np.ndarray, z: np.ndarray, block: int = 256) -> np.ndarray:
+    """``(D, K)``: per feature and factor, the largest drop in squared error of the factor from one
+    threshold on that feature alone.
+
+    This is the criterion a regression tree's root split maximises (``S_L²/n_L + S_R²/n_R − S²/n``).
+    Each block of feature columns is sorted once for every factor; blocks bound the memory.
+    """
+    n, d = x.shape
+    z = z - z.mean(0)
+    k = np.arange(1, n, dtype=np.float64)[:, None]
+    gains = np.empty((d, z.shape[1]))
+    for lo in range(0, d, block):
+        xb = x[:, lo : lo + block]
+        order = np.argsort(xb, axis=0, kind="stable")
+        xs = np.take_along_axis(xb, order, axis=0)
+        tied = xs[1:] <= xs[:-1]  # no threshold between tied values
+        for j in range(z.shape[1]):
+            left = np.cumsum(z[order, j], axis=0)[:-1]  # sums of the n_L smallest, for n_L = 1 .. n-1
+            gain = left**2 / k + left**2 / (n - k)  # the total is 0 after centring, so S_R = -S_L
+            gain[tied] = -np.inf
+            gains[lo : lo + block, j] = gain.max(axis=0)
+    return gains
+
+
+def _dci_candidates(x: np.ndarray, z: np.ndarray, per_factor: int) -> np.ndarray:
+    """Column indices: the union over factors of each factor's ``per_factor`` best features by split gain."""
+    gains = _best_split_gains(x, z)
+    picks = [np.argsort(-gains[:, j], kind="stable")[:per_factor] for j in range(z.shape[1])]
+    return np.unique(np.concatenate(picks))
+
+
 def dci(
     features_train: Any,
     latents_train: Any,
@@ -242,6 +273,8 @@ def dci(
     n_estimators: int = 50,
     max_depth: int | None = 8,
     seed: int = 0,
+    candidates_per_factor: int | None = 32,
+    n_jobs: int | None = -1,
 ) -> dict[str, Any]:
     """Disentanglement, completeness and informativeness (Eastwood & Williams, 2018).
 
@@ -255,6 +288,26 @@ def dci(
       is the mean over factors;
     - informativeness: the mean held-out R² of the regressors on the test samples (higher is
       better; the paper's prediction error is ``1 − R²`` for standardised factors).
+
+    Wide features: a forest's cost grows with the number of features it searches at every split. When
+    there are more than ``candidates_per_factor × K`` features, each factor first ranks every feature by
+    the gain of its best single split (the criterion of a tree's root split, computed exactly and cheaply)
+    and every forest searches only the union of the factors' top ``candidates_per_factor``; the other
+    features get importance 0. On 2048 features, 1500 samples and 5 factors this takes 12× less CPU time
+    and moves disentanglement and completeness by less than 0.02 (``benchmarks/bench_dci.py``); with
+    ``candidates_per_factor=None`` every forest searches every feature.
+
+    Args:
+        features_train: ``(N, D)`` features the regressors are fitted on.
+        latents_train: ``(N, K)`` ground-truth factors of the same samples.
+        features_test: ``(M, D)`` held-out features (informativeness).
+        latents_test: ``(M, K)`` their factors.
+        n_estimators: trees per factor's random forest.
+        max_depth: depth limit of the trees (``None``: unlimited).
+        seed: random state of the forests (factor ``j`` uses ``seed + j``).
+        candidates_per_factor: features each factor contributes to the searched set on wide features;
+            ``None`` searches all.
+        n_jobs: threads per forest (``-1``: all cores, ``None``: one); results do not depend on it.
 
     Returns:
         ``{"disentanglement", "completeness", "informativeness"}`` (floats) plus
@@ -270,16 +323,27 @@ def dci(
     from sklearn.ensemble import RandomForestRegressor
     from sklearn.metrics import r2_score
 
-    if not isinstance(n_estimators, int) or n_estimators < 1:
+    if not isinstance(n_estimators, int) or isinstance(n_estimators, bool) or n_estimators < 1:
         raise ValueError(f"n_estimators must be a positive int, got {n_estimators!r}")
+    per_factor = candidates_per_factor
+    if per_factor is not None and (not isinstance(per_factor, int) or isinstance(per_factor, bool) or per_factor < 1):
+        raise ValueError(f"candidates_per_factor must be a positive int or None (all features), got {per_factor!r}")
+    if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0):
+        raise ValueError(f"n_jobs must be None, -1 (all cores) or a positive int, got {n_jobs!r}")
     ftr, ztr, fte, zte = _train_test(features_train, latents_train, features_test, latents_test)
     d, k = ftr.shape[1], ztr.shape[1]
+    cols = np.arange(d)
+    if per_factor is not None and d > per_factor * k:
+        cols = _dci_candidates(ftr, ztr, per_factor)
+        ftr, fte = ftr[:, cols], fte[:, cols]
     importance = np.zeros((d, k))
     informativeness = np.zeros(k)
     for j in range(k):
-        model = RandomForestRegressor(n_estimators=n_estimators, max_depth=max_depth, random_state=seed + j)
+        model = RandomForestRegressor(
+            n_estimators=n_estimators, max_depth=max_depth, random_state=seed + j, n_jobs=n_jobs
+        )
         model.fit(ftr, ztr[:, j])
-        importance[:, j] = np.abs(model.feature_importances_)
+        importance[cols, j] = np.abs(model.feature_importances_)
         informativeness[j] = r2_score(zte[:, j], model.predict(fte))
     out = dci_from_importance(importance)
     out["informativeness"] = float(informativeness.mean())
