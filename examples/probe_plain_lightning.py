@@ -26,7 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.callbacks import LinearProbe
-from lit_repr.callbacks.summary import RunSummary
+from lit_repr.callbacks import RunSummary
 
 
 class MyModel(pl.LightningModule):
