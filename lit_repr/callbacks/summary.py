@@ -40,7 +40,7 @@ MAIN_QUANTITIES = (
     "mutual_knn",
 )
 # Kept in summary.json but left out of the printed table: per-factor values and fitted penalties.
-_DETAIL = re.compile(r"(_factor\d+|/alpha)$")
+_DETAIL = re.compile(r"(_factor\d+|(^|/|_)alpha|_gamma)$")
 
 
 def parse_tag(tag: str) -> dict[str, str] | None:
@@ -166,7 +166,8 @@ def format_summary(rows: list[dict[str, Any]], other: Mapping[str, float] | None
     lines = [title] if title else []
     by_callback: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_callback.setdefault(row["callback"], []).append(row)
+        if any(not _DETAIL.search(q) for q in row["scores"]):  # rows of details only (a fit's penalty) stay in the JSON
+            by_callback.setdefault(row["callback"], []).append(row)
     for i, (_, group) in enumerate(by_callback.items()):
         quantities = sorted(
             {q for row in group for q in row["scores"] if not _DETAIL.search(q)}, key=_quantity_order
