@@ -17,8 +17,9 @@ What we measure per cell:
 
 * kernel distance ``S = 1 − ⟨K₀, K_T⟩_F / (‖K₀‖_F ‖K_T‖_F)`` between the empirical neural tangent
   kernels at initialization and after training, on a fixed probe batch of 100 held-out inputs
-  (``torch.func`` Jacobians, :func:`empirical_ntk` below): 0 for lazy (kernel) training, larger as
-  the network learns features;
+  (the ``KernelDistance`` callback, which also logs the parameter distance ``‖θ − θ₀‖/‖θ₀‖``, the
+  fraction of ReLU activation signs that flipped, and the drift of the conserved ``δ_k``): 0 for lazy
+  (kernel) training, larger as the network learns features;
 * test error: the mean squared error on 500 held-out samples relative to the variance of the teacher
   outputs (``0`` perfect, ``1`` as bad as predicting the mean);
 * the final training loss (so that unfinished cells are visible).
@@ -45,30 +46,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from torch import Tensor
 from torch.utils.data import DataLoader, RandomSampler
 
+from lit_repr.callbacks.kernel_distance import KernelDistance
 from lit_repr.data.base import TensorDictDataset
 from lit_repr.data.teacher_student import TeacherStudentDataModule
 from lit_repr.models.two_layer import TwoLayerNetwork
-
-
-def empirical_ntk(model: nn.Module, x: Tensor) -> Tensor:
-    """``K = J Jᵀ`` (float64, summed over outputs) with ``J`` the Jacobian of ``model(x)`` in its parameters."""
-    params = {k: v.detach() for k, v in model.named_parameters()}
-
-    def single(p: dict[str, Tensor], xi: Tensor) -> Tensor:
-        return functional_call(model, p, (xi.unsqueeze(0),)).reshape(-1)
-
-    jac = vmap(jacrev(single), in_dims=(None, 0))(params, x)
-    J = torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac.values()], dim=2).double()
-    return torch.einsum("nkp,mkp->nm", J, J)
-
-
-def kernel_distance(k0: Tensor, k: Tensor) -> float:
-    """``1 − ⟨K₀, K⟩_F / (‖K₀‖_F ‖K‖_F)``."""
-    return 1.0 - float((k0 * k).sum()) / (float(k0.norm()) * float(k.norm()))
 
 
 def full_batch_loader(data: dict[str, Tensor], steps_per_epoch: int) -> DataLoader:
@@ -105,17 +89,19 @@ def train_cell(
         in_features=args.dim, hidden_features=args.hidden, activation="relu",
         init_tau=tau, init_delta=balance * tau**2, lr=args.lr / max(1.0, tau**2),
     )
-    theta0 = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
-    k0 = empirical_ntk(model, probe)
+    ntk = KernelDistance(
+        probe_batch=probe, num_samples=len(probe), every_n_steps=args.steps, every_n_epochs=None,
+        relu_sites="hidden.1", two_layer=[("hidden.0", "output")], log_figures=False,
+    )
     trainer = pl.Trainer(
-        max_steps=args.steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False,
+        max_steps=args.steps, max_epochs=-1, accelerator="cpu", devices=1, logger=False, callbacks=[ntk],
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
         limit_val_batches=0, num_sanity_val_steps=0,
     )
     train = dm.datasets["train"].tensors
     trainer.fit(model, train_dataloaders=full_batch_loader(train, steps_per_epoch=min(args.steps, 500)))
-    k = empirical_ntk(model, probe)
-    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    if ntk.history["step"][-1] != args.steps:
+        raise RuntimeError(f"KernelDistance measured last at step {ntk.history['step'][-1]}, not at {args.steps}")
     test = dm.datasets["test"].tensors
     model.eval()
     with torch.no_grad():
@@ -123,8 +109,10 @@ def train_cell(
         test_error = float((model(test["x"]).double() - y).pow(2).sum() / (y - y.mean(0)).pow(2).sum())
         train_loss = float(0.5 * (model(train["x"]).double() - train["y"].double()).pow(2).sum(1).mean())
     return {
-        "kernel_distance": kernel_distance(k0, k),
-        "param_distance": float((theta - theta0).norm() / theta0.norm()),
+        "kernel_distance": ntk.scores["ntk/kernel_distance"],
+        "param_distance": ntk.scores["ntk/param_distance"],
+        "activation_hamming": ntk.scores["ntk/hidden.1/activation_hamming"],
+        "delta_change_max": ntk.scores["ntk/hidden.0/delta_change_max"],
         "test_error": test_error,
         "train_loss": train_loss,
     }
@@ -225,11 +213,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
     print(f"\nLazy/rich phase diagram: d={args.dim}, {args.hidden} hidden ReLU units, teacher {args.teacher} units, "
           f"{args.num_train} training samples, {args.steps} full-batch GD steps, lr {args.lr:g}/max(1, tau^2)")
-    print(f"{'tau':>6} {'delta/tau^2':>11} {'delta':>9} {'kernel dist':>11} {'param dist':>10} {'train loss':>10} "
-          f"{'test error':>10}  paper (Fig. 1b)")
+    print(f"{'tau':>6} {'delta/tau^2':>11} {'delta':>9} {'kernel dist':>11} {'param dist':>10} {'relu flips':>10} "
+          f"{'train loss':>10} {'test error':>10}  paper (Fig. 1b)")
     for tau, balance, cell, expect in rows:
         print(f"{tau:6g} {balance:+11.2f} {balance * tau**2:+9.3g} {cell['kernel_distance']:11.3f} "
-              f"{cell['param_distance']:10.3f} {cell['train_loss']:10.2e} {cell['test_error']:10.3g}  {expect}")
+              f"{cell['param_distance']:10.3f} {cell['activation_hamming']:10.3f} {cell['train_loss']:10.2e} "
+              f"{cell['test_error']:10.3g}  {expect}")
     print(f"mean kernel distance: smallest tau={taus[0]:g} (rich) {results['rich_kernel_distance']:.3f}, "
           f"largest tau={taus[-1]:g} (lazy) {results['lazy_kernel_distance']:.3f}; mean test error "
           f"{results['rich_test_error']:.3g} vs {results['lazy_test_error']:.3g}")
