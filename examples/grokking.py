@@ -21,7 +21,7 @@ the first step with training accuracy >= 0.99 (memorization), the first steps wi
 creeps towards 0.9, so the 0.5 crossing times the rise and the 0.9 crossing the slow end. A run that does not reach 0.9
 within ``--steps`` is reported as "not within budget", with its final held-out accuracy.
 
-Run: ``python examples/grokking.py`` (5 balances × 2 seeds, a few minutes on 2 CPU cores) or
+Run: ``python examples/grokking.py`` (5 balances × 2 seeds, about 5 minutes on 2 CPU cores) or
 ``--quick`` (3 balances, 1 seed, about a minute). Curves go to TensorBoard under ``--out`` and to
 ``<out>/grokking.png``.
 """
