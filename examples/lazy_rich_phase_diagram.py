@@ -63,23 +63,6 @@ def full_batch_loader(data: dict[str, Tensor], steps_per_epoch: int) -> DataLoad
     return DataLoader(ds, batch_size=n, sampler=sampler)
 
 
-def teacher_student_data(**kwargs) -> TeacherStudentDataModule:
-    """``TeacherStudentDataModule(**kwargs)``.
-
-    Its ``__init__`` assigns ``self.in_features``, which ``ArrayDataModule`` now defines as a read-only
-    property; until that is reconciled in ``lit_repr.data``, a subclass that shadows the property with
-    a plain attribute lets the assignment through (the value is the same input dimension).
-    """
-    try:
-        return TeacherStudentDataModule(**kwargs)
-    except AttributeError:
-
-        class _TeacherStudentDataModule(TeacherStudentDataModule):
-            in_features = None
-
-        return _TeacherStudentDataModule(**kwargs)
-
-
 def train_cell(
     tau: float, balance: float, dm: TeacherStudentDataModule, probe: Tensor, args: argparse.Namespace
 ) -> dict[str, float]:
@@ -187,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
         parser.error(f"--balances must lie in [-1, 1] (|δ| <= τ²), got {balances}")
     t0 = time.perf_counter()
 
-    dm = teacher_student_data(
+    dm = TeacherStudentDataModule(
         in_features=args.dim, num_teacher_neurons=args.teacher, radius=math.sqrt(args.dim),
         num_train=args.num_train, num_val=0, num_test=args.num_test, batch_size=args.num_train, seed=args.seed,
     )

@@ -25,8 +25,7 @@ from sklearn.datasets import load_digits
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lit_repr.callbacks import LinearProbe
-from lit_repr.callbacks import RunSummary
+from lit_repr.callbacks import LinearProbe, RunSummary
 
 
 class MyModel(pl.LightningModule):

@@ -29,17 +29,6 @@ def _load(name):
     return module
 
 
-def _teacher_student_broken() -> bool:
-    """Whether ``TeacherStudentDataModule`` still assigns the read-only ``ArrayDataModule.in_features``."""
-    from lit_repr.data.teacher_student import TeacherStudentDataModule
-
-    try:
-        TeacherStudentDataModule(in_features=2, num_train=4)
-    except AttributeError:
-        return True
-    return False
-
-
 def test_phase_diagram_quick(capsys, tmp_path):
     res = _load("lazy_rich_phase_diagram").main(["--quick", "--out", str(tmp_path / "pd")])
     out = capsys.readouterr().out
@@ -77,11 +66,6 @@ def test_grokking_quick(capsys, tmp_path):
         pytest.param(
             "lazy_rich_phase.yaml", ["--trainer.max_epochs=100"],
             ["ntk/kernel_distance", "probe/hidden/teacher_units/"],
-            marks=pytest.mark.xfail(
-                _teacher_student_broken(), raises=Exception, strict=True,
-                reason="TeacherStudentDataModule.__init__ assigns self.in_features, a read-only property of "
-                       "ArrayDataModule",
-            ),
             id="lazy_rich_phase",
         ),
         pytest.param("grokking.yaml", ["--trainer.max_epochs=50"], ["val/acc", "train/acc"], id="grokking"),
