@@ -255,11 +255,13 @@ class TapCallback(ReadoutState, Callback):
 
     def feed(self, features: Mapping[str, Tensor], batch: Any, split: str) -> None:
         """Send one batch of features (``{site: (B, D)}``) and its targets to every readout."""
+        device = next(iter(features.values())).device
         for target, y in self.read_targets(batch, features).items():
+            if isinstance(y, Tensor) and y.device != device:
+                y = y.to(device)
             for site, f in features.items():
                 ys = y.get(site) if isinstance(y, Mapping) else y
                 if isinstance(ys, Tensor):
-                    ys = ys.to(f.device)
                     if ys.shape[0] != f.shape[0]:
                         raise ValueError(
                             f"{self.name}: site {site!r} produced {f.shape[0]} feature rows but target {target!r} "
