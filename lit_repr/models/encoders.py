@@ -419,16 +419,8 @@ class FISTAEncoder(ISTAEncoder):
     Each sample restarts its momentum when it points against the last step (the adaptive gradient
     restart of O'Donoghue & Candès, 2015), which on lasso problems cuts the iterations about 3x.
 
-    Same arguments as :class:`ISTAEncoder`.
-
     Args:
-        penalty: L1 penalty ``>= 0``.
-        max_iter: iterations (the fixed count when ``tol == 0``).
-        tol: adaptive stopping tolerance (``0``: always ``max_iter`` iterations).
-        warm_start: optional amortized encoder whose ReLU'd output initializes the codes.
-        nonnegative: constrain codes to be ``>= 0``.
-        in_features: input dimension (``None``: set by the SAE).
-        num_latents: number of latents (``None``: set by the SAE).
+        the arguments of :class:`ISTAEncoder` (same names, meanings and defaults).
 
     Example:
         >>> W = torch.eye(3)

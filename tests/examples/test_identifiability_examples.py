@@ -1,8 +1,6 @@
 """The identifiability examples run at their --quick size, and the configs run at a reduced size."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,28 +12,13 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("num_threads")
 
 
-@pytest.fixture(autouse=True)
-def _examples_on_path(monkeypatch):
-    """An example imports its sibling's helpers, as it does when run as a script from examples/."""
-    monkeypatch.syspath_prepend(str(REPO / "examples"))
-
-
-def _load(name):
-    path = REPO / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def _finite(results):
     bad = {k: v for k, v in results.items() if not math.isfinite(v)}
     assert not bad, f"non-finite results: {bad}"
 
 
-def test_supervised_identifiability_quick(capsys):
-    res = _load("supervised_identifiability").main(["--quick", "--epochs", "8", "--num-train", "3000"])
+def test_supervised_identifiability_quick(capsys, load_example):
+    res = load_example("supervised_identifiability").main(["--quick", "--epochs", "8", "--num-train", "3000"])
     _finite(res)
     out = capsys.readouterr().out
     assert "class vectors v <- trained head rows (10-fold CV)" in out
@@ -45,8 +28,8 @@ def test_supervised_identifiability_quick(capsys):
     assert 0 < res["test_acc"] <= res["bayes_acc"] + 0.05
 
 
-def test_diet_identifiability_quick(capsys):
-    res = _load("diet_identifiability").main(["--quick", "--epochs", "3"])
+def test_diet_identifiability_quick(capsys, load_example):
+    res = load_example("diet_identifiability").main(["--quick", "--epochs", "3"])
     _finite(res)
     out = capsys.readouterr().out
     assert "Part 1" in out and "Part 2" in out
@@ -54,8 +37,9 @@ def test_diet_identifiability_quick(capsys):
     assert res["latent/raw observations x/r2"] > 0.6
 
 
-def test_sprites_decodability_quick(capsys):
-    res = _load("sprites_decodability").main(["--quick", "--epochs", "1", "--num-train", "1500", "--image-size", "32"])
+def test_sprites_decodability_quick(capsys, load_example):
+    args = ["--quick", "--epochs", "1", "--num-train", "1500", "--image-size", "32"]
+    res = load_example("sprites_decodability").main(args)
     _finite(res)
     out = capsys.readouterr().out
     assert "pos_x" in out and "raw pixels" in out
@@ -94,18 +78,18 @@ def test_configs_run(tmp_path, config, overrides):
 
 
 @pytest.mark.slow
-def test_supervised_identifiability_default_size():
+def test_supervised_identifiability_default_size(load_example):
     """At the default size (a few minutes) the trained encoder and head are near-linearly identified."""
-    res = _load("supervised_identifiability").main([])
+    res = load_example("supervised_identifiability").main([])
     assert res["latents_r2/trained encoder"] > 0.95
     assert res["class_r2_cv/trained head rows"] > 0.95
     assert res["latents_r2/trained encoder"] > res["latents_r2/raw observations x"] + 0.1
 
 
 @pytest.mark.slow
-def test_sprites_decodability_default_size():
+def test_sprites_decodability_default_size(load_example):
     """Training on shape makes scale more, and position less, linearly decodable than at init."""
-    res = _load("sprites_decodability").main([])
+    res = load_example("sprites_decodability").main([])
     assert res["shape_acc"] > 0.7
     assert res["trained (shape) penultimate/scale/pearson"] > res["untrained penultimate/scale/pearson"] + 0.05
     assert res["trained (shape) penultimate/pos_x/pearson"] < res["raw pixels/pos_x/pearson"]

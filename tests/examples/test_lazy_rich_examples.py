@@ -1,8 +1,6 @@
 """The lazy/rich examples (phase diagram, grokking) run at their --quick size, and their configs at a reduced size."""
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,23 +12,8 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("num_threads")
 
 
-@pytest.fixture(autouse=True)
-def _examples_on_path(monkeypatch):
-    """An example imports its sibling's helpers, as it does when run as a script from examples/."""
-    monkeypatch.syspath_prepend(str(REPO / "examples"))
-
-
-def _load(name):
-    path = REPO / "examples" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"_example_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_phase_diagram_quick(capsys, tmp_path):
-    res = _load("lazy_rich_phase_diagram").main(["--quick", "--out", str(tmp_path / "pd")])
+def test_phase_diagram_quick(capsys, tmp_path, load_example):
+    res = load_example("lazy_rich_phase_diagram").main(["--quick", "--out", str(tmp_path / "pd")])
     out = capsys.readouterr().out
     assert "kernel dist" in out and "test error" in out and "paper (Fig. 1b)" in out
     cells = {k: v for k, v in res.items() if k.startswith(("kernel_distance/", "test_error/"))}
@@ -46,8 +29,8 @@ def test_phase_diagram_quick(capsys, tmp_path):
     assert list((tmp_path / "pd").glob("events.out.tfevents.*"))
 
 
-def test_grokking_quick(capsys, tmp_path):
-    res = _load("grokking").main(["--quick", "--steps", "1500", "--out", str(tmp_path / "grok")])
+def test_grokking_quick(capsys, tmp_path, load_example):
+    res = load_example("grokking").main(["--quick", "--steps", "1500", "--out", str(tmp_path / "grok")])
     out = capsys.readouterr().out
     assert "test>=0.9 at" in out and "upstream" in out and "downstream" in out
     for balance in ("-0.9", "+0", "+0.9"):
@@ -88,9 +71,9 @@ def test_configs_run(tmp_path, config, overrides, expected):
 
 
 @pytest.mark.slow
-def test_phase_diagram_default_size(tmp_path):
+def test_phase_diagram_default_size(tmp_path, load_example):
     """The 5x5 grid: every smallest-tau cell has a larger kernel distance than every largest-tau cell."""
-    res = _load("lazy_rich_phase_diagram").main(["--out", str(tmp_path / "pd")])
+    res = load_example("lazy_rich_phase_diagram").main(["--out", str(tmp_path / "pd")])
     rich = [v for k, v in res.items() if k.startswith("kernel_distance/tau=0.03/")]
     lazy = [v for k, v in res.items() if k.startswith("kernel_distance/tau=3/")]
     assert len(rich) == len(lazy) == 5
@@ -98,8 +81,8 @@ def test_phase_diagram_default_size(tmp_path):
 
 
 @pytest.mark.slow
-def test_grokking_default_size(tmp_path):
+def test_grokking_default_size(tmp_path, load_example):
     """Five balances, two seeds: every run memorizes; the table reports every run's time to generalization."""
-    res = _load("grokking").main(["--out", str(tmp_path / "grok")])
+    res = load_example("grokking").main(["--out", str(tmp_path / "grok")])
     mem = [v for k, v in res.items() if k.startswith("memorized_at/")]
     assert len(mem) == 10 and max(mem) <= 500
