@@ -5,6 +5,7 @@ mechanism is :class:`~lit_repr.metrics.samples.SampleBuffer`.
 """
 
 from lit_repr.metrics.arrays import ProbeResult, fit_probe
+from lit_repr.metrics.covariance import CovarianceMoments
 from lit_repr.metrics.identifiability import DCI, KernelIdentifiability, LinearIdentifiability, dci, kernel_ridge_r2
 from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.mcc import MCCResult, MeanCorrelationCoefficient, correlation_matrix, mean_correlation_coefficient
@@ -23,4 +24,5 @@ __all__ = [
     "LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci",
     "LinearCKA", "MutualKNNAlignment", "linear_cka", "mutual_knn_alignment",
     "FractionOfVarianceExplained", "MeanL0", "FiringFrequency",
+    "CovarianceMoments",
 ]

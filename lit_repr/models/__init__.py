@@ -23,6 +23,7 @@ from lit_repr.models.sae import (
     register_variant,
 )
 from lit_repr.models.two_layer import TwoLayerNetwork
+from lit_repr.models.whitening import WHITENING_KINDS, PCAWhitening
 
 __all__ = [
     "MLP", "build_backbone", "Classifier", "DIET",
@@ -31,4 +32,5 @@ __all__ = [
     "SparseEncoder", "AmortizedEncoder", "MLPEncoder", "ISTAEncoder", "FISTAEncoder", "InferenceTimeOptimization",
     "ENCODERS",
     "TwoLayerNetwork",
+    "PCAWhitening", "WHITENING_KINDS",
 ]

@@ -1,0 +1,73 @@
+"""Streaming mean and covariance from float64 sufficient statistics.
+
+:class:`CovarianceMoments` accumulates ``n``, ``Σx`` and ``Σxxᵀ`` as torchmetrics states with sum
+reduction, so batches, DDP processes and checkpoints combine exactly and memory is ``O(D²)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+__all__ = ["CovarianceMoments"]
+
+
+class CovarianceMoments(Metric):
+    """Streaming mean and (population) covariance of features, accumulated in float64.
+
+    States ``n``, ``sum_x`` (``(D,)``) and ``sum_xxT`` (``(D, D)``) are summed across batches and
+    DDP processes. ``compute()`` returns ``(mean, covariance)`` with the covariance normalised by
+    ``n`` (the maximum-likelihood estimate).
+
+    Args:
+        num_features: the feature dimension ``D``.
+        **kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> m = CovarianceMoments(num_features=2)
+        >>> m.update(torch.tensor([[0.0, 0.0], [2.0, 4.0]]))
+        >>> mean, cov = m.compute()
+        >>> mean.tolist(), cov.tolist()
+        ([1.0, 2.0], [[1.0, 2.0], [2.0, 4.0]])
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    n: Tensor
+    sum_x: Tensor
+    sum_xxT: Tensor
+
+    def __init__(self, num_features: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f"num_features must be a positive int, got {num_features!r}")
+        self.num_features = num_features
+        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_x", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("sum_xxT", torch.zeros(num_features, num_features, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, x: Tensor) -> None:
+        """Add a batch ``x`` of shape ``(N, D)`` (or ``(..., D)``, flattened). Bad input changes nothing."""
+        x = torch.as_tensor(x)
+        if x.ndim < 1 or x.shape[-1] != self.num_features:
+            raise ValueError(
+                f"x must have shape (N, {self.num_features}) (num_features={self.num_features}), "
+                f"got shape {tuple(x.shape)}"
+            )
+        x = x.detach().reshape(-1, self.num_features).to(device=self.sum_x.device, dtype=torch.float64)
+        if not torch.isfinite(x).all():
+            raise ValueError("x must be finite, got NaN or infinite values")
+        self.n += x.shape[0]
+        self.sum_x += x.sum(0)
+        self.sum_xxT += x.T @ x
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """``(mean, covariance)`` in float64; raises ValueError if no samples were seen."""
+        if float(self.n) < 1:
+            raise ValueError("CovarianceMoments has seen no samples (n=0); call update() first")
+        mean = self.sum_x / self.n
+        cov = self.sum_xxT / self.n - torch.outer(mean, mean)
+        return mean, (cov + cov.T) / 2

@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+import torch
+
+from lit_repr.metrics import CovarianceMoments
+
+
+def _data(n=300, d=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64) + 3
+
+
+def test_matches_numpy():
+    x = _data()
+    m = CovarianceMoments(5)
+    m.update(x)
+    mean, cov = m.compute()
+    np.testing.assert_allclose(mean.numpy(), x.numpy().mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cov.numpy(), np.cov(x.numpy(), rowvar=False, bias=True), rtol=1e-10, atol=1e-10)
+
+
+def test_streaming_equals_one_batch():
+    x = _data()
+    one, many = CovarianceMoments(5), CovarianceMoments(5)
+    one.update(x)
+    for chunk in x.split(37):
+        many.update(chunk)
+    for a, b in zip(one.compute(), many.compute()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert many.sum_xxT.dtype == torch.float64
+
+
+def test_states_are_summed_under_ddp():
+    m = CovarianceMoments(3)
+    assert all(m._reductions[k] is not None for k in ("n", "sum_x", "sum_xxT"))
+
+
+def test_errors_leave_state_unchanged():
+    m = CovarianceMoments(3)
+    m.update(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="shape"):
+        m.update(torch.ones(2, 4))
+    bad = torch.ones(2, 3)
+    bad[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        m.update(bad)
+    assert float(m.n) == 2 and torch.equal(m.sum_x, torch.full((3,), 2.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="num_features"):
+        CovarianceMoments(0)
+    with pytest.raises(ValueError, match="no samples"), pytest.warns(UserWarning, match="before the ``update``"):
+        CovarianceMoments(2).compute()
