@@ -6,6 +6,7 @@ from lit_repr.callbacks.kernel_distance import KernelDistance
 from lit_repr.callbacks.probe import LinearProbe
 from lit_repr.callbacks.progress import LineProgressBar
 from lit_repr.callbacks.summary import RunSummary
+from lit_repr.callbacks.whitening import Whitening
 
 __all__ = ["TapCallback", "frozen_mode", "LinearProbe", "IdentifiabilityMetrics", "RepresentationSimilarity",
-           "KernelDistance", "RunSummary", "LineProgressBar"]
+           "KernelDistance", "RunSummary", "LineProgressBar", "Whitening"]

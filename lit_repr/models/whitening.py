@@ -151,7 +151,7 @@ class PCAWhitening(nn.Module):
                 f"eps regularises them (scale 1/sqrt(eigenvalue + eps)); those directions are not whitened to unit "
                 "variance",
                 UserWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self.mean.copy_(mean)
         self.eigenvalues.copy_(evals)
