@@ -23,7 +23,7 @@ from lit_repr.models.sae import (
     register_variant,
 )
 from lit_repr.models.two_layer import TwoLayerNetwork
-from lit_repr.models.whitening import WHITENING_KINDS, PCAWhitening
+from lit_repr.models.whitening import WHITENING_KINDS, PCAWhitening, fold_whitening
 
 __all__ = [
     "MLP", "build_backbone", "Classifier", "DIET",
@@ -32,5 +32,5 @@ __all__ = [
     "SparseEncoder", "AmortizedEncoder", "MLPEncoder", "ISTAEncoder", "FISTAEncoder", "InferenceTimeOptimization",
     "ENCODERS",
     "TwoLayerNetwork",
-    "PCAWhitening", "WHITENING_KINDS",
+    "PCAWhitening", "WHITENING_KINDS", "fold_whitening",
 ]

@@ -12,15 +12,19 @@ of a sparse autoencoder is studied by Saraswatula & Klindt (2025, arXiv:2511.139
 
 from __future__ import annotations
 
+import copy
 import warnings
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lit_repr.metrics.covariance import CovarianceMoments
 
-__all__ = ["PCAWhitening", "WHITENING_KINDS"]
+if TYPE_CHECKING:
+    from lit_repr.models.sae import SparseAutoencoder
+
+__all__ = ["PCAWhitening", "WHITENING_KINDS", "fold_whitening"]
 
 WHITENING_KINDS = ("pca", "zca")
 
@@ -206,3 +210,62 @@ class PCAWhitening(nn.Module):
         w = self.matrix
         cw = w @ cov @ w.T
         return float((cw - torch.eye(self.out_features, dtype=cw.dtype, device=cw.device)).abs().max())
+
+
+@torch.no_grad()
+def fold_whitening(sae: "SparseAutoencoder", whitening: PCAWhitening) -> "SparseAutoencoder":
+    """A new SAE on raw inputs equal to ``whitening.inverse ∘ sae ∘ whitening``, with the whitening folded in.
+
+    ``sae`` was trained on whitened inputs ``z = W (x − μ)`` (``W``: :attr:`PCAWhitening.matrix`, its
+    inverse ``W⁺``: :attr:`PCAWhitening.inverse_matrix`, ``W W⁺ = I``). The folded SAE takes raw
+    ``x`` and returns reconstructions in raw space, with the same codes:
+
+    - encoder: ``W_enc' = W_enc W``, ``b_enc' = b_enc``;
+    - decoder: ``W_dec' = W_dec W⁺ᵀ``, ``b_dec' = μ + W⁺ b_dec`` (so ``x − b_dec'`` whitens to ``z − b_dec``).
+
+    Only the plain linear encoder (:class:`~lit_repr.models.encoders.AmortizedEncoder`) can absorb
+    the whitening. The folded atoms are not unit-norm, so the folded SAE has ``atom_norm="none"``
+    (a free decoder); the original ``sae`` is left unchanged.
+
+    Example:
+        >>> from lit_repr.models import SparseAutoencoder
+        >>> _ = torch.manual_seed(0)
+        >>> x = torch.randn(64, 4) @ torch.randn(4, 4)
+        >>> w = PCAWhitening.from_data(x, kind="zca", eps=1e-4)
+        >>> sae = SparseAutoencoder(in_features=4, num_latents=8, decoder_bias_init="zeros")
+        >>> folded = fold_whitening(sae, w)
+        >>> bool(torch.allclose(folded(x), w.inverse(sae(w(x))), atol=1e-4))
+        True
+    """
+    from lit_repr.models.encoders import AmortizedEncoder
+
+    whitening._check_fitted()
+    if type(sae.encoder) is not AmortizedEncoder:
+        raise ValueError(
+            f"fold_whitening needs an SAE with the plain linear encoder (AmortizedEncoder), got "
+            f"{type(sae.encoder).__name__}; fold into the input instead (apply the whitening before the SAE)"
+        )
+    if sae.in_features != whitening.out_features:
+        raise ValueError(
+            f"sae.in_features={sae.in_features} must equal whitening.out_features={whitening.out_features}"
+        )
+    hp = dict(sae.hparams)
+    hp.update(in_features=whitening.in_features, atom_norm="none", image_shape=None, decoder_bias_init="zeros")
+    if "variant" not in hp:
+        hp["variant"] = copy.deepcopy(sae.variant)
+    enc = sae.encoder
+    folded = type(sae)(**hp, encoder=AmortizedEncoder(bias=enc.bias))
+    folded.variant.load_state_dict(sae.variant.state_dict())
+    folded = folded.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+    f64 = torch.float64
+    W = whitening.matrix.to(sae.W_dec.device)
+    Winv = whitening.inverse_matrix.to(sae.W_dec.device)
+    mu = whitening.mean.to(sae.W_dec.device)
+    folded.encoder.linear.weight.copy_(enc.linear.weight.to(f64) @ W)
+    if enc.bias:
+        folded.encoder.linear.bias.copy_(enc.linear.bias)
+    folded.W_dec.copy_(sae.W_dec.to(f64) @ Winv.T)
+    folded.b_dec.copy_(mu + Winv @ sae.b_dec.to(f64))
+    folded.bias_initialized.fill_(True)
+    folded.samples_since_fired.copy_(sae.samples_since_fired)
+    return folded

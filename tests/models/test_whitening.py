@@ -135,3 +135,49 @@ def test_errors():
         w(torch.ones(2, 5))
     with pytest.raises(ValueError, match=r"shape \(N, D\)"):
         PCAWhitening.from_data(torch.ones(3))
+
+
+def _random_sae(in_features, variant="relu", variant_args=None, encoder=None):
+    from lit_repr.models import SparseAutoencoder
+
+    sae = SparseAutoencoder(in_features=in_features, num_latents=12, variant=variant, variant_args=variant_args,
+                            encoder=encoder, decoder_bias_init="zeros", init_seed=0)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        sae.b_dec.copy_(0.1 * torch.randn(in_features, generator=g))
+        if hasattr(sae.encoder, "linear"):
+            sae.encoder.linear.weight.add_(0.3 * torch.randn(sae.encoder.linear.weight.shape, generator=g))
+            sae.encoder.linear.bias.copy_(0.05 * torch.randn(12, generator=g))
+    return sae
+
+
+@pytest.mark.parametrize(
+    "kind,out_features,variant,variant_args",
+    [("zca", None, "relu", None), ("pca", None, "topk", {"k": 3}), ("pca", 4, "relu", None),
+     ("zca", None, "jumprelu", None)],
+)
+def test_fold_whitening_gives_identical_outputs(kind, out_features, variant, variant_args):
+    from lit_repr.models import fold_whitening
+
+    x = _data().float()
+    w = PCAWhitening.from_data(x, kind=kind, eps=1e-4, out_features=out_features)
+    sae = _random_sae(w.out_features, variant, variant_args)
+    before = {k: v.clone() for k, v in sae.state_dict().items()}
+    folded = fold_whitening(sae, w)
+    assert folded.in_features == 6
+    torch.testing.assert_close(folded.encode(x), sae.encode(w(x)), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(folded(x), w.inverse(sae(w(x))), rtol=1e-4, atol=1e-4)
+    for k, v in sae.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_fold_whitening_errors():
+    from lit_repr.models import fold_whitening
+
+    w = PCAWhitening.from_data(_data(), kind="zca")
+    with pytest.raises(ValueError, match="AmortizedEncoder"):
+        fold_whitening(_random_sae(6, encoder="ista"), w)
+    with pytest.raises(ValueError, match="in_features=5"):
+        fold_whitening(_random_sae(5), w)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        fold_whitening(_random_sae(6), PCAWhitening(6))
