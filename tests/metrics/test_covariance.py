@@ -30,9 +30,16 @@ def test_streaming_equals_one_batch():
     assert many.sum_xxT.dtype == torch.float64
 
 
-def test_states_are_summed_under_ddp():
-    m = CovarianceMoments(3)
-    assert all(m._reductions[k] is not None for k in ("n", "sum_x", "sum_xxT"))
+def test_states_combine_like_processes():
+    # merge_state applies each state's dist_reduce_fx, as a DDP sync does
+    x = _data()
+    a, b, whole = CovarianceMoments(5), CovarianceMoments(5), CovarianceMoments(5)
+    a.update(x[:100])
+    b.update(x[100:])
+    whole.update(x)
+    a.merge_state(b)
+    for got, want in zip(a.compute(), whole.compute()):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_errors_leave_state_unchanged():
