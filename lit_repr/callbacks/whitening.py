@@ -52,6 +52,10 @@ class Whitening(Callback):
     an eigenvalue-spectrum figure to TensorBoard loggers. The fitted whitening is kept in the
     callback's checkpoint state, so a resumed run installs it again without refitting.
 
+    The whitening is installed at ``on_train_start``, after Lightning's validation sanity check:
+    that check sees the model without it (pass ``num_sanity_val_steps=0`` to the Trainer when the
+    model cannot run without whitening, e.g. with ``out_features`` below the input width).
+
     Args:
         num_batches: training batches to fit on (positive int).
         input_key: where the input is in a batch (a key, a position or a callable); default ``"x"``.
