@@ -310,12 +310,12 @@ class ActivationsDataModule(pl.LightningDataModule):
             if k == x_key or not isinstance(v, Tensor) or v.ndim == 0 or v.shape[0] != b:
                 continue
             v = v.detach().cpu()
-            out[_KEY + k] = (v.repeat_interleave(t, 0) if seq else v).contiguous()
+            if seq:  # per-token ground truth (B, T, ...) is flattened like the activations, per-sample repeated
+                v = v.flatten(0, 1) if v.ndim >= 2 and v.shape[1] == t else v.repeat_interleave(t, 0)
+            out[_KEY + k] = v.contiguous()
+        out[_KEY + "doc"] = doc.cpu().repeat_interleave(t)
         if seq:
-            out[_KEY + "doc"] = doc.cpu().repeat_interleave(t)
             out[_KEY + "position"] = torch.arange(t).repeat(b)
-        else:
-            out[_KEY + "doc"] = doc.cpu()
         return out
 
     def _extract_split(self, split: str, loader: Any, only: set[int] | None = None) -> None:

@@ -162,7 +162,8 @@ def test_cache_dir_not_writable(tmp_path):
 class Tokens(ArrayDataModule):
     def build_splits(self):
         g = torch.Generator().manual_seed(0)
-        return {"train": {"x": torch.randint(0, 10, (6, 5), generator=g), "y": torch.arange(6) % 2}}
+        x = torch.randint(0, 10, (6, 5), generator=g)
+        return {"train": {"x": x, "y": torch.arange(6) % 2, "tags": x % 3}}
 
 
 class TinyLM(nn.Module):
@@ -185,6 +186,7 @@ def test_sequence_outputs_are_flattened_with_doc_and_position(tmp_path):
     assert torch.equal(rows["position"], torch.arange(5).repeat(6))
     assert torch.equal(rows["y"], (torch.arange(6) % 2).repeat_interleave(5))
     x = src.datasets["train"].tensors["x"]
+    assert torch.equal(rows["tags"], (x % 3).reshape(30))  # per-token ground truth stays aligned
     with torch.no_grad():
         ref = lm(x).reshape(30, 4).to(torch.bfloat16)
     assert torch.equal(rows["x"], ref)
