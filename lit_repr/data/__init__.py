@@ -1,5 +1,6 @@
 """DataModules with dict batches: embedded defaults, ground-truth generators and real-data loaders."""
 
+from lit_repr.data.activations import ActivationsDataModule, ChunkedActivationsDataset
 from lit_repr.data.base import ArrayDataModule, EpochSeededSampler, TensorDictDataset, split_indices
 from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import InvertibleMLP, LatentVariableDataModule
@@ -10,6 +11,7 @@ from lit_repr.data.sprites import SpritesDataModule, render_sprites
 from lit_repr.data.teacher_student import TeacherStudentDataModule
 
 __all__ = [
+    "ActivationsDataModule", "ChunkedActivationsDataset",
     "ArrayDataModule", "EpochSeededSampler", "TensorDictDataset", "split_indices",
     "DigitsDataModule", "MedMNISTDataModule",
     "LatentVariableDataModule", "InvertibleMLP",
