@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, get_input
 
-__all__ = ["features", "frozen_mode", "preserved_rng", "default_forward", "move_to", "detached_copy"]
+__all__ = ["features", "frozen_mode", "preserved_rng", "default_forward", "move_to", "detached_copy", "device_of"]
 
 
 @contextmanager
@@ -131,7 +131,8 @@ def detached_copy(module: nn.Module, trainer: Any = None) -> nn.Module:
     return ref
 
 
-def _device_of(module: nn.Module) -> torch.device:
+def device_of(module: nn.Module) -> torch.device:
+    """The device of the first parameter (else buffer) of ``module``; the CPU for a module with neither."""
     for p in module.parameters():
         return p.device
     for b in module.buffers():
@@ -187,7 +188,7 @@ def features(
         loader = data
     else:
         raise ValueError(f"data must be a DataLoader, a tensor or a dict of tensors, got {type(data).__name__}")
-    dev = torch.device(device) if device is not None else _device_of(module)
+    dev = torch.device(device) if device is not None else device_of(module)
     forward_fn = forward_fn or default_forward(input_key)
     chunks: dict[str, list[Tensor]] = {}
     tap = Tap(module, sites, reduction=reduction)

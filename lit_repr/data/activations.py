@@ -32,10 +32,11 @@ import lightning.pytorch as pl
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from lit_repr.checks import check_bool, check_int
-from lit_repr.features import _device_of, default_forward, iterate_frozen
+from lit_repr.data.base import EpochSeededSampler
+from lit_repr.features import default_forward, device_of, iterate_frozen
 from lit_repr.taps import Tap, resolve_sites
 from lit_repr.targets import TargetSpec
 
@@ -132,7 +133,7 @@ class ChunkedActivationsDataset(Dataset):
         return item
 
 
-class ChunkShuffleSampler(Sampler[int]):
+class ChunkShuffleSampler(EpochSeededSampler):
     """Chunk order shuffled, then rows within each chunk (``rows`` per chunk; epoch ``e`` draws from ``seed``, ``e``).
 
     Example:
@@ -142,20 +143,13 @@ class ChunkShuffleSampler(Sampler[int]):
 
     def __init__(self, rows: Sequence[int], seed: int = 0) -> None:
         self.rows = [int(r) for r in rows]
-        self.seed = check_int("seed", seed, low=0)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(sum(self.rows), seed)
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = self.generator()
         starts = [sum(self.rows[:i]) for i in range(len(self.rows))]
         for c in torch.randperm(len(self.rows), generator=g).tolist():
             yield from (starts[c] + torch.randperm(self.rows[c], generator=g)).tolist()
-
-    def __len__(self) -> int:
-        return sum(self.rows)
 
 
 class ActivationsDataModule(pl.LightningDataModule):
@@ -350,7 +344,7 @@ class ActivationsDataModule(pl.LightningDataModule):
         base = default_forward(self.input_key)
         try:
             for feats, (i, batch) in iterate_frozen(self.model, tap, batches(), lambda m, ib: base(m, ib[1]),
-                                                    _device_of(self.model)):
+                                                    device_of(self.model)):
                 pending.append(self._rows(feats, batch, docs))
                 docs += _batch_len(batch)
                 last_batch = i

@@ -108,9 +108,12 @@ class EpochSeededSampler(torch.utils.data.Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def generator(self) -> torch.Generator:
+        """The generator of this epoch's order: seeded by ``seed`` and the epoch."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=g).tolist())
+        return iter(torch.randperm(self.num_samples, generator=self.generator()).tolist())
 
     def __len__(self) -> int:
         return self.num_samples
