@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+from lit_repr.checks import check_int
 from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, get_input
 
@@ -174,8 +175,7 @@ def features(
         >>> out["0"].shape, out["2"].shape
         (torch.Size([10, 8]), torch.Size([10, 2]))
     """
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if isinstance(data, Tensor):
         loader: Any = data.split(batch_size)
     elif isinstance(data, Mapping):

@@ -23,6 +23,7 @@ from typing_extensions import override
 
 from lit_repr.callbacks.loaders import probe_loaders_for, shard
 from lit_repr.callbacks.state import ReadoutState
+from lit_repr.checks import check_int
 from lit_repr.features import default_forward, frozen_mode, iterate_frozen, preserved_rng
 from lit_repr.metrics.readout import FIT, HELDOUT, MetricReadout, as_readout, scalars
 from lit_repr.taps import Reduction, Tap
@@ -139,8 +140,7 @@ class TapCallback(ReadoutState, Callback):
             raise ValueError(f"name must be a non-empty string without '/', got {name!r}")
         if mode not in ("online", "frozen"):
             raise ValueError(f"mode must be 'online' or 'frozen', got {mode!r}")
-        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be a positive int, got {every_n_epochs!r}")
+        check_int("every_n_epochs", every_n_epochs)
         if eval_splits is not None and fit_split in eval_splits:
             raise ValueError(f"eval_splits {list(eval_splits)} must not contain fit_split {fit_split!r}")
         self.site_patterns = list(sites)

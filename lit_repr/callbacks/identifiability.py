@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from lit_repr.callbacks.base import Mode, TapCallback
+from lit_repr.checks import check_int
 from lit_repr.features import detached_copy
 from lit_repr.metrics.figures import matched_heatmap
 from lit_repr.metrics.identifiability import DCI, KernelIdentifiability, LinearIdentifiability
@@ -109,8 +110,7 @@ class IdentifiabilityMetrics(TapCallback):
         bad = [m for m in metrics if m not in _IDENT_METRICS]
         if bad or not metrics:
             raise ValueError(f"metrics must be a non-empty subset of {_IDENT_METRICS}, got {list(metrics)}")
-        if not isinstance(max_samples, int) or max_samples < 10:
-            raise ValueError(f"max_samples must be an int >= 10, got {max_samples!r}")
+        check_int("max_samples", max_samples, low=10)
         self.metrics, self.eval_split, self.max_samples = metrics, eval_split, max_samples
         self.alphas = tuple(alphas)
         self.latent_name = latent_name
@@ -201,8 +201,7 @@ class RepresentationSimilarity(TapCallback):
         super().__init__(sites, None, mode=mode, fit_split=None, eval_splits=[split], every_n_epochs=every_n_epochs,
                          probe_loaders=probe_loaders, reduction=reduction, input_key=input_key,
                          forward_fn=forward_fn, log_figures=False, name=name)
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        check_int("k", k)
         if not isinstance(max_samples, int) or max_samples <= k + 1:
             raise ValueError(f"max_samples must be an int > k + 1 = {k + 1}, got {max_samples!r}")
         self.reference_spec = reference

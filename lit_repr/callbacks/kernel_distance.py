@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from typing_extensions import override
 
 from lit_repr.callbacks.base import TapCallback
+from lit_repr.checks import check_int
 from lit_repr.features import detached_copy, frozen_mode, preserved_rng
 from lit_repr.metrics.ntk import (
     KernelMode,
@@ -41,13 +42,6 @@ from lit_repr.targets import TargetSpec, check_finite, check_target_spec, get_in
 __all__ = ["KernelDistance"]
 
 _MB = 2.0**20
-
-
-def _positive_int(value: Any, name: str, allow_none: bool = False) -> None:
-    if allow_none and value is None:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
 def _inputs_of(batch: Any, input_key: TargetSpec | None, num_samples: int, what: str) -> Tensor:
@@ -166,9 +160,10 @@ class KernelDistance(Callback):
         name: str = "ntk",
     ) -> None:
         super().__init__()
-        _positive_int(num_samples, "num_samples")
-        _positive_int(every_n_steps, "every_n_steps", allow_none=True)
-        _positive_int(every_n_epochs, "every_n_epochs", allow_none=True)
+        check_int("num_samples", num_samples)
+        for arg, every in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if every is not None:
+                check_int(arg, every)
         if every_n_steps is None and every_n_epochs is None:
             raise ValueError("every_n_steps and every_n_epochs are both None: set at least one to measure")
         if input_key is not None:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_repr.checks import check_int
 from lit_repr.metrics.mcc import as_pair, constant_columns
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score, synced
@@ -395,9 +396,7 @@ class _SplitSubsample(Metric):
     def __init__(self, max_samples: int = 2000, **kwargs) -> None:
         kwargs.setdefault("compute_with_cache", False)  # the result depends on the split asked for
         super().__init__(**kwargs)
-        if not isinstance(max_samples, int) or isinstance(max_samples, bool) or max_samples < 10:
-            raise ValueError(f"max_samples must be an int >= 10, got {max_samples!r}")
-        self.max_samples = max_samples
+        self.max_samples = check_int("max_samples", max_samples, low=10)
         self.split_samples = SplitDict()
 
     def _buffer(self, split: str) -> SampleBuffer:

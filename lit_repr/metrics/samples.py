@@ -22,6 +22,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_repr.checks import check_int
+
 __all__ = ["SampleBuffer"]
 
 
@@ -58,9 +60,8 @@ class SampleBuffer(Metric):
 
     def __init__(self, max_samples: int = 10_000, num_tensors: int = 2, seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
-        for name, v in (("max_samples", max_samples), ("num_tensors", num_tensors)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        check_int("max_samples", max_samples)
+        check_int("num_tensors", num_tensors)
         self.max_samples, self.num_tensors, self.seed = max_samples, num_tensors, int(seed)
         self.add_state("keys", [], dist_reduce_fx="cat")
         for i in range(num_tensors):
