@@ -25,7 +25,7 @@ from lit_repr.callbacks.loaders import probe_loaders_for, shard
 from lit_repr.callbacks.state import ReadoutState
 from lit_repr.checks import check_int
 from lit_repr.features import default_forward, frozen_mode, iterate_frozen, preserved_rng
-from lit_repr.metrics.readout import FIT, HELDOUT, MetricReadout, as_readout, scalars
+from lit_repr.metrics.readout import FIT, HELDOUT, as_readout, scalars
 from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, check_target_spec, get_target
 
@@ -253,23 +253,27 @@ class TapCallback(ReadoutState, Callback):
             raise KeyError(f"no readout for site {site!r} and target {target!r} yet; readouts: {list(self.readouts)}")
         return found[0][1]
 
-    def feed(self, features: Mapping[str, Tensor], batch: Any, split: str) -> None:
-        """Send one batch of features (``{site: (B, D)}``) and its targets to every readout."""
+    def paired(self, features: Mapping[str, Tensor], batch: Any) -> Iterator[tuple[str, str | None, Tensor, Any]]:
+        """``(site, target, features, target batch)`` for every pair, the rows checked to match."""
         device = next(iter(features.values())).device
         for target, y in self.read_targets(batch, features).items():
             if isinstance(y, Tensor) and y.device != device:
                 y = y.to(device)
             for site, f in features.items():
                 ys = y.get(site) if isinstance(y, Mapping) else y
-                if isinstance(ys, Tensor):
-                    if ys.shape[0] != f.shape[0]:
-                        raise ValueError(
-                            f"{self.name}: site {site!r} produced {f.shape[0]} feature rows but target {target!r} "
-                            f"has {ys.shape[0]} samples; a training step with several forward passes needs a "
-                            f"forward_fn or a target spec that matches"
-                        )
-                for _, r in self._readouts_for(site, target, f, ys):
-                    r.update(f, ys, split)
+                if isinstance(ys, Tensor) and ys.shape[0] != f.shape[0]:
+                    raise ValueError(
+                        f"{self.name}: site {site!r} produced {f.shape[0]} feature rows but target {target!r} "
+                        f"has {ys.shape[0]} samples; a training step with several forward passes needs a "
+                        f"forward_fn or a target spec that matches"
+                    )
+                yield site, target, f, ys
+
+    def feed(self, features: Mapping[str, Tensor], batch: Any, split: str) -> None:
+        """Send one batch of features (``{site: (B, D)}``) and its targets to every readout."""
+        for site, target, f, ys in self.paired(features, batch):
+            for _, r in self._readouts_for(site, target, f, ys):
+                r.update(f, ys, split)
         if split == FIT:
             self._fit_fed = True
         elif split != HELDOUT and split not in self._splits:
@@ -303,8 +307,7 @@ class TapCallback(ReadoutState, Callback):
                 shown = fit_name if split == FIT else split
                 with self._warnings_once(site, target):
                     result = r.compute(split)
-                named = result if isinstance(r, MetricReadout) else scalars(result, rname)  # named already
-                for q, v in named.items():
+                for q, v in scalars(result, rname).items():
                     scores[self.tag(site, target, shown, q)] = v
                 if self.log_figures and trainer is not None and hasattr(r, "figures") and split != FIT:
                     title = "/".join(self.tag(site, target, shown, "").split("/")[:-1])
@@ -378,12 +381,8 @@ class TapCallback(ReadoutState, Callback):
         if batch is None or self.tap is None:
             return
         for feats, b in iterate_frozen(pl_module, self.tap, [batch], self.forward_fn, pl_module.device):
-            for target, y in self.read_targets(b, feats).items():
-                for site, f in feats.items():
-                    ys = y.get(site) if isinstance(y, Mapping) else y
-                    if isinstance(ys, Tensor) and ys.shape[0] != f.shape[0]:
-                        raise ValueError(f"{self.name}: target {target!r} has {ys.shape[0]} rows, site {site!r} "
-                                         f"{f.shape[0]}")
+            for _ in self.paired(feats, b):
+                pass
 
     # ------------------------------------------------------------------ hooks
     def _measuring_now(self, trainer: pl.Trainer) -> bool:

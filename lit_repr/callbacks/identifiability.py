@@ -36,7 +36,7 @@ _IDENT_METRICS = ("linear_r2", "mcc", "kernel_r2", "dci")
 
 def _mcc_quantities(res: MCCResult) -> dict[str, float]:
     per_factor = res.per_factor.reshape(-1).tolist()
-    return {"mcc": float(res.mean), **{f"mcc_factor{i}": float(v) for i, v in enumerate(per_factor)}}
+    return {"": float(res.mean), **{f"factor{i}": float(v) for i, v in enumerate(per_factor)}}
 
 
 class IdentifiabilityMetrics(TapCallback):

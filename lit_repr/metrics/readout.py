@@ -106,18 +106,18 @@ def scalars(result: Any, name: str = "") -> dict[str, float]:
     """``{quantity: float}`` from what a readout computed.
 
     A scalar becomes ``{name: value}``. A dict keeps its scalar entries, named ``<name>_<key>`` (or
-    ``<key>`` when ``name`` is empty); a 1-D entry ``<stem>_per_factor`` becomes ``<stem>_factor<i>``
-    entries; other non-scalar entries are left out.
+    ``<key>`` when ``name`` is empty, ``<name>`` when the key is empty); a 1-D entry
+    ``<stem>_per_factor`` becomes ``<stem>_factor<i>`` entries; other non-scalar entries are left out.
 
     Example:
         >>> import torch
         >>> scalars({"r2": torch.tensor(0.5), "r2_per_factor": torch.tensor([0.4, 0.6])}, "linear")
         {'linear_r2': 0.5, 'linear_r2_factor0': 0.4000000059604645, 'linear_r2_factor1': 0.6000000238418579}
-        >>> scalars(torch.tensor(2.0), "cka")
-        {'cka': 2.0}
+        >>> scalars(torch.tensor(2.0), "cka"), scalars({"": 0.9, "factor0": 0.8}, "mcc")
+        ({'cka': 2.0}, {'mcc': 0.9, 'mcc_factor0': 0.8})
     """
     def named(k: str) -> str:
-        return f"{name}_{k}" if name else k
+        return f"{name}_{k}" if name and k else (k or name)
 
     if isinstance(result, Mapping):
         out = {}
@@ -144,8 +144,8 @@ class MetricReadout(nn.Module):
         name: quantity name of a scalar result.
         update_fn: ``update_fn(metric, features, target)``; default ``metric.update(features, target)``,
             or ``metric.update(features)`` when ``update`` takes one argument.
-        quantities: ``quantities(result) -> {quantity: value}`` (named as they are); by default the
-            result itself, named by :func:`scalars` with ``name``.
+        quantities: ``quantities(result) -> {key: value}``, named by :func:`scalars` like any dict
+            result (``""`` stands for ``name`` itself); by default the result as it is.
         figure_fn: ``figure_fn(result, title) -> {name: figure}`` for the last computed result.
 
     Example:
@@ -153,7 +153,7 @@ class MetricReadout(nn.Module):
         >>> r = MetricReadout(MeanMetric(), "mean", update_fn=lambda m, f, t: m.update(f.norm(dim=1)))
         >>> r.update(torch.ones(4, 4), None, "fit"); r.update(torch.ones(4, 4), None, "val")
         >>> r.compute("val"), r.compute("fit")
-        ({'mean': 2.0}, {})
+        (tensor(2.), {})
     """
 
     def __init__(
@@ -188,13 +188,13 @@ class MetricReadout(nn.Module):
             return
         self.update_fn(self._split(split), features, target)
 
-    def compute(self, split: str) -> dict[str, float]:
-        """``{quantity: float}`` of evaluation split ``split`` (``{}`` for the fit)."""
+    def compute(self, split: str) -> Any:
+        """What the metric computes on evaluation split ``split`` (through ``quantities``); ``{}`` for the fit."""
         if split in (FIT, HELDOUT):
             return {}
         result = self._split(split).compute()
         self.results[split] = result
-        return dict(self.quantities(result)) if self.quantities else scalars(result, self.name)
+        return self.quantities(result) if self.quantities else result
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Create the per-split copies the state names, then load it."""
