@@ -29,7 +29,7 @@ from torchmetrics import Metric
 from lit_repr.checks import check_int
 from lit_repr.metrics.mcc import as_pair, constant_columns
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
-from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score, synced
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, StreamingRidge, moments_score, synced, synced_like
 from lit_repr.metrics.samples import SampleBuffer
 
 __all__ = ["LinearIdentifiability", "KernelIdentifiability", "DCI", "kernel_ridge_r2", "dci", "dci_from_importance"]
@@ -117,9 +117,7 @@ class LinearIdentifiability(Metric):
     def _eval_stats(self, split: str) -> StreamingRidge:
         if split not in self.eval_stats:
             stats = StreamingRidge(self.in_features, self.num_factors, **self._ridge_kw).to(self.fit_stats.n.device)
-            stats.distributed_available_fn = self.fit_stats.distributed_available_fn
-            stats.sync_on_compute = self.fit_stats.sync_on_compute
-            self.eval_stats[split] = stats
+            self.eval_stats[split] = synced_like(stats, self.fit_stats)
         return self.eval_stats[split]  # type: ignore[return-value]
 
     def update(self, features: Tensor, latents: Tensor, split: str = FIT) -> None:  # type: ignore[override]
@@ -401,10 +399,7 @@ class _SplitSubsample(Metric):
 
     def _buffer(self, split: str) -> SampleBuffer:
         if split not in self.split_samples:
-            buf = SampleBuffer(self.max_samples).to(self.device)
-            buf.distributed_available_fn = self.distributed_available_fn
-            buf.sync_on_compute = self.sync_on_compute
-            self.split_samples[split] = buf
+            self.split_samples[split] = synced_like(SampleBuffer(self.max_samples).to(self.device), self)
         return self.split_samples[split]  # type: ignore[return-value]
 
     def update(self, features: Tensor, latents: Tensor, split: str = FIT) -> None:  # type: ignore[override]

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-__all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced"]
+__all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced", "synced_like"]
 
 DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(10.0**e) for e in range(-6, 7))
 
@@ -107,6 +107,14 @@ def local_only(module: torch.nn.Module) -> torch.nn.Module:
             m.distributed_available_fn = _never
             m.sync_on_compute = False
     return module
+
+
+def synced_like(metric: Metric, parent: Metric) -> Metric:
+    """``metric`` set to synchronise across processes exactly when ``parent`` does (e.g. a per-split child
+    metric created after :func:`local_only` was applied to its owner)."""
+    metric.distributed_available_fn = parent.distributed_available_fn
+    metric.sync_on_compute = parent.sync_on_compute
+    return metric
 
 
 @contextmanager
