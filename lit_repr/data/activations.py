@@ -6,8 +6,9 @@ source batches as safetensors files, each written to a temporary name then renam
 manifest rewritten after each chunk: the model's identity (class name, sha256 of its ``state_dict``
 tensors), sites, widths, dtype, rows and a sha256 per chunk. A killed extraction resumes at its last
 complete chunk. Sequence outputs ``(B, T, D)`` become one row per token, with ``doc`` and ``position``;
-padding tokens (``0`` in the batch's ``mask_key``, ``"attention_mask"`` by default) are left out. ``setup`` verifies every chunk: a missing or altered one is extracted again with a
-warning naming it (``ValueError`` if the model and data are not at hand). A cache of another model,
+padding tokens (``0`` in the batch's ``mask_key``, ``"attention_mask"`` by default) are left out.
+``setup`` verifies every chunk: a missing or altered one is extracted again with a warning naming it
+(``ValueError`` if the model and data are not at hand). A cache of another model,
 other sites or another dtype raises ``ValueError`` unless ``overwrite=True``. Non-finite activations
 raise before their chunk is written. Chunks stream to disk and are read one at a time (a small LRU;
 the training order shuffles chunks, then rows within a chunk), so memory does not grow with the data.

@@ -3,9 +3,9 @@
 :func:`stdlib_docstrings` parses the standard library's source files with :mod:`ast` (nothing is
 imported), in sorted path order, leaving out test packages, IDLE, tkinter, the 2to3 and ensurepip
 tools, codec tables, installed third-party packages and private modules (``_pydecimal``,
-``email._parseaddr``, …). Each docstring (cleaned by :func:`inspect.cleandoc`, duplicates kept once) comes with its module,
-its top-level package, its kind and its qualified name. The corpus depends on the Python version
-that runs it (about 6,700 docstrings on Python 3.11).
+``email._parseaddr``, …). Each docstring (cleaned by :func:`inspect.cleandoc`, duplicates kept
+once) comes with its module, its top-level package, its kind and its qualified name. The corpus
+depends on the Python version that runs it (5,703 docstrings on Python 3.11).
 
 :class:`TextDataModule` turns it into dict batches tokenized for all-MiniLM-L6-v2, with properties
 that serve as probe targets.
@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
+from torch.utils.data import default_collate
+
 from lit_repr.checks import check_int, check_number
 from lit_repr.data.base import ArrayDataModule, split_indices
-from torch import Tensor
-from torch.utils.data import DataLoader, default_collate
-
 from lit_repr_text.encoder import load_tokenizer
 
 __all__ = ["Docstring", "TextDataModule", "stdlib_docstrings", "has_code", "trim_padding", "KINDS", "EXCLUDED"]
@@ -212,6 +212,8 @@ class TextDataModule(ArrayDataModule):
         (3, True)
     """
 
+    collate_fn = staticmethod(trim_padding)
+
     def __init__(
         self,
         batch_size: int = 64,
@@ -286,7 +288,3 @@ class TextDataModule(ArrayDataModule):
                 self._texts[name] = [docs[i] for i in idx.tolist()]
         return out
 
-    def _loader(self, *args, **kwargs) -> DataLoader:
-        loader = super()._loader(*args, **kwargs)
-        loader.collate_fn = trim_padding
-        return loader

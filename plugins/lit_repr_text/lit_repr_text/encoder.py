@@ -27,9 +27,10 @@ from typing import Any  # noqa: E402
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from lit_repr.checks import check_bool, check_int, check_number  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torchmetrics.classification import MulticlassAccuracy  # noqa: E402
+
+from lit_repr.checks import check_bool, check_int, check_number  # noqa: E402
 
 __all__ = ["TextEncoder", "HiddenState", "MaskedMeanPool", "minilm_path", "load_minilm", "load_tokenizer"]
 
@@ -154,7 +155,7 @@ class TextEncoder(pl.LightningModule):
         >>> feats = lit_repr.features(enc, ["layers.3", "pooled.3"], [dict(batch)], reduction="none",
         ...                           input_key=lambda b: b)
         >>> feats["layers.3"].shape, feats["pooled.3"].shape
-        (torch.Size([2, 11, 384]), torch.Size([2, 384]))
+        (torch.Size([2, 10, 384]), torch.Size([2, 384]))
     """
 
     def __init__(

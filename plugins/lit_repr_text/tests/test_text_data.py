@@ -3,7 +3,6 @@ agree with the texts, batches cut to their longest text, clear errors."""
 
 import pytest
 import torch
-
 from lit_repr_text import KINDS, TextDataModule, has_code, load_tokenizer, stdlib_docstrings, trim_padding
 
 

@@ -5,10 +5,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import transformers
+from lit_repr_text import TextDataModule, TextEncoder, load_tokenizer, minilm_path
+
 from lit_repr.data import ActivationsDataModule, ArrayDataModule
-
-from lit_repr_text import TextEncoder, TextDataModule, load_tokenizer, minilm_path
-
 
 SENTENCES = [
     "Return the sum of a and b.",
