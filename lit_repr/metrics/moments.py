@@ -113,20 +113,24 @@ class ShiftedMoments(Metric):
 
     # ------------------------------------------------------------------ accumulation
     def accumulate(self, **batches: Tensor) -> dict[str, Tensor]:
-        """Add one batch per variable (float64 ``(B, D_v)``, same ``B``) and return them about their references.
+        """Add one batch per variable (``(B, D_v)``, same ``B``, any float dtype) and return them about their
+        references, in float64.
 
-        The first non-empty batch of a process (``n == 0``) sets the references to its means.
+        The first non-empty batch of a process (``n == 0``) sets the references to its means. A batch that
+        is not float64 yet is converted once and its reference subtracted in place.
         """
         b = next(iter(batches.values())).shape[0]
         if b == 0:
-            return {v: x for v, x in batches.items()}
-        empty = self.n == 0
+            return {v: x.to(torch.float64) for v, x in batches.items()}
+        empty = bool(self.n == 0)
         centred = {}
         for v, x in batches.items():
             ref_name, sum_name = self._variables[v]
-            ref = torch.where(empty, x.mean(0), getattr(self, ref_name))
-            setattr(self, ref_name, ref)
-            u = x - ref
+            x64 = x.to(torch.float64)
+            if empty:
+                setattr(self, ref_name, x64.mean(0))
+            ref = getattr(self, ref_name)
+            u = x64.sub_(ref) if x64 is not x else x64 - ref  # never change the caller's tensor
             centred[v] = u
             getattr(self, sum_name).add_(u.sum(0))
         for name, (v, w) in self._products.items():

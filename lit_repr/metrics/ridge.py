@@ -263,14 +263,13 @@ class StreamingRidge(ShiftedMoments):
                 f"targets must have shape ({x.shape[0]}, {self.num_targets}) to match features "
                 f"{tuple(x.shape)}, got {tuple(y.shape)}"
             )
-        x = x.to(torch.float64)
         y = y.to(torch.float64)
         for t, what in ((x, "features"), (y, "targets")):
             if not all_finite(t):
                 raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
-            x = x @ self.projection.to(x.device)
-        return x, y
+            x = x.to(torch.float64) @ self.projection.to(x.device)
+        return x, y  # features are converted to float64 (once) as their reference is subtracted
 
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
         """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``."""
