@@ -1,6 +1,6 @@
-"""Sparse-autoencoder statistics as torchmetrics Metrics with sum-reduced states.
+"""Sparse-autoencoder statistics as torchmetrics Metrics whose states merge exactly across processes.
 
-- :class:`FractionOfVarianceExplained`: ``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` from streaming sums
+- :class:`FractionOfVarianceExplained`: ``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` from streaming sums about a reference
   (float64), exact over batches and DDP processes;
 - :class:`MeanL0`: mean number of non-zero codes per sample;
 - :class:`FiringFrequency`: per-latent firing frequency, dead and dense fractions.
