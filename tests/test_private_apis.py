@@ -1,4 +1,4 @@
-"""lit_repr reads two private names of its dependencies, each in one function; these tests fail loudly
+"""lit_repr reads a few private names of its dependencies, each in one place; these tests fail loudly
 if a new release moves them."""
 
 import torch
@@ -26,3 +26,26 @@ def test_torch_forward_hook_dicts_exist_and_copies_drop_them():
     copy = detached_copy(net, None)
     copy(torch.randn(1, 2))
     assert seen == []
+
+
+def test_torchmetrics_sync_and_merge_hooks_exist_for_shifted_moments():
+    """ShiftedMoments overrides Metric._sync_dist and Metric._reduce_states and reads Metric._defaults."""
+    import inspect
+
+    from torchmetrics import Metric
+
+    from lit_repr.metrics.moments import CentredR2Score
+
+    where = "update lit_repr.metrics.moments.ShiftedMoments"
+    assert list(inspect.signature(Metric._sync_dist).parameters) == ["self", "dist_sync_fn", "process_group"], where
+    assert list(inspect.signature(Metric._reduce_states).parameters) == ["self", "incoming_state"], where
+    a, b = CentredR2Score(), CentredR2Score()
+    assert set(a._defaults) == {"n", "target_ref", "sum_target", "sq_target", "sse"}, where
+    a.update(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 3.0]))
+    b.update(torch.tensor([5.0]), torch.tensor([4.0]))
+    seen = []
+    b._sync_dist = lambda *args, **kw: seen.append("sync")  # sync() must go through _sync_dist
+    b.sync(distributed_available=lambda: True)
+    assert seen == ["sync"], where
+    a.merge_state(CentredR2Score())  # merge_state must go through _reduce_states: an empty state changes nothing
+    assert float(a.n) == 2 and float(a.target_ref) == 2.0, where

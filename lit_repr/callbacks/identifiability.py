@@ -117,7 +117,8 @@ class IdentifiabilityMetrics(TapCallback):
 
     def read_targets(self, batch: Any, features: Mapping[str, Tensor]) -> dict[str | None, Any]:
         z = get_target(batch, self.targets[self.latent_name], "latents")
-        return {self.latent_name: z[:, None].float() if z.ndim == 1 else z.flatten(1).float()}
+        z = z.to(torch.float64)  # latents keep every digit (e.g. a large offset)
+        return {self.latent_name: z[:, None] if z.ndim == 1 else z.flatten(1)}
 
     def make_readouts(self, site: str, target: str | None, in_features: int, target_features: int) -> dict:
         out: dict[str, Any] = {}

@@ -1,24 +1,27 @@
 """Streaming mean and covariance from float64 sufficient statistics.
 
-:class:`CovarianceMoments` accumulates ``n``, ``Σx`` and ``Σxxᵀ`` as torchmetrics states with sum
-reduction, so batches, DDP processes and checkpoints combine exactly and memory is ``O(D²)``.
+:class:`CovarianceMoments` accumulates ``n``, ``Σx`` and ``Σxxᵀ`` about a per-process reference
+(:mod:`lit_repr.metrics.moments`), so batches, DDP processes and checkpoints combine exactly, a
+large mean costs no precision, and memory is ``O(D²)``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+
+from lit_repr.metrics.moments import ShiftedMoments
 
 __all__ = ["CovarianceMoments"]
 
 
-class CovarianceMoments(Metric):
+class CovarianceMoments(ShiftedMoments):
     """Streaming mean and (population) covariance of features, accumulated in float64.
 
-    States ``n``, ``sum_x`` (``(D,)``) and ``sum_xxT`` (``(D, D)``) are summed across batches and
-    DDP processes. ``compute()`` returns ``(mean, covariance)`` with the covariance normalised by
-    ``n`` (the maximum-likelihood estimate).
+    States ``n``, ``x_ref`` (the reference, ``(D,)``), ``sum_x`` (``Σ(x − x_ref)``) and ``sum_xxT``
+    (``Σ(x − x_ref)(x − x_ref)ᵀ``) are merged exactly across batches and DDP processes.
+    ``compute()`` returns ``(mean, covariance)`` with the covariance normalised by ``n`` (the
+    maximum-likelihood estimate).
 
     Args:
         num_features: the feature dimension ``D``.
@@ -45,9 +48,7 @@ class CovarianceMoments(Metric):
         if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
             raise ValueError(f"num_features must be a positive int, got {num_features!r}")
         self.num_features = num_features
-        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_x", torch.zeros(num_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_xxT", torch.zeros(num_features, num_features, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_moments(variables={"x": ("sum_x", num_features)}, products={"sum_xxT": ("x", "x")}, elementwise={})
 
     def update(self, x: Tensor) -> None:
         """Add a batch ``x`` of shape ``(N, D)`` (or ``(..., D)``, flattened). Bad input changes nothing."""
@@ -60,14 +61,12 @@ class CovarianceMoments(Metric):
         x = x.detach().reshape(-1, self.num_features).to(device=self.sum_x.device, dtype=torch.float64)
         if not torch.isfinite(x).all():
             raise ValueError("x must be finite, got NaN or infinite values")
-        self.n += x.shape[0]
-        self.sum_x += x.sum(0)
-        self.sum_xxT += x.T @ x
+        self.accumulate(x=x)
 
     def compute(self) -> tuple[Tensor, Tensor]:
         """``(mean, covariance)`` in float64; raises ValueError if no samples were seen."""
         if float(self.n) < 1:
             raise ValueError("CovarianceMoments has seen no samples (n=0); call update() first")
-        mean = self.sum_x / self.n
-        cov = self.sum_xxT / self.n - torch.outer(mean, mean)
-        return mean, (cov + cov.T) / 2
+        n, means, prods, _ = self.centred()
+        cov = prods["sum_xxT"] / n
+        return means["x"], (cov + cov.T) / 2

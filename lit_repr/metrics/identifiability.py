@@ -132,7 +132,9 @@ class LinearIdentifiability(Metric):
                 f"the {what} split has {int(n)} samples for {self.num_factors} latent dimensions: "
                 f"identifiability needs at least max(3, latent dimensions) = {max(3, self.num_factors)}"
             )
-        const = constant_columns(stats.yy / n - (stats.sum_y / n) ** 2, stats.yy / n)
+        _, means, _, elem = stats.centred()
+        var = elem["yy"] / n
+        const = constant_columns(var, means["y"] ** 2 + var)
         if const:
             raise ValueError(f"latent factor(s) {const} are constant in the {what} split: their R² is undefined")
 

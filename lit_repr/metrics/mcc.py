@@ -31,8 +31,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from torch import Tensor
-from torchmetrics import Metric
 
+from lit_repr.metrics.moments import ShiftedMoments
 from lit_repr.metrics.ridge import all_finite
 
 __all__ = [
@@ -76,8 +76,14 @@ def as_pair(a: Tensor | np.ndarray, b: Tensor | np.ndarray, name_a: str, name_b:
 
 
 def constant_columns(var: Tensor, mean_square: Tensor) -> list[int]:
-    """Columns whose variance is at the rounding level of their mean square: constant ones."""
-    return torch.nonzero(var <= 1e-12 * mean_square.clamp_min(1e-300)).flatten().tolist()
+    """Columns whose variance is at the rounding level of their values: constant ones.
+
+    ``var`` must come from centred data (two passes, or moments about a reference), whose rounding
+    error is about ``(ε · |value|)²`` with ``ε ≈ 2e-16`` for float64; ``mean_square`` is the mean of
+    the squared values (``mean² + var``). A column with a large mean and a small spread (``1e8 + z``)
+    is not constant.
+    """
+    return torch.nonzero(var <= 1e-20 * mean_square.clamp_min(1e-300)).flatten().tolist()
 
 
 @dataclass
@@ -102,19 +108,21 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be one of {_METHODS}, got {method!r}")
 
 
-def _correlation_from_moments(n: Tensor, s_t: Tensor, s_l: Tensor, ss_t: Tensor, ss_l: Tensor, tl: Tensor) -> Tensor:
-    """Absolute Pearson correlations ``(K, D)`` from sums, sums of squares and cross products."""
-    mt, ml = s_t / n, s_l / n
-    var_t = (ss_t / n - mt**2).clamp_min(0)
-    var_l = (ss_l / n - ml**2).clamp_min(0)
-    cov = tl / n - torch.outer(mt, ml)
-    const = constant_columns(var_t, ss_t / n)
+def _correlation_from_moments(
+    n: Tensor, mt: Tensor, ml: Tensor, ss_t: Tensor, ss_l: Tensor, tl: Tensor
+) -> Tensor:
+    """Absolute Pearson correlations ``(K, D)`` from the means and the *centred* sums of squares and
+    cross products."""
+    var_t = (ss_t / n).clamp_min(0)
+    var_l = (ss_l / n).clamp_min(0)
+    cov = tl / n
+    const = constant_columns(var_t, var_t + mt**2)
     if const:
         raise ValueError(
             f"ground-truth factor(s) {const} are constant: their correlation is undefined; drop them before measuring"
         )
     scale = torch.outer(var_t, var_l).sqrt()
-    dead = constant_columns(var_l, ss_l / n)  # constant learned dimensions correlate 0
+    dead = constant_columns(var_l, var_l + ml**2)  # constant learned dimensions correlate 0
     corr = torch.where(scale > 0, cov / scale.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(cov))
     corr[:, dead] = 0.0
     return corr.abs().clamp_max(1.0)
@@ -158,14 +166,11 @@ def correlation_matrix(true: Tensor | np.ndarray, learned: Tensor | np.ndarray, 
     if method == "spearman":
         t = torch.from_numpy(rankdata(t.numpy(), axis=0))
         lr = torch.from_numpy(rankdata(lr.numpy(), axis=0))
-    # centre first (two-pass) for accuracy; then the moment formula with zero means
-    t = t - t.mean(0)
-    lr = lr - lr.mean(0)
+    # centre first (two passes) for accuracy
+    mt, ml = t.mean(0), lr.mean(0)
+    t, lr = t - mt, lr - ml
     nn_ = torch.tensor(float(n), dtype=torch.float64)
-    return _correlation_from_moments(
-        nn_, torch.zeros(t.shape[1], dtype=torch.float64), torch.zeros(lr.shape[1], dtype=torch.float64),
-        (t * t).sum(0), (lr * lr).sum(0), t.T @ lr,
-    )
+    return _correlation_from_moments(nn_, mt, ml, (t * t).sum(0), (lr * lr).sum(0), t.T @ lr)
 
 
 def match_factors(corr: Tensor) -> MCCResult:
@@ -201,12 +206,13 @@ def mean_correlation_coefficient(
     return match_factors(correlation_matrix(true, learned, method))
 
 
-class MeanCorrelationCoefficient(Metric):
+class MeanCorrelationCoefficient(ShiftedMoments):
     """Streaming MCC between ground-truth factors and learned dimensions.
 
-    Pearson: the states are sums, sums of squares and the ``(K, D)`` cross products (float64, sum
-    reduction), so the result is exact over batches and DDP processes and memory does not grow
-    with the data. Spearman needs global ranks: it is computed on a bounded uniform sample of at most
+    Pearson: the states are sums, sums of squares and the ``(K, D)`` cross products (float64) about
+    a per-process reference (see :mod:`lit_repr.metrics.moments`), so the result is exact over
+    batches and DDP processes, does not change when a constant is added to either input, and memory
+    does not grow with the data. Spearman needs global ranks: it is computed on a bounded uniform sample of at most
     ``max_samples`` rows (:class:`~lit_repr.metrics.samples.SampleBuffer`, gathered under DDP).
     ``compute()`` returns an :class:`MCCResult`.
 
@@ -244,17 +250,16 @@ class MeanCorrelationCoefficient(Metric):
             )
         self.num_factors, self.in_features = num_factors, in_features
         self.method, self.max_samples = method, max_samples
-        f64 = torch.float64
-        self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
         if method == "pearson":
-            self.add_state("sum_t", torch.zeros(num_factors, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("sum_l", torch.zeros(in_features, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("sq_t", torch.zeros(num_factors, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("sq_l", torch.zeros(in_features, dtype=f64), dist_reduce_fx="sum")
-            self.add_state("cross", torch.zeros(num_factors, in_features, dtype=f64), dist_reduce_fx="sum")
+            self.add_moments(
+                variables={"t": ("sum_t", num_factors), "l": ("sum_l", in_features)},
+                products={"cross": ("t", "l")},
+                elementwise={"sq_t": ("t", "t"), "sq_l": ("l", "l")},
+            )
         else:
             from lit_repr.metrics.samples import SampleBuffer
 
+            self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
             self.samples = SampleBuffer(max_samples)
 
     def update(self, true: Tensor, learned: Tensor) -> None:  # type: ignore[override]
@@ -268,12 +273,7 @@ class MeanCorrelationCoefficient(Metric):
         dev = self.n.device
         t, lr = t.to(dev), lr.to(dev)
         if self.method == "pearson":
-            self.n += t.shape[0]
-            self.sum_t += t.sum(0)
-            self.sum_l += lr.sum(0)
-            self.sq_t += (t * t).sum(0)
-            self.sq_l += (lr * lr).sum(0)
-            self.cross.addmm_(t.T, lr)
+            self.accumulate(t=t, l=lr)
             return
         self.samples.update(t, lr)
         self.n += t.shape[0]
@@ -287,5 +287,6 @@ class MeanCorrelationCoefficient(Metric):
             raise ValueError(
                 f"MCC needs at least max(3, number of factors) = {max(3, self.num_factors)} samples, got {int(n)}"
             )
-        corr = _correlation_from_moments(self.n, self.sum_t, self.sum_l, self.sq_t, self.sq_l, self.cross)
+        count, means, prods, elem = self.centred()
+        corr = _correlation_from_moments(count, means["t"], means["l"], elem["sq_t"], elem["sq_l"], prods["cross"])
         return match_factors(corr)

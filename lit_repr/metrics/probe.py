@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from lit_repr.metrics.logistic import fit_logistic
+from lit_repr.metrics.moments import CentredR2Score
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only
 from lit_repr.metrics.samples import SampleBuffer
@@ -43,7 +44,7 @@ def _check_task(task: str, num_classes: int | None, what: str = "task") -> None:
 
 
 def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, name: str = "target") -> Tensor:
-    """Check a target batch against its task and return it as ``(B, K)`` float (or ``(B,)`` long).
+    """Check a target batch against its task and return it as ``(B, K)`` float64 (or ``(B,)`` long).
 
     Raises ``ValueError`` on shape mismatch, NaN, or class indices outside ``[0, num_classes)``.
     """
@@ -79,12 +80,15 @@ def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, n
 def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
     """The streamed torchmetrics a probe is scored with: R²/Pearson/MSE or accuracy/AUROC.
 
-    (Spearman needs global ranks: :class:`ProbeReadout` computes it on its bounded sample.)
+    R² is :class:`~lit_repr.metrics.moments.CentredR2Score` (its total sum of squares is taken about
+    a reference, so targets such as ``1e8 + digit`` keep their digits); Pearson and MSE are
+    torchmetrics'. (Spearman needs global ranks: :class:`ProbeReadout` computes it on its bounded
+    sample.)
     """
     if task == "regression":
         return MetricCollection(
             {
-                "r2": torchmetrics.R2Score(multioutput="raw_values"),
+                "r2": CentredR2Score(num_outputs=num_outputs),
                 "pearson": torchmetrics.PearsonCorrCoef(num_outputs=num_outputs),
                 "mse": torchmetrics.MeanSquaredError(num_outputs=num_outputs),
             }
@@ -372,7 +376,7 @@ class ProbeReadout(nn.Module):
             self._eval(split).update(pred.float().softmax(-1), y)
         else:
             self._eval(split).update(pred.double(), y.double())
-            self.samples[split].update(pred.float(), y.float())
+            self.samples[split].update(pred.double(), y.double())  # float64: targets keep every digit
 
     def compute_eval(self, split: str) -> dict[str, Tensor]:
         """Scores of split ``split`` (per output for regression), synchronised under DDP."""

@@ -12,7 +12,7 @@ A *readout* turns the features of one (site, target) pair into numbers. It is a 
 - ``compute(split)``: a scalar or a dict for an evaluation split (named by :func:`scalars` with the
   name the callback gave the readout); ``compute(FIT)`` gives
   quantities of the fit itself (e.g. the chosen penalty), ``{}`` if none. Every process calls it
-  (states are summed across processes first).
+  (states are merged across processes first).
 - ``reset(split=None)``: forget the statistics of one evaluation split, or everything (fitted
   parameters may stay: the online probe keeps its weights between epochs).
 - ``figures(split, title)`` (optional): ``{name: matplotlib figure}``.

@@ -1,8 +1,10 @@
 """Streaming closed-form ridge regression from sufficient statistics.
 
-:class:`StreamingRidge` accumulates ``n``, ``Σx``, ``Σy``, ``XᵀX``, ``Xᵀy`` and ``Σy²`` as
-torchmetrics states with sum reduction (float64), so batches, DDP processes and checkpoints
-combine exactly and memory is ``O(D² + D·K)`` whatever the number of samples. ``compute()``
+:class:`StreamingRidge` accumulates ``n``, ``Σx``, ``Σy``, ``XᵀX``, ``Xᵀy`` and ``Σy²`` about a
+per-process reference (the mean of its first batch; see :mod:`lit_repr.metrics.moments`) as float64
+torchmetrics states, so batches, DDP processes and checkpoints combine exactly, a constant added to
+the features or targets changes nothing, and memory is ``O(D² + D·K)`` whatever the number of
+samples. ``compute()``
 eigendecomposes the centred ``XᵀX`` once and solves ridge for a whole grid of penalties, choosing
 the penalty by generalised cross-validation (GCV) or by the error on a held-out
 :class:`StreamingRidge` of the same shape (its statistics are enough: no features are kept).
@@ -28,6 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+from lit_repr.metrics.moments import ShiftedMoments
 
 __all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced", "synced_like"]
 
@@ -75,14 +79,13 @@ class RidgeFit:
 def moments_score(fit: RidgeFit, stats: "StreamingRidge") -> dict[str, Tensor]:
     """Exact MSE, R² and Pearson r per target of ``fit`` on the data summarised by ``stats``.
 
-    Uses only the sufficient statistics of ``stats`` (``n``, sums, ``XᵀX``, ``Xᵀy``, ``Σy²``).
-    Returns ``{"mse": (K,), "r2": (K,), "pearson": (K,)}`` in float64.
+    Uses only the sufficient statistics of ``stats`` (``n``, sums, ``XᵀX``, ``Xᵀy``, ``Σy²`` about
+    their references). Returns ``{"mse": (K,), "r2": (K,), "pearson": (K,)}`` in float64.
     """
-    n = stats.n.clamp_min(1)
-    mx, my = stats.sum_x / n, stats.sum_y / n
-    cxx = stats.xtx / n - torch.outer(mx, mx)
-    cxy = stats.xty / n - torch.outer(mx, my)
-    vy = stats.yy / n - my**2
+    count, means, prods, elem = stats.centred()
+    n = count.clamp_min(1)
+    mx, my = means["x"], means["y"]
+    cxx, cxy, vy = prods["xtx"] / n, prods["xty"] / n, elem["yy"] / n
     W = fit.weight.to(torch.float64)
     b = fit.bias.to(torch.float64)
     pred_mean = mx @ W + b
@@ -162,7 +165,7 @@ def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
         torch.set_num_threads(threads)
 
 
-class StreamingRidge(Metric):
+class StreamingRidge(ShiftedMoments):
     """Ridge regression fitted in closed form from streamed sufficient statistics.
 
     Args:
@@ -178,6 +181,9 @@ class StreamingRidge(Metric):
         max_components: if set, ridge is solved on the leading principal components only
             (principal-component regression with shrinkage).
         seed: seed of the random projection (identical on every process).
+
+    States (float64, about the references ``x_ref`` and ``y_ref``): ``n``, ``sum_x``, ``sum_y``,
+    ``xtx`` (``Σ(x − x_ref)(x − x_ref)ᵀ``), ``xty`` and ``yy`` (``Σ(y − y_ref)²`` per target).
 
     Example:
         >>> x = torch.randn(200, 5); y = x @ torch.randn(5, 2) + 0.1 * torch.randn(200, 2)
@@ -241,13 +247,11 @@ class StreamingRidge(Metric):
             self.projection = None
         d = projection_dim or in_features
         self.dim = d
-        f64 = torch.float64
-        self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sum_x", torch.zeros(d, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("sum_y", torch.zeros(num_targets, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("xtx", torch.zeros(d, d, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("xty", torch.zeros(d, num_targets, dtype=f64), dist_reduce_fx="sum")
-        self.add_state("yy", torch.zeros(num_targets, dtype=f64), dist_reduce_fx="sum")
+        self.add_moments(
+            variables={"x": ("sum_x", d), "y": ("sum_y", num_targets)},
+            products={"xtx": ("x", "x"), "xty": ("x", "y")},
+            elementwise={"yy": ("y", "y")},
+        )
 
     def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -259,37 +263,32 @@ class StreamingRidge(Metric):
                 f"targets must have shape ({x.shape[0]}, {self.num_targets}) to match features "
                 f"{tuple(x.shape)}, got {tuple(y.shape)}"
             )
-        x = x.to(torch.float64)
         y = y.to(torch.float64)
         for t, what in ((x, "features"), (y, "targets")):
             if not all_finite(t):
                 raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
-            x = x @ self.projection.to(x.device)
-        return x, y
+            x = x.to(torch.float64) @ self.projection.to(x.device)
+        return x, y  # features are converted to float64 (once) as their reference is subtracted
 
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
         """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``."""
         x, y = self._prepare(x, y)
-        self.n += x.shape[0]
-        self.sum_x += x.sum(0)
-        self.sum_y += y.sum(0)
-        self.xtx.addmm_(x.T, x)
-        self.xty.addmm_(x.T, y)
-        self.yy += (y * y).sum(0)
+        self.accumulate(x=x, y=y)
 
     # ------------------------------------------------------------------ solving
     def _centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        n = self.n
+        """Means and the sums ``Σ(x − m)(x − m)ᵀ``, ``Σ(x − m)(y − m_y)ᵀ``, ``Σ(y − m_y)²`` about the means
+        (``fit_intercept``) or about 0."""
+        _, means, prods, elem = self.centred()
         if self.fit_intercept:
-            mx, my = self.sum_x / n, self.sum_y / n
-            sxx = self.xtx - n * torch.outer(mx, mx)
-            sxy = self.xty - n * torch.outer(mx, my)
-            syy = self.yy - n * my**2
+            mx, my = means["x"], means["y"]
+            sxx, sxy, syy = prods["xtx"], prods["xty"], elem["yy"]
         else:
             mx = torch.zeros_like(self.sum_x)
             my = torch.zeros_like(self.sum_y)
-            sxx, sxy, syy = self.xtx, self.xty, self.yy
+            raw = self.moments_about({"x": mx, "y": my})
+            sxx, sxy, syy = raw["xtx"], raw["xty"], raw["yy"]
         return mx, my, (sxx + sxx.T) / 2, sxy, syy
 
     def solve(self, heldout: "StreamingRidge | None" = None) -> RidgeFit:
@@ -323,9 +322,10 @@ class StreamingRidge(Metric):
             )
         mx, my, sxx, sxy, syy = self._centred()
         evals, evecs = _eigh(sxx)
-        # directions whose variance is at the rounding level of the raw moments (e.g. constant
-        # features, whose centred XᵀX is cancellation noise) carry no signal: drop them exactly
-        noise = 1e-11 * float(torch.diagonal(self.xtx).abs().max().clamp_min(torch.finfo(torch.float64).tiny))
+        # directions whose variance is at the rounding level of the accumulated moments (e.g. constant
+        # features, whose centred XᵀX is rounding noise) carry no signal: drop them exactly
+        scale = torch.diagonal(self.xtx if self.fit_intercept else sxx).abs().max()
+        noise = 1e-11 * float(scale.clamp_min(torch.finfo(torch.float64).tiny))
         evals = torch.where(evals > noise, evals, torch.zeros_like(evals))
         if self.max_components is not None and self.max_components < evals.numel():
             evals, evecs = evals[-self.max_components :], evecs[:, -self.max_components :]

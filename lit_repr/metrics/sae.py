@@ -1,6 +1,6 @@
-"""Sparse-autoencoder statistics as torchmetrics Metrics with sum-reduced states.
+"""Sparse-autoencoder statistics as torchmetrics Metrics whose states merge exactly across processes.
 
-- :class:`FractionOfVarianceExplained`: ``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` from streaming sums
+- :class:`FractionOfVarianceExplained`: ``1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`` from streaming sums about a reference
   (float64), exact over batches and DDP processes;
 - :class:`MeanL0`: mean number of non-zero codes per sample;
 - :class:`FiringFrequency`: per-latent firing frequency, dead and dense fractions.
@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_repr.metrics.moments import ShiftedMoments
+
 __all__ = ["FractionOfVarianceExplained", "MeanL0", "FiringFrequency"]
 
 
@@ -22,11 +24,13 @@ def _check_codes(codes: Tensor, n: int | None = None) -> None:
         raise ValueError(f"codes must have {n} latents, got {codes.shape[1]}")
 
 
-class FractionOfVarianceExplained(Metric):
+class FractionOfVarianceExplained(ShiftedMoments):
     """Fraction of variance explained by a reconstruction: ``1 − SSE / total sum of squares``.
 
     The total sum of squares is taken around the per-feature mean of all inputs seen, computed
-    from streaming sums ``Σx``, ``Σx²`` (float64), so the result does not depend on batching.
+    from streaming sums ``Σx``, ``Σx²`` (float64) about a per-process reference
+    (:mod:`lit_repr.metrics.moments`), so the result does not depend on batching, on the number of
+    DDP processes, nor on a large constant in the inputs.
 
     Args:
         in_features: input dimension ``d``.
@@ -47,10 +51,8 @@ class FractionOfVarianceExplained(Metric):
         if not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         self.in_features = in_features
+        self.add_moments(variables={"x": ("sum_x", in_features)}, products={}, elementwise={"sum_x2": ("x", "x")})
         self.add_state("sse", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_x", torch.zeros(in_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("sum_x2", torch.zeros(in_features, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, x: Tensor, recon: Tensor) -> None:
         if x.shape != recon.shape or x.ndim != 2 or x.shape[1] != self.in_features:
@@ -60,12 +62,10 @@ class FractionOfVarianceExplained(Metric):
             )
         x64 = x.detach().double()
         self.sse += (x64 - recon.detach().double()).pow(2).sum()
-        self.sum_x += x64.sum(0)
-        self.sum_x2 += x64.pow(2).sum(0)
-        self.n += x.shape[0]
+        self.accumulate(x=x64)
 
     def compute(self) -> Tensor:
-        tss = (self.sum_x2 - self.sum_x.pow(2) / self.n.clamp_min(1)).sum()
+        tss = self.centred()[3]["sum_x2"].sum()
         return (1.0 - self.sse / tss.clamp_min(1e-30)).float()
 
 

@@ -6,10 +6,12 @@
   removes the upward bias CKA has when features are wide compared with the number of samples.
   Both are invariant to orthogonal transforms and isotropic scaling of either representation.
   With linear kernels both estimators are functions of ``XᵀX``, ``YᵀY``, ``XᵀY``, sums and a few
-  sums of squared norms, so :class:`LinearCKA` streams them (float64, sum reduction): exact over
-  batches and DDP processes, memory ``O((D_x + D_y)²)`` whatever the number of samples.
-  :func:`linear_cka` on arrays in memory uses Gram matrices when there are fewer samples than
-  features, the same statistics otherwise.
+  sums of squared norms, and both are unchanged when a constant is added to ``X`` or ``Y``, so
+  :class:`LinearCKA` streams these statistics about a per-process reference
+  (:mod:`lit_repr.metrics.moments`, float64): exact over batches and DDP processes, free of the
+  cancellation a large feature mean causes, memory ``O((D_x + D_y)²)`` whatever the number of
+  samples. :func:`linear_cka` on arrays in memory uses Gram matrices of the centred features when
+  there are fewer samples than features, the same statistics otherwise.
 - **Mutual k-NN alignment** (Huh et al., 2024, the Platonic Representation Hypothesis): for each
   sample, the fraction of its ``k`` nearest neighbours (excluding itself) shared by the two
   representations, averaged over samples. 1 means identical neighbourhoods; chance is about
@@ -22,9 +24,9 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 from lit_repr.metrics.mcc import as_pair
+from lit_repr.metrics.moments import ShiftedMoments
 from lit_repr.metrics.ridge import local_only
 from lit_repr.metrics.samples import SampleBuffer
 
@@ -66,7 +68,7 @@ def _cka_ratio(xy: Tensor, xx: Tensor, yy: Tensor) -> Tensor:
     return (xy / (xx * yy).sqrt()).clamp(-1.0, 1.0)
 
 
-class LinearCKA(Metric):
+class LinearCKA(ShiftedMoments):
     """Streaming linear CKA between two representations of the same samples (biased and debiased).
 
     Args:
@@ -94,13 +96,38 @@ class LinearCKA(Metric):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.in_features_x, self.in_features_y, self.debiased = in_features_x, in_features_y, bool(debiased)
         dx, dy, f64 = in_features_x, in_features_y, torch.float64
+        self.add_moments(
+            variables={"x": ("sx", dx), "y": ("sy", dy)},
+            products={"xtx": ("x", "x"), "yty": ("y", "y"), "xty": ("x", "y")},
+            elementwise={},
+        )
         for name, shape in (
-            ("n", ()), ("sx", (dx,)), ("sy", (dy,)), ("xtx", (dx, dx)), ("yty", (dy, dy)), ("xty", (dx, dy)),
-            # for the unbiased HSIC: a_i = ‖x_i‖², b_i = ‖y_i‖²
+            # for the unbiased HSIC: a_i = ‖x_i − x_ref‖², b_i = ‖y_i − y_ref‖²
             ("sa", ()), ("sb", ()), ("saa", ()), ("sbb", ()), ("sab", ()),
             ("sax", (dx,)), ("sbx", (dx,)), ("say", (dy,)), ("sby", (dy,)),
         ):
             self.add_state(name, torch.zeros(shape, dtype=f64), dist_reduce_fx="sum")
+
+    def move_extra_states(self, old: dict[str, Tensor], new: dict[str, Tensor], delta: dict[str, Tensor]) -> None:
+        """Move the sums of squared norms to new references (``u' = u + δ`` for ``x``, ``v' = v + ε`` for ``y``)."""
+        n, d, e = old["n"], delta["x"], delta["y"]
+        sx, sy, xx, yy, xy = old["sx"], old["sy"], old["xtx"], old["yty"], old["xty"]
+        sa, sb = old["sa"], old["sb"]
+        dd, ee = d @ d, e @ e
+        s_alpha = 2 * d @ sx + n * dd  # Σ(‖u'‖² − ‖u‖²)
+        s_beta = 2 * e @ sy + n * ee
+        new["sa"] = sa + s_alpha
+        new["sb"] = sb + s_beta
+        new["saa"] = old["saa"] + 2 * (2 * d @ old["sax"] + dd * sa) + 4 * d @ xx @ d + 4 * dd * (d @ sx) + n * dd**2
+        new["sbb"] = old["sbb"] + 2 * (2 * e @ old["sby"] + ee * sb) + 4 * e @ yy @ e + 4 * ee * (e @ sy) + n * ee**2
+        new["sab"] = (
+            old["sab"] + 2 * e @ old["say"] + ee * sa + 2 * d @ old["sbx"] + dd * sb
+            + 4 * d @ xy @ e + 2 * ee * (d @ sx) + 2 * dd * (e @ sy) + n * dd * ee
+        )
+        new["sax"] = old["sax"] + sa * d + 2 * xx @ d + dd * sx + s_alpha * d
+        new["sbx"] = old["sbx"] + sb * d + 2 * xy @ e + ee * sx + s_beta * d
+        new["say"] = old["say"] + sa * e + 2 * xy.T @ d + dd * sy + s_alpha * e
+        new["sby"] = old["sby"] + sb * e + 2 * yy @ e + ee * sy + s_beta * e
 
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
         """Add a batch of paired features ``x`` ``(B, D_x)`` and ``y`` ``(B, D_y)``."""
@@ -110,14 +137,9 @@ class LinearCKA(Metric):
                 f"expected x (B, {self.in_features_x}) and y (B, {self.in_features_y}), "
                 f"got {tuple(x.shape)} and {tuple(y.shape)}"
             )
-        x, y = x.to(self.n.device), y.to(self.n.device)
+        c = self.accumulate(x=x.to(self.n.device), y=y.to(self.n.device))
+        x, y = c["x"], c["y"]  # about the references: both HSIC estimators are unchanged by a shift
         a, b = (x * x).sum(1), (y * y).sum(1)
-        self.n += x.shape[0]
-        self.sx += x.sum(0)
-        self.sy += y.sum(0)
-        self.xtx.addmm_(x.T, x)
-        self.yty.addmm_(y.T, y)
-        self.xty.addmm_(x.T, y)
         self.sa += a.sum()
         self.sb += b.sum()
         self.saa += (a * a).sum()
@@ -129,11 +151,8 @@ class LinearCKA(Metric):
         self.sby += b @ y
 
     def _biased(self) -> Tensor:
-        n = self.n
-        cxy = self.xty - torch.outer(self.sx, self.sy) / n
-        cxx = self.xtx - torch.outer(self.sx, self.sx) / n
-        cyy = self.yty - torch.outer(self.sy, self.sy) / n
-        return _cka_ratio((cxy**2).sum(), (cxx**2).sum(), (cyy**2).sum())
+        _, _, c, _ = self.centred()
+        return _cka_ratio((c["xty"] ** 2).sum(), (c["xtx"] ** 2).sum(), (c["yty"] ** 2).sum())
 
     def _debiased(self) -> Tensor:
         n = self.n
@@ -174,6 +193,7 @@ def linear_cka(x: Tensor, y: Tensor, debiased: bool = False) -> Tensor:
         need = 4 if debiased else 2
         if n < need:
             raise ValueError(f"{'debiased' if debiased else 'biased'} CKA needs at least {need} samples, got {n}")
+        x, y = x - x.mean(0), y - y.mean(0)  # both estimators are unchanged by a shift; centring keeps the digits
         k, l = x @ x.T, y @ y.T  # noqa: E741
         return _cka_ratio(hsic(k, l, debiased), hsic(k, k, debiased), hsic(l, l, debiased))
     # these arrays are the whole data: no summing of statistics across processes

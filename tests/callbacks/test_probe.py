@@ -241,3 +241,38 @@ def test_heldout_selection_frozen(trainer_kwargs):
     assert trainer.callback_metrics["probe/backbone.0/ink/test/r2"] > 0.3
     with pytest.raises(ValueError, match="needs mode='frozen'"):
         LinearProbe("a", selection="heldout")
+
+
+class _Offset(nn.Module):
+    def forward(self, h):
+        return h + 1e5
+
+
+class OffsetSite(Classifier):
+    """A classifier with a probed site whose output is its hidden features plus 1e5 (a large constant
+    direction, as residual streams have)."""
+
+    def __init__(self):
+        super().__init__(in_features=64, hidden=[32])
+        self.site = _Offset()
+
+    def forward(self, x):
+        out = super().forward(x)
+        self.site(self.backbone(x))
+        return out
+
+
+def test_probe_accuracy_on_features_with_a_large_constant_equals_sklearn(trainer_kwargs):
+    from sklearn.linear_model import RidgeClassifierCV
+
+    probe = LinearProbe("site", targets={"digit": "y"}, mode="frozen")
+    trainer, model = _fit(probe, trainer_kwargs, epochs=1, model=OffsetSite())
+    dm = trainer.datamodule
+    model.eval()
+    with torch.no_grad():
+        feats = {s: model.site(model.backbone(dm.datasets[s].tensors["x"])).double().numpy() for s in ("train", "val")}
+    y = {s: dm.datasets[s].tensors["y"].numpy() for s in ("train", "val")}
+    sk = RidgeClassifierCV(alphas=DEFAULT_ALPHAS).fit(feats["train"], y["train"])
+    acc = float(trainer.callback_metrics["probe/site/digit/val/acc"])
+    assert acc == pytest.approx(sk.score(feats["val"], y["val"]), abs=0.01)
+    assert acc > 0.8

@@ -51,8 +51,22 @@ def test_errors_leave_state_unchanged():
     bad[1, 2] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         m.update(bad)
-    assert float(m.n) == 2 and torch.equal(m.sum_x, torch.full((3,), 2.0, dtype=torch.float64))
+    assert float(m.n) == 2 and torch.equal(m.compute()[0], torch.ones(3, dtype=torch.float64))
     with pytest.raises(ValueError, match="num_features"):
         CovarianceMoments(0)
     with pytest.raises(ValueError, match="no samples"), pytest.warns(UserWarning, match="before the ``update``"):
         CovarianceMoments(2).compute()
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, 1e7, 1e8])
+def test_covariance_unchanged_by_an_offset(grid_features, shifted, offset):
+    h, _ = grid_features(500, 6, offset)
+    ref, got = CovarianceMoments(6), CovarianceMoments(6)
+    for hb in h.split(64):
+        ref.update(hb.float())
+        got.update(shifted(hb, offset))
+    (m0, c0), (m1, c1) = ref.compute(), got.compute()
+    scale = float(c0.abs().max())
+    torch.testing.assert_close(c1, c0, rtol=1e-9, atol=1e-9 * scale)
+    torch.testing.assert_close(m1 - offset, m0, rtol=0, atol=1e-6 * scale**0.5)
+    torch.testing.assert_close(c0, torch.from_numpy(np.cov(h.numpy().T, bias=True)), rtol=1e-9, atol=1e-9 * scale)

@@ -127,3 +127,18 @@ def test_subsample_metrics_bad_input():
         dci(torch.randn(20, 3), torch.randn(20, 2), torch.randn(20, 4), torch.randn(20, 2))
     with pytest.raises(ValueError, match="constant in the training latents"):
         kernel_ridge_r2(torch.randn(20, 3), torch.ones(20, 1), torch.randn(20, 3), torch.randn(20, 1))
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, 1e7, 1e8])
+def test_linear_r2_unchanged_by_a_feature_or_latent_offset(grid_features, shifted, offset):
+    h, z = grid_features(700, 8, offset)
+
+    def r2(x, t):
+        m = LinearIdentifiability(8, 3)
+        for xb, tb in zip(x[:500].split(100), t[:500].split(100)):
+            m.update(xb, tb, "fit")
+        m.update(x[500:], t[500:], "eval")
+        return m.compute()["r2_per_factor"]
+
+    ref = r2(h.float(), z)
+    torch.testing.assert_close(r2(shifted(h, offset), z + offset), ref, rtol=0, atol=1e-9)

@@ -127,3 +127,20 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"expected true \(B, 3\)"):
         m.update(z, z[:, :2])
     assert float(m.n) == 0  # nothing was accumulated
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, 1e7, 1e8])
+def test_streamed_mcc_unchanged_by_a_feature_offset(grid_features, shifted, offset):
+    h, z = grid_features(900, 6, offset)
+
+    def streamed(x, t):
+        m = MeanCorrelationCoefficient(3, 6)
+        for tb, xb in zip(t.split(100), x.split(100)):
+            m.update(tb, xb)
+        return m.compute()
+
+    ref = streamed(h.float(), z)
+    got = streamed(shifted(h, offset), z + offset)  # ground truth offset too
+    assert got.mean == pytest.approx(ref.mean, abs=1e-9)
+    torch.testing.assert_close(got.corr, ref.corr, rtol=0, atol=1e-9)
+    assert mean_correlation_coefficient(z, shifted(h, offset)).mean == pytest.approx(ref.mean, abs=1e-9)

@@ -91,7 +91,10 @@ def test_buffered_accumulation_equals_unbuffered_and_flushes_on_state_dict():
         a.update_fit(xb, yb)
         b.update_fit(xb, yb)
     state = b.state_dict()  # flushes the block: a checkpoint holds every batch
-    torch.testing.assert_close(state["stats.xtx"], a.state_dict()["stats.xtx"])
+    assert float(state["stats.n"]) == 300
+    # the states are moments about each readout's first-block mean: compare them about one reference
+    zero = {"x": torch.zeros(6, dtype=torch.float64), "y": torch.zeros(3, dtype=torch.float64)}
+    torch.testing.assert_close(b.stats.moments_about(zero)["xtx"], a.stats.moments_about(zero)["xtx"])
     assert b.n_fit == a.n_fit == 300
     a.fit()
     b.fit()
@@ -123,3 +126,46 @@ def test_regression_r2_equals_sklearn_ridgecv_to_rounding():
     # Spearman on the bounded sample equals scipy's when every prediction is kept
     pred = res.predict(x[600:]).reshape(-1).numpy()
     assert res.scores["val"]["spearman"] == pytest.approx(spearmanr(pred, y[600:].numpy()).statistic, abs=1e-6)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, 1e7, 1e8])
+def test_fit_probe_r2_and_accuracy_unchanged_by_a_feature_offset(grid_features, shifted, offset):
+    h, z = grid_features(800, 16, offset)
+    y = z[:, 0] - z[:, 1] + 0.5 * torch.randn(800, dtype=torch.float64)
+    cls = (z[:, 0] > 0).long() + (z[:, 2] > 0).long()
+    x0, x = h.float(), shifted(h, offset)
+    ref = fit_probe(x0[:600], y[:600], eval_sets={"val": (x0[600:], y[600:])})
+    got = fit_probe(x[:600], y[:600], eval_sets={"val": (x[600:], y[600:])})
+    for split in ("fit", "val"):
+        assert got.scores[split]["r2"] == pytest.approx(ref.scores[split]["r2"], abs=1e-6)
+    ref = fit_probe(x0[:600], cls[:600], task="classification", eval_sets={"val": (x0[600:], cls[600:])})
+    got = fit_probe(x[:600], cls[:600], task="classification", eval_sets={"val": (x[600:], cls[600:])})
+    assert got.scores["val"]["acc"] == pytest.approx(ref.scores["val"]["acc"], abs=1e-6)
+    assert ref.scores["val"]["acc"] > 0.6
+
+
+def test_target_offset_of_1e8_keeps_every_digit():
+    from sklearn.linear_model import Ridge
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1000, 8, generator=g)
+    digit = torch.randint(0, 10, (1000,), generator=g).double()
+    y = digit + x.double() @ torch.randn(8, generator=g, dtype=torch.float64)
+    res = fit_probe(x[:800], y[:800] + 1e8, eval_sets={"val": (x[800:], y[800:] + 1e8)})
+    sk = Ridge(alpha=res.alpha).fit(x[:800].double().numpy(), (y[:800] + 1e8).numpy())
+    assert res.scores["fit"]["r2"] == pytest.approx(sk.score(x[:800].double().numpy(), (y[:800] + 1e8).numpy()),
+                                                    abs=1e-4)
+    assert res.scores["val"]["r2"] == pytest.approx(sk.score(x[800:].double().numpy(), (y[800:] + 1e8).numpy()),
+                                                    abs=1e-4)
+    # the regression readout, streamed in batches: the same scores as without the offset
+    out = {}
+    for off in (0.0, 1e8):
+        r = ProbeReadout(8, task="regression", num_targets=1)
+        for xb, yb in zip(x[:800].split(100), (y[:800] + off).split(100)):
+            r.update(xb, yb, "fit")
+        r.fit()
+        for xb, yb in zip(x[800:].split(64), (y[800:] + off).split(64)):
+            r.update(xb, yb, "val")
+        out[off] = r.compute("val")
+    for k in ("r2", "pearson", "spearman", "mse"):
+        assert out[1e8][k] == pytest.approx(out[0.0][k], abs=1e-6), k

@@ -131,3 +131,22 @@ def test_failed_solve_leaves_thread_count_unchanged(num_threads, monkeypatch):
     with pytest.raises(torch.linalg.LinAlgError):
         ridge._eigh(torch.eye(3))
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, 1e7, 1e8])
+def test_constant_added_to_features_or_targets_changes_nothing(grid_features, shifted, offset):
+    h, z = grid_features(600, 12, offset)
+    y = z @ torch.tensor([[1.0], [-2.0], [0.5]], dtype=torch.float64) + 0.3 * torch.randn(600, 1, dtype=torch.float64)
+
+    def scores(x, t):
+        m = StreamingRidge(12, 1)
+        for xb, tb in zip(x.split(64), t.split(64)):
+            m.update(xb, tb)
+        fit = m.compute()
+        return fit, moments_score(fit, m)
+
+    ref_fit, ref = scores(h.float(), y)
+    fit, got = scores(shifted(h, offset), y + offset)
+    assert fit.alpha == ref_fit.alpha
+    torch.testing.assert_close(fit.weight, ref_fit.weight, rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(got["r2"], ref["r2"], rtol=0, atol=1e-9)

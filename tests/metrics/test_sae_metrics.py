@@ -41,3 +41,15 @@ def test_metric_bad_shapes():
         FiringFrequency(4).update(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="dense_threshold"):
         FiringFrequency(4, dense_threshold=0)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e6, 1e8])
+def test_fve_unchanged_by_a_large_constant(offset):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 6, generator=g, dtype=torch.float64)
+    recon = x + 0.3 * torch.randn(400, 6, generator=g, dtype=torch.float64)
+    ref, got = FractionOfVarianceExplained(6), FractionOfVarianceExplained(6)
+    for xb, rb in zip(x.split(64), recon.split(64)):
+        ref.update(xb, rb)
+        got.update(xb + offset, rb + offset)
+    assert float(got.compute()) == pytest.approx(float(ref.compute()), abs=1e-6)

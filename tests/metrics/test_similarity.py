@@ -118,3 +118,26 @@ def test_similarity_bad_input():
         m.update(x, torch.randn(20, 4))
     with pytest.raises(ValueError, match="at least 2 samples"):
         m.compute()
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+@pytest.mark.parametrize("offset", [1e4, 1e5, 1e6, 1e7, 1e8])
+def test_cka_unchanged_by_a_feature_offset_on_both_paths(grid_features, shifted, offset, debiased):
+    h, _ = grid_features(500, 10, offset)
+    other, _ = grid_features(500, 6, offset, seed=1)
+    other = other + h[:, :6]
+
+    def streamed(x, y):
+        m = LinearCKA(10, 6, debiased=debiased)
+        for xb, yb in zip(x.split(64), y.split(64)):
+            m.update(xb, yb)
+        return float(m.compute())
+
+    ref = streamed(h.float(), other.float())
+    assert streamed(shifted(h, offset), shifted(other, offset / 10)) == pytest.approx(ref, abs=1e-9)
+    assert float(linear_cka(shifted(h, offset), other.float(), debiased=debiased)) == pytest.approx(ref, abs=1e-9)
+    # fewer samples than features: the Gram path
+    hw, _ = grid_features(40, 120, offset, seed=2)
+    ref = float(linear_cka(hw.float(), hw[:, :50].float(), debiased=debiased))
+    got = float(linear_cka(shifted(hw, offset), shifted(hw[:, :50], offset), debiased=debiased))
+    assert got == pytest.approx(ref, abs=1e-9)

@@ -1,0 +1,278 @@
+"""Streaming first and second moments about a reference, merged exactly across batches and processes.
+
+Raw sums (``Σx``, ``XᵀX``) centred only at the end lose the answer when features have a large mean
+relative to their spread: ``XᵀX/n − x̄x̄ᵀ`` subtracts two numbers of size ``x̄²`` to get one of size
+``σ²``, and float64 keeps only about 16 digits of the difference. Activations do this (residual
+streams carry large constant directions), and so do targets such as ``1e8 + digit``.
+
+:class:`ShiftedMoments` keeps the moments about a *reference* instead: each process takes the mean of
+its first batch as reference ``r`` and accumulates ``n``, ``Σ(x − r)``, ``Σ(x − r)(y − s)ᵀ`` and
+``Σ(x − r)⊙(y − s)``. Those are as small as the spread of the data, so centring at the end loses
+nothing. Batches and processes with different references are combined exactly by moving every
+set of moments to one common reference (the reference of the part with the most samples) with
+
+``Σ(x − r')  = Σ(x − r) + n δ``,
+``Σ(x − r')(y − s')ᵀ = Σ(x − r)(y − s)ᵀ + Σ(x − r) εᵀ + δ Σ(y − s)ᵀ + n δ εᵀ``
+
+(``δ = r − r'``, ``ε = s − s'``) and summing; this is the pairwise update of Chan, Golub and LeVeque
+(1979) written for any reference. Under DDP the states of all processes are gathered and merged
+this way (:meth:`ShiftedMoments._sync_dist`), and so are the batch and accumulated states of
+``forward`` and :meth:`~torchmetrics.Metric.merge_state`. Memory stays ``O(D²)``; an update costs what
+a raw-moment update costs plus one subtraction of the reference.
+
+A checkpoint written before the references existed holds raw moments, which are moments about the
+reference 0: it loads exactly (with references 0).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+__all__ = ["ShiftedMoments", "CentredR2Score"]
+
+States = dict[str, Tensor]
+
+
+class ShiftedMoments(Metric):
+    """Base of the Metrics whose states are moments about a per-process reference (see the module).
+
+    A subclass calls :meth:`add_moments` in its ``__init__`` to declare its variables (each with a
+    reference state and a state of sums), the full cross-products ``Σ(v − r_v)(w − r_w)ᵀ`` and the
+    element-wise products ``Σ(v − r_v)⊙(w − r_w)`` it needs; :meth:`accumulate` adds a batch and
+    :meth:`centred` gives the means and the centred sums. Other states declared with
+    ``dist_reduce_fx="sum"`` are summed; states that depend on the reference are moved by
+    :meth:`move_extra_states`.
+
+    Args:
+        **kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> class Mean(ShiftedMoments):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.add_moments(variables={"x": ("sum_x", 1)}, products={}, elementwise={"sq_x": ("x", "x")})
+        ...     def update(self, x):
+        ...         self.accumulate(x=x[:, None].double())
+        ...     def compute(self):
+        ...         n, mean, _, sq = self.centred()
+        ...         return mean["x"], sq["sq_x"] / n
+        >>> f64 = torch.float64
+        >>> m = Mean()
+        >>> m.update(torch.tensor([1e8 + 1, 1e8 + 3], dtype=f64)); m.update(torch.tensor([1e8 + 5], dtype=f64))
+        >>> [round(float(v), 6) for v in m.compute()]
+        [100000003.0, 2.666667]
+    """
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    n: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._variables: dict[str, tuple[str, str]] = {}  # variable -> (reference state, sum state)
+        self._products: dict[str, tuple[str, str]] = {}
+        self._elementwise: dict[str, tuple[str, str]] = {}
+
+    # ------------------------------------------------------------------ declaration
+    def add_moments(
+        self,
+        variables: Mapping[str, tuple[str, int]],
+        products: Mapping[str, tuple[str, str]],
+        elementwise: Mapping[str, tuple[str, str]],
+        count: str = "n",
+    ) -> None:
+        """Declare the count state, ``{variable: (sum state, width)}``, ``{state: (v, w)}`` full products
+        ``(D_v, D_w)`` and ``{state: (v, w)}`` element-wise products (``D_v == D_w``), all float64.
+        Each variable ``v`` gets a reference state ``v_ref``."""
+        f64 = torch.float64
+        if count != "n":
+            raise ValueError(f"the count state must be named 'n', got {count!r}")
+        self.add_state("n", torch.zeros((), dtype=f64), dist_reduce_fx="sum")
+        widths = {}
+        for v, (sum_name, width) in variables.items():
+            widths[v] = width
+            self.add_state(f"{v}_ref", torch.zeros(width, dtype=f64), dist_reduce_fx=None)
+            self.add_state(sum_name, torch.zeros(width, dtype=f64), dist_reduce_fx="sum")
+            self._variables[v] = (f"{v}_ref", sum_name)
+        for name, (v, w) in products.items():
+            self.add_state(name, torch.zeros(widths[v], widths[w], dtype=f64), dist_reduce_fx="sum")
+            self._products[name] = (v, w)
+        for name, (v, w) in elementwise.items():
+            if widths[v] != widths[w]:
+                raise ValueError(f"element-wise product {name!r} needs equal widths, got {widths[v]} and {widths[w]}")
+            self.add_state(name, torch.zeros(widths[v], dtype=f64), dist_reduce_fx="sum")
+            self._elementwise[name] = (v, w)
+
+    # ------------------------------------------------------------------ accumulation
+    def accumulate(self, **batches: Tensor) -> dict[str, Tensor]:
+        """Add one batch per variable (``(B, D_v)``, same ``B``, any float dtype) and return them about their
+        references, in float64.
+
+        The first non-empty batch of a process (``n == 0``) sets the references to its means. A batch that
+        is not float64 yet is converted once and its reference subtracted in place.
+        """
+        b = next(iter(batches.values())).shape[0]
+        if b == 0:
+            return {v: x.to(torch.float64) for v, x in batches.items()}
+        empty = bool(self.n == 0)
+        centred = {}
+        for v, x in batches.items():
+            ref_name, sum_name = self._variables[v]
+            x64 = x.to(torch.float64)
+            if empty:
+                setattr(self, ref_name, x64.mean(0))
+            ref = getattr(self, ref_name)
+            u = x64.sub_(ref) if x64 is not x else x64 - ref  # never change the caller's tensor
+            centred[v] = u
+            getattr(self, sum_name).add_(u.sum(0))
+        for name, (v, w) in self._products.items():
+            getattr(self, name).addmm_(centred[v].T, centred[w])
+        for name, (v, w) in self._elementwise.items():
+            getattr(self, name).add_((centred[v] * centred[w]).sum(0))
+        self.n += b
+        return centred
+
+    # ------------------------------------------------------------------ reading
+    def centred(self) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor], dict[str, Tensor]]:
+        """``(n, {v: mean}, {product: centred sum}, {element-wise: centred sum})`` (sums, not averages).
+
+        With ``n == 0`` the means are the references (zeros) and the sums zero.
+        """
+        n = self.n
+        nn = n.clamp_min(1)
+        sums = {v: getattr(self, s) for v, (_, s) in self._variables.items()}
+        means = {v: getattr(self, r) + sums[v] / nn for v, (r, _) in self._variables.items()}
+        prods = {k: getattr(self, k) - torch.outer(sums[v], sums[w]) / nn for k, (v, w) in self._products.items()}
+        elem = {k: getattr(self, k) - sums[v] * sums[w] / nn for k, (v, w) in self._elementwise.items()}
+        return n, means, prods, elem
+
+    def moments_about(self, refs: Mapping[str, Tensor]) -> States:
+        """The states moved to the references ``{variable: reference}`` (e.g. zeros for raw moments)."""
+        states = self._states()
+        return self._move(states, {v: refs[v].to(states[r]) for v, (r, _) in self._variables.items()})
+
+    # ------------------------------------------------------------------ merging
+    def move_extra_states(self, old: States, new: States, delta: dict[str, Tensor]) -> None:
+        """Move the subclass's own reference-dependent states (in ``new``) by ``delta`` (old minus new
+        reference per variable), reading the old states from ``old``. Default: nothing to move."""
+
+    def _states(self) -> States:
+        return {k: getattr(self, k) for k in self._defaults}
+
+    def _move(self, states: States, refs: dict[str, Tensor]) -> States:
+        """``states`` (one process's or batch's) moved to the references ``refs``."""
+        n = states["n"]
+        delta = {v: states[r] - refs[v] for v, (r, _) in self._variables.items()}
+        new = dict(states)
+        sums = {v: states[s] for v, (_, s) in self._variables.items()}
+        for v, (r, s) in self._variables.items():
+            new[r] = refs[v]
+            new[s] = sums[v] + n * delta[v]
+        for k, (v, w) in self._products.items():
+            dv, dw = delta[v], delta[w]
+            new[k] = states[k] + torch.outer(sums[v], dw) + torch.outer(dv, sums[w]) + n * torch.outer(dv, dw)
+        for k, (v, w) in self._elementwise.items():
+            dv, dw = delta[v], delta[w]
+            new[k] = states[k] + sums[v] * dw + dv * sums[w] + n * dv * dw
+        self.move_extra_states(states, new, delta)
+        return new
+
+    def _merge(self, parts: list[States]) -> States:
+        """One set of states holding every sample of ``parts``, about the references of the largest part."""
+        if not self._variables:
+            return {k: sum(p[k] for p in parts) for k in parts[0]}
+        counts = torch.stack([p["n"].reshape(()) for p in parts])
+        biggest = parts[int(torch.argmax(counts))]
+        refs = {v: biggest[r] for v, (r, _) in self._variables.items()}
+        moved = [self._move(p, refs) for p in parts]
+        variable_of = {r: v for v, (r, _) in self._variables.items()}
+        return {k: refs[variable_of[k]] if k in variable_of else sum(m[k] for m in moved) for k in parts[0]}
+
+    def _set_states(self, states: States) -> None:
+        for k, v in states.items():
+            setattr(self, k, v)
+
+    def _sync_dist(self, dist_sync_fn: Callable | None = gather_all_tensors, process_group: Any | None = None) -> None:
+        """Gather the states of every process and merge them about one common reference."""
+        if not self._variables:
+            return super()._sync_dist(dist_sync_fn or gather_all_tensors, process_group)
+        fn = dist_sync_fn or gather_all_tensors
+        group = process_group or self.process_group
+        gathered = {k: fn(v, group=group) for k, v in self._states().items()}
+        world = len(gathered["n"])
+        self._set_states(self._merge([{k: g[i] for k, g in gathered.items()} for i in range(world)]))
+
+    def _reduce_states(self, incoming_state: dict[str, Any]) -> None:
+        """Merge ``incoming_state`` (e.g. the accumulated states, in ``forward`` or ``merge_state``) into this one."""
+        if not self._variables:
+            return super()._reduce_states(incoming_state)
+        missing = [k for k in self._defaults if k not in incoming_state]
+        if missing:
+            raise ValueError(f"the incoming state lacks the states {missing} of {type(self).__name__}")
+        self._set_states(self._merge([{k: incoming_state[k] for k in self._defaults}, self._states()]))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        # raw moments of a checkpoint written before the references existed are moments about 0
+        has_moments = any(prefix + s in state_dict for _, s in self._variables.values())
+        for _, (r, _) in self._variables.items():
+            if has_moments and prefix + r not in state_dict:
+                state_dict[prefix + r] = torch.zeros_like(self._defaults[r])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class CentredR2Score(ShiftedMoments):
+    """Coefficient of determination per output, ``1 − Σ(y − ŷ)² / Σ(y − ȳ)²``, streamed about a reference.
+
+    Unlike a raw-moment R² (``Σy² − (Σy)²/n``), the total sum of squares does not lose its digits
+    when targets carry a large offset (e.g. ``1e8 + digit``). Exact over batches and DDP processes.
+    ``compute()`` returns ``(K,)`` float64 values; an output with constant targets gives NaN.
+
+    Args:
+        num_outputs: number of outputs ``K``.
+        **kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example:
+        >>> m = CentredR2Score()
+        >>> y = 1e8 + torch.arange(10.0, dtype=torch.float64)
+        >>> m.update(y + 0.5, y); round(float(m.compute()), 6)
+        0.969697
+    """
+
+    higher_is_better = True
+    sse: Tensor
+
+    def __init__(self, num_outputs: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(num_outputs, int) or isinstance(num_outputs, bool) or num_outputs < 1:
+            raise ValueError(f"num_outputs must be a positive int, got {num_outputs!r}")
+        self.num_outputs = num_outputs
+        self.add_moments(variables={"target": ("sum_target", num_outputs)}, products={},
+                         elementwise={"sq_target": ("target", "target")})
+        self.add_state("sse", torch.zeros(num_outputs, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:  # type: ignore[override]
+        """Add predictions and targets of shape ``(B,)`` or ``(B, num_outputs)``."""
+        preds, target = torch.as_tensor(preds), torch.as_tensor(target)
+        if preds.shape != target.shape:
+            raise ValueError(f"preds and target must have the same shape, got {tuple(preds.shape)} and "
+                             f"{tuple(target.shape)}")
+        p = preds.reshape(preds.shape[0], -1).to(self.n.device, torch.float64)
+        t = target.reshape(target.shape[0], -1).to(self.n.device, torch.float64)
+        if t.shape[1] != self.num_outputs:
+            raise ValueError(f"expected {self.num_outputs} outputs, got shape {tuple(target.shape)}")
+        self.sse += ((t - p) ** 2).sum(0)
+        self.accumulate(target=t)
+
+    def compute(self) -> Tensor:  # type: ignore[override]
+        _, _, _, elem = self.centred()
+        sst = elem["sq_target"]
+        return torch.where(sst > 0, 1 - self.sse / sst.clamp_min(torch.finfo(torch.float64).tiny),
+                           torch.full_like(sst, float("nan")))

@@ -1,0 +1,126 @@
+import pytest
+import torch
+from sklearn.metrics import r2_score
+
+from lit_repr.metrics import CovarianceMoments, LinearCKA, MeanCorrelationCoefficient, StreamingRidge
+from lit_repr.metrics.moments import CentredR2Score
+
+
+def _data(n=240, seed=0, offset=0.0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 5, generator=g, dtype=torch.float64)
+    y = x[:, :3] + 0.5 * torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return x + offset, y - 2 * offset
+
+
+METRICS = {
+    "ridge": (lambda: StreamingRidge(5, 3), lambda m: m.compute().weight),
+    "mcc": (lambda: MeanCorrelationCoefficient(3, 5), lambda m: m.compute().corr),
+    "cka": (lambda: LinearCKA(5, 3), lambda m: m.compute()),
+    "cka_debiased": (lambda: LinearCKA(5, 3, debiased=True), lambda m: m.compute()),
+    "covariance": (lambda: CovarianceMoments(5), lambda m: torch.cat([m.compute()[0], m.compute()[1].flatten()])),
+    "r2": (lambda: CentredR2Score(3), lambda m: m.compute()),
+}
+
+
+def _feed(m, name, x, y):
+    if name == "covariance":
+        m.update(x)
+    elif name == "mcc":
+        m.update(y, x)
+    elif name == "r2":
+        m.update(x[:, :3], y)
+    else:
+        m.update(x, y)
+
+
+@pytest.mark.parametrize("name", list(METRICS))
+def test_parts_with_different_references_merge_exactly(name):
+    make, result = METRICS[name]
+    x, y = _data()
+    whole = make()
+    _feed(whole, name, x, y)
+    # three parts whose references (first-batch means) differ; one part is empty
+    parts = [make() for _ in range(4)]
+    for m, (lo, hi) in zip(parts, [(0, 7), (7, 150), (150, 240)]):
+        for xb, yb in zip(x[lo:hi].split(31), y[lo:hi].split(31)):
+            _feed(m, name, xb, yb)
+    merged = parts[3]  # empty: its references are zeros
+    for m in parts[:3]:
+        merged.merge_state(m)
+    torch.testing.assert_close(result(merged), result(whole), rtol=1e-10, atol=1e-10)
+    # forward(): batch value and accumulated states (merged through the same rule)
+    fwd = make()
+    for xb, yb in zip(x.split(50), y.split(50)):
+        if name == "covariance":
+            fwd(xb)
+        elif name == "mcc":
+            fwd(yb, xb)
+        elif name == "r2":
+            fwd(xb[:, :3], yb)
+        else:
+            fwd(xb, yb)
+    torch.testing.assert_close(result(fwd), result(whole), rtol=1e-10, atol=1e-10)
+
+
+def test_moved_states_equal_direct_accumulation_about_the_new_reference():
+    x, y = _data(offset=3.0)
+    m = LinearCKA(5, 3, debiased=True)
+    for xb, yb in zip(x.split(40), y.split(40)):
+        m.update(xb, yb)
+    zero = {"x": torch.zeros(5, dtype=torch.float64), "y": torch.zeros(3, dtype=torch.float64)}
+    raw = m.moments_about(zero)
+    a, b = (x * x).sum(1), (y * y).sum(1)
+    want = {"sx": x.sum(0), "xtx": x.T @ x, "xty": x.T @ y, "sa": a.sum(), "saa": (a * a).sum(), "sab": (a * b).sum(),
+            "sax": a @ x, "sbx": b @ x, "say": a @ y, "sby": b @ y, "sbb": (b * b).sum()}
+    for k, v in want.items():
+        torch.testing.assert_close(raw[k], v, rtol=1e-10, atol=1e-8, msg=k)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e8])
+def test_centred_r2_equals_sklearn_with_target_offsets(offset):
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (500, 2), generator=g).double() + offset
+    p = y + torch.randn(500, 2, generator=g, dtype=torch.float64)
+    m = CentredR2Score(2)
+    for pb, yb in zip(p.split(64), y.split(64)):
+        m.update(pb, yb)
+    want = r2_score(y.numpy(), p.numpy(), multioutput="raw_values")
+    torch.testing.assert_close(m.compute(), torch.as_tensor(want), rtol=1e-9, atol=1e-9)
+    const = CentredR2Score()
+    const.update(torch.ones(3), torch.ones(3))
+    assert torch.isnan(const.compute())
+    with pytest.raises(ValueError, match="same shape"):
+        m.update(torch.ones(3, 2), torch.ones(3))
+    with pytest.raises(ValueError, match="num_outputs"):
+        CentredR2Score(0)
+
+
+def test_checkpoint_of_raw_moments_loads_as_moments_about_zero():
+    """A state_dict written before the references existed (raw sums) resumes exactly."""
+    x, y = _data(offset=1.0)
+    fresh = StreamingRidge(5, 3)
+    fresh.persistent(True)
+    fresh.update(x, y)
+    legacy = {"n": torch.tensor(240.0, dtype=torch.float64), "sum_x": x.sum(0), "sum_y": y.sum(0),
+              "xtx": x.T @ x, "xty": x.T @ y, "yy": (y * y).sum(0)}
+    resumed = StreamingRidge(5, 3)
+    resumed.persistent(True)
+    resumed.update(x[:10] + 100, y[:10])  # stale states with other references must be replaced
+    resumed.load_state_dict(legacy)
+    assert torch.equal(resumed.x_ref, torch.zeros(5, dtype=torch.float64))
+    torch.testing.assert_close(resumed.compute().weight, fresh.compute().weight, rtol=1e-9, atol=1e-9)
+    # and a current checkpoint round-trips with its references
+    again = StreamingRidge(5, 3)
+    again.persistent(True)
+    again.load_state_dict(fresh.state_dict())
+    assert torch.equal(again.x_ref, fresh.x_ref)
+    torch.testing.assert_close(again.compute().weight, fresh.compute().weight)
+
+
+def test_two_processes_with_different_references_equal_one(run_ddp_script):
+    import pathlib
+
+    out = run_ddp_script(pathlib.Path(__file__).parent / "ddp_moments_script.py")
+    for name, (one, two) in out.items():
+        torch.testing.assert_close(two, one, rtol=1e-9, atol=1e-9, msg=name)
