@@ -130,7 +130,7 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
         ).set_dtype(torch.float64)  # sums of squares in float64: scores do not depend on batching
     return MetricCollection(
         {
-            "acc": _Accuracy(num_classes=num_outputs),
+            "acc": _Accuracy(num_classes=num_outputs, average="micro"),
             "auroc": _AUROC(num_classes=num_outputs),
         }
     )
@@ -445,7 +445,7 @@ class ProbeReadout(nn.Module):
             warnings.simplefilter("ignore")  # one warning below says what is undefined
             raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}
             if self.task == "regression":
-                pred, true = self.samples[split].compute()
+                pred, true = (t.reshape(-1, self.num_outputs) for t in self.samples[split].compute())
                 raw["spearman"] = (
                     _spearman(pred, true) if pred.ndim == 2 and pred.shape[0] >= 2
                     else torch.full((self.num_outputs,), float("nan"), dtype=torch.float64)  # type: ignore[arg-type]
@@ -479,8 +479,8 @@ class ProbeReadout(nn.Module):
         self._flush_eval(split)
         if split not in self.samples or self.samples[split].num_kept == 0:
             return None
-        pred, true = self.samples[split].compute()
-        return pred.cpu(), true.cpu()
+        pred, true = self.samples[split].compute()  # (one row comes back squeezed)
+        return pred.cpu().reshape(-1, self.num_outputs), true.cpu().reshape(-1, self.num_outputs)
 
     def reset_eval(self) -> None:
         self._eval_buf, self._eval_rows = {}, {}
