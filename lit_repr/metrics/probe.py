@@ -102,7 +102,8 @@ class _AUROC(torchmetrics.classification.MulticlassAUROC):
         from torchmetrics.functional.classification.auroc import _multiclass_auroc_compute
         from torchmetrics.utilities.data import dim_zero_cat
 
-        target = dim_zero_cat(self.target) if self.target else torch.zeros(0, dtype=torch.long)
+        empty = isinstance(self.target, list) and not self.target  # synchronised states are one tensor
+        target = torch.zeros(0, dtype=torch.long) if empty else dim_zero_cat(self.target)
         counts = torch.bincount(target.long().reshape(-1), minlength=self.num_classes)
         present = (counts > 0) & (counts < target.numel())
         if int(present.sum()) < 1:
