@@ -28,7 +28,10 @@ from lit_repr.checks import check_int
 from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, get_input
 
-__all__ = ["features", "frozen_mode", "preserved_rng", "default_forward", "DefaultForward", "move_to", "detached_copy", "device_of"]
+__all__ = [
+    "features", "frozen_mode", "preserved_rng", "default_forward", "DefaultForward", "move_to", "detached_copy",
+    "device_of",
+]
 
 
 @contextmanager

@@ -66,7 +66,7 @@ def spec_fingerprint(spec: TargetSpec) -> str:
     if isinstance(spec, functools.partial):
         return f"partial({spec_fingerprint(spec.func)}, {spec.args!r}, {sorted(spec.keywords.items())!r})"
     fn = getattr(spec, "__func__", spec)
-    code = getattr(fn, "__code__", None) or getattr(getattr(type(spec), "__call__", None), "__code__", None)
+    code = getattr(fn, "__code__", None) or getattr(vars(type(spec)).get("__call__"), "__code__", None)
     name = getattr(fn, "__name__", type(spec).__name__)
     digest = hashlib.sha1(repr(_code_fingerprint(code)).encode()).hexdigest()[:12] if code is not None else "?"
     return f"{name}#{digest}"

@@ -79,9 +79,9 @@ class ReadoutState:
             if (site, target) in fresh:
                 continue
             saved, now = e.get("fingerprint"), self.fingerprint(site, target)
-            changes = [] if saved is None else [
-                f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
-            ]
+            keys = sorted(set(saved or {}) | set(now))
+            changes = [f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in keys if saved.get(k) != now.get(k)] \
+                if saved is not None else []
             declared = self.declared_outputs(target)
             if declared is not None and declared[1] != int(e["widths"][1]):
                 changes.append(f"{declared[0]} {int(e['widths'][1])} -> {declared[1]}")
