@@ -65,8 +65,14 @@ class TapCallback(ReadoutState, Callback):
     - logging ``<name>/<site>/<target>/<split>/<quantity>`` (no target segment for callbacks
       without targets), figures to TensorBoard, each warning once per (site, target) with the
       site named;
+    - ``trainer.test``: online, the readouts fitted during training score the test batches; frozen,
+      a measurement fits on ``fit_split`` and scores the test loaders (``test``, ``test_1``, ...);
+    - under DDP, online evaluation batches lose the duplicates ``DistributedSampler`` pads with, by
+      their ``index`` (one warning when batches have none);
     - ``state_dict``/``load_state_dict``: a changed configuration on resume warns and names what
-      it drops.
+      it drops; a readout whose target changed under the same name (its :meth:`fingerprint`) or
+      whose widths changed starts fresh with a warning naming the change; an instance reused on
+      another model starts with new readouts.
 
     Args:
         sites: submodule names or globs of the LightningModule.

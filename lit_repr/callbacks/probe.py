@@ -44,6 +44,10 @@ class LinearProbe(TapCallback):
       ``fit_split`` loader fits; every other loader (``val``, ``test``, ``ood``, ...) is scored.
       Module modes and every random state are restored afterwards: the run is unchanged.
 
+    ``trainer.test`` scores the test loaders (online: with the probe fitted during training; frozen:
+    fitted again on ``fit_split``). A score without a definition (R² of one sample, AUROC of a single
+    class, an empty split) is logged as NaN with one warning naming the site, target and split.
+
     Args:
         sites: submodule names or globs, e.g. ``["backbone.layer3"]`` or ``"backbone.*"``.
         targets: ``{name: spec}``; a spec is a batch key, a tuple position or a callable. A bare

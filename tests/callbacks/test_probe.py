@@ -422,3 +422,15 @@ def test_resume_with_a_redefined_target_starts_that_readout_fresh(tmp_path, trai
     with pytest.warns(UserWarning, match=r"task 'classification' -> 'regression'"):
         other.load_state_dict(state[key])
     assert not other.readouts
+
+
+def test_restored_readouts_of_another_feature_width_start_fresh(trainer_kwargs):
+    train, val = _tuple_loaders()
+    old = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, input_key=0)
+    pl.Trainer(max_epochs=1, callbacks=[old], **trainer_kwargs).fit(Widths(32), train, val)
+    probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, input_key=0)
+    probe.load_state_dict(old.state_dict())
+    assert probe.readout("encoder", "digit").weight.shape == (32, 10)
+    with pytest.warns(UserWarning, match=r"target 'digit' were made for another configuration \(feature width 32 -> 16"):
+        pl.Trainer(max_epochs=1, callbacks=[probe], **trainer_kwargs).fit(Widths(16), train, val)
+    assert probe.readout("encoder", "digit").weight.shape == (16, 10)
