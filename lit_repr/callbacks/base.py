@@ -202,7 +202,8 @@ class TapCallback(ReadoutState, Callback):
         its readouts are not restored (a warning names what changed). Subclasses add their own
         entries (a probe adds its task and number of classes).
         """
-        return {"target": spec_fingerprint(self.targets[target])} if target is not None else {}
+        spec = self.targets.get(target) if target is not None else None
+        return {"target": spec_fingerprint(spec)} if spec is not None else {}
 
     # ------------------------------------------------------------------ sites and taps
     @property

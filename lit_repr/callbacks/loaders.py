@@ -27,42 +27,49 @@ PADDING_WARNING = (
 class PaddingFilter:
     """Drop the duplicates a padding ``DistributedSampler`` adds to this process's share of a loader.
 
-    Built by :func:`padding_filter`. ``allowed`` counts how often each dataset index belongs to this
-    process (the padded positions excluded); a row of a batch is kept while its ``index`` has been seen
-    fewer times than that, so exactly the padding duplicates are dropped, in whatever order batches
-    come. Batches without an ``index`` pass unchanged and one warning says so.
+    Built by :func:`padding_filter`. Of the dataset indices this process reads (``local``, in sampler
+    order), those at padded positions are duplicates; a row of a batch is kept while its ``index`` has
+    been seen fewer times than it occurs unpadded here, so exactly the duplicates are dropped, in
+    whatever order batches come. Batches without a usable ``index`` (none, or values that are not the
+    sampler's indices) pass unchanged and one warning says so.
 
     Args:
-        allowed: ``{dataset index: occurrences on this process without padding}``.
+        local: the dataset indices this process reads, in order (padding included).
+        rank: this process.
+        world: the number of processes.
         num_samples: samples of the dataset.
-        total_size: samples after padding, over all processes.
 
     Example:
-        >>> flt = PaddingFilter({0: 1, 1: 1}, num_samples=3, total_size=4)  # process 1 of 2: indices 1, then 0 again
+        >>> flt = PaddingFilter([1, 0], rank=1, world=2, num_samples=3)  # reads 1, then 0 again as padding
         >>> feats, batch = flt({"s": torch.ones(2, 3)}, {"x": torch.ones(2, 3), "index": torch.tensor([1, 0])}, "probe")
         >>> feats["s"].shape[0], batch["index"].tolist()
-        (2, [1, 0])
-        >>> flt.allowed[0] = 0  # had 0 been this process's padding, it would go
-        >>> flt.seen.clear(); flt({"s": torch.ones(2, 3)}, {"index": torch.tensor([1, 0])}, "probe")[1]["index"]
-        tensor([1])
+        (1, [1])
     """
 
-    def __init__(self, allowed: Mapping[int, int], num_samples: int, total_size: int) -> None:
-        self.allowed = Counter(allowed)
+    def __init__(self, local: Sequence[int], rank: int, world: int, num_samples: int) -> None:
+        self.allowed = Counter(int(i) for k, i in enumerate(local) if rank + k * world < num_samples)
+        self.known = {int(i) for i in local}
         self.seen: Counter = Counter()
-        self.num_samples, self.total_size = num_samples, total_size
-        self.warned = False
+        self.num_samples, self.total_size = num_samples, -(-num_samples // world) * world
+        self.usable = True
+
+    def _unusable(self, name: str) -> None:
+        if self.usable:
+            self.usable = False
+            rank_zero_warn(PADDING_WARNING.format(name=name, n=self.num_samples, total=self.total_size,
+                                                  pad=self.total_size - self.num_samples))
 
     def __call__(self, features: Mapping[str, Tensor], batch: Any, name: str) -> tuple[Mapping[str, Tensor], Any]:
         index = batch.get("index") if isinstance(batch, Mapping) else None
-        if not isinstance(index, Tensor) or index.ndim != 1 or (index.numel() and index.is_floating_point()):
-            if not self.warned:
-                self.warned = True
-                rank_zero_warn(PADDING_WARNING.format(name=name, n=self.num_samples, total=self.total_size,
-                                                      pad=self.total_size - self.num_samples))
+        if not self.usable or not isinstance(index, Tensor) or index.ndim != 1 or index.is_floating_point():
+            self._unusable(name)
+            return features, batch
+        values = index.tolist()
+        if not self.known.issuperset(values):  # not the sampler's indices: cannot tell duplicates
+            self._unusable(name)
             return features, batch
         keep = []
-        for i in index.tolist():
+        for i in values:
             keep.append(self.seen[i] < self.allowed[i])
             self.seen[i] += 1
         if all(keep):
@@ -81,15 +88,14 @@ def padding_filter(loader: Any) -> PaddingFilter | None:
     sampler = getattr(loader, "sampler", None)
     if not isinstance(sampler, torch.utils.data.DistributedSampler) or sampler.drop_last:
         return None
-    n, world, rank = len(sampler.dataset), sampler.num_replicas, sampler.rank  # type: ignore[arg-type]
+    n = len(sampler.dataset)  # type: ignore[arg-type]
     if sampler.total_size <= n:
         return None
     from lit_repr.features import preserved_rng
 
     with preserved_rng():  # a wrapped sampler may draw from the global generators
-        local = list(iter(sampler))
-    allowed = Counter(int(i) for k, i in enumerate(local) if rank + k * world < n)
-    return PaddingFilter(allowed, n, sampler.total_size)
+        local = [int(i) for i in iter(sampler)]
+    return PaddingFilter(local, sampler.rank, sampler.num_replicas, n)
 
 
 def shard(loader: Any, rank: int, world: int) -> Any:

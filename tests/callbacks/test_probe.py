@@ -431,6 +431,7 @@ def test_restored_readouts_of_another_feature_width_start_fresh(trainer_kwargs):
     probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, input_key=0)
     probe.load_state_dict(old.state_dict())
     assert probe.readout("encoder", "digit").weight.shape == (32, 10)
-    with pytest.warns(UserWarning, match=r"target 'digit' were made for another configuration \(feature width 32 -> 16"):
+    changed = r"target 'digit' were made for another configuration \(feature width 32 -> 16"
+    with pytest.warns(UserWarning, match=changed):
         pl.Trainer(max_epochs=1, callbacks=[probe], **trainer_kwargs).fit(Widths(16), train, val)
     assert probe.readout("encoder", "digit").weight.shape == (16, 10)
