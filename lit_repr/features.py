@@ -28,7 +28,10 @@ from lit_repr.checks import check_int
 from lit_repr.taps import Reduction, Tap
 from lit_repr.targets import TargetSpec, get_input
 
-__all__ = ["features", "frozen_mode", "preserved_rng", "default_forward", "move_to", "detached_copy", "device_of"]
+__all__ = [
+    "features", "frozen_mode", "preserved_rng", "default_forward", "DefaultForward", "move_to", "detached_copy",
+    "device_of",
+]
 
 
 @contextmanager
@@ -74,18 +77,41 @@ def preserved_rng() -> Iterator[None]:
             np.random.set_state(np_state)
 
 
+class DefaultForward:
+    """``forward_fn(module, batch)``: feed the batch's input to the module (see :func:`~lit_repr.targets.get_input`).
+
+    A plain class, not a closure, so that callbacks holding it pickle (``strategy="ddp_spawn"``
+    sends every callback to the new processes).
+
+    Args:
+        input_key: where the input sits in a batch; default ``"x"`` for dicts, position 0 for
+            tuples, the batch itself for tensors.
+
+    Example:
+        >>> import pickle
+        >>> forward = pickle.loads(pickle.dumps(DefaultForward("x")))
+        >>> forward(nn.Identity(), {"x": torch.ones(1, 2)})
+        tensor([[1., 1.]])
+    """
+
+    def __init__(self, input_key: TargetSpec | None = None) -> None:
+        self.input_key = input_key
+
+    def __call__(self, module: nn.Module, batch: Any) -> Any:
+        return module(get_input(batch, self.input_key))
+
+    def __repr__(self) -> str:
+        return f"DefaultForward(input_key={self.input_key!r})"
+
+
 def default_forward(input_key: TargetSpec | None = None) -> Callable[[nn.Module, Any], Any]:
-    """A forward function that feeds the batch's input to the module (see :func:`~lit_repr.targets.get_input`).
+    """A forward function that feeds the batch's input to the module (a picklable :class:`DefaultForward`).
 
     Example:
         >>> default_forward()(nn.Identity(), (torch.ones(1, 2), torch.zeros(1)))
         tensor([[1., 1.]])
     """
-
-    def forward(module: nn.Module, batch: Any) -> Any:
-        return module(get_input(batch, input_key))
-
-    return forward
+    return DefaultForward(input_key)
 
 
 def move_to(batch: Any, device: torch.device) -> Any:

@@ -245,6 +245,11 @@ class Tap:
             if self.when == "eval" and module.training:
                 return
             out = self.output_fn(output) if self.output_fn is not None else first_tensor(output)
+            if out.ndim == 0:
+                raise ValueError(
+                    f"tap site {site!r} produced a 0-d tensor (one number for the whole batch); a site must "
+                    f"output batch-first features (batch, ...): choose a submodule whose output keeps the batch"
+                )
             feats = reduce_features(out.detach(), self.reduction)
             if self.dtype is not None:
                 feats = feats.to(self.dtype)

@@ -16,7 +16,7 @@ from typing import Any, Union
 import torch
 from torch import Tensor
 
-__all__ = ["TargetSpec", "get_target", "get_input", "check_target_spec", "check_finite"]
+__all__ = ["TargetSpec", "get_target", "get_input", "check_target_spec", "check_finite", "spec_fingerprint"]
 
 TargetSpec = Union[str, int, Callable[[Any], Any]]
 
@@ -38,6 +38,38 @@ def check_target_spec(spec: Any, name: str = "target") -> TargetSpec:
             f"got {spec!r} ({type(spec).__name__})"
         )
     return spec
+
+
+def _code_fingerprint(code: Any) -> list:
+    consts = [_code_fingerprint(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    return [code.co_code.hex(), consts, list(code.co_names)]
+
+
+def spec_fingerprint(spec: TargetSpec) -> str:
+    """A stable description of a target spec, equal across processes and runs for the same spec.
+
+    A key or position is its ``repr``; a callable is its name and a hash of its code (so a redefined
+    function of the same name, or another lambda, differs, wherever it is defined; the values a
+    closure captures are not seen).
+
+    Example:
+        >>> spec_fingerprint("latents"), spec_fingerprint(1)
+        ("'latents'", '1')
+        >>> spec_fingerprint(lambda b: b["x"]) == spec_fingerprint(lambda b: b["y"])
+        False
+    """
+    if isinstance(spec, (str, int)):
+        return repr(spec)
+    import functools
+    import hashlib
+
+    if isinstance(spec, functools.partial):
+        return f"partial({spec_fingerprint(spec.func)}, {spec.args!r}, {sorted(spec.keywords.items())!r})"
+    fn = getattr(spec, "__func__", spec)
+    code = getattr(fn, "__code__", None) or getattr(vars(type(spec)).get("__call__"), "__code__", None)
+    name = getattr(fn, "__name__", type(spec).__name__)
+    digest = hashlib.sha1(repr(_code_fingerprint(code)).encode()).hexdigest()[:12] if code is not None else "?"
+    return f"{name}#{digest}"
 
 
 def get_target(batch: Any, spec: TargetSpec, name: str = "target") -> Tensor:

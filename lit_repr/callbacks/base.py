@@ -21,13 +21,13 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from typing_extensions import override
 
-from lit_repr.callbacks.loaders import probe_loaders_for, shard
+from lit_repr.callbacks.loaders import PaddingFilter, padding_filter, probe_loaders_for, shard
 from lit_repr.callbacks.state import ReadoutState
 from lit_repr.checks import check_int
 from lit_repr.features import default_forward, frozen_mode, iterate_frozen, preserved_rng
 from lit_repr.metrics.readout import FIT, HELDOUT, as_readout, scalars
 from lit_repr.taps import Reduction, Tap
-from lit_repr.targets import TargetSpec, check_target_spec, get_target
+from lit_repr.targets import TargetSpec, check_target_spec, get_target, spec_fingerprint
 
 __all__ = ["TapCallback", "default_forward", "frozen_mode", "probe_loaders_for", "normalize_targets"]
 
@@ -65,8 +65,14 @@ class TapCallback(ReadoutState, Callback):
     - logging ``<name>/<site>/<target>/<split>/<quantity>`` (no target segment for callbacks
       without targets), figures to TensorBoard, each warning once per (site, target) with the
       site named;
+    - ``trainer.test``: online, the readouts fitted during training score the test batches; frozen,
+      a measurement fits on ``fit_split`` and scores the test loaders (``test``, ``test_1``, ...);
+    - under DDP, online evaluation batches lose the duplicates ``DistributedSampler`` pads with, by
+      their ``index`` (one warning when batches have none);
     - ``state_dict``/``load_state_dict``: a changed configuration on resume warns and names what
-      it drops.
+      it drops; a readout whose target changed under the same name (its :meth:`fingerprint`) or
+      whose widths changed starts fresh with a warning naming the change; an instance reused on
+      another model starts with new readouts.
 
     Args:
         sites: submodule names or globs of the LightningModule.
@@ -164,6 +170,8 @@ class TapCallback(ReadoutState, Callback):
         self._splits: list[str] = []  # evaluation splits fed since the last reset
         self._fit_fed = False
         self._warned: set[tuple] = set()
+        self._restored: set[tuple[str, str | None]] = set()  # (site, target) loaded, widths not yet seen
+        self._padding: dict[int, PaddingFilter | None] = {}  # per evaluation loader (online DDP)
 
     # ------------------------------------------------------------------ what a subclass declares
     def make_readouts(self, site: str, target: str | None, in_features: int, target_features: int) -> Mapping:
@@ -187,6 +195,16 @@ class TapCallback(ReadoutState, Callback):
         """``[(phase, loader name)]`` run before the solve in frozen mode (phase ``"fit"`` or ``"heldout"``)."""
         return [(FIT, self.fit_split)] if self.fit_split is not None else []
 
+    def fingerprint(self, site: str, target: str | None) -> dict[str, Any]:
+        """What defines the readouts of (site, target) beyond their widths, saved with them.
+
+        A checkpoint whose fingerprint differs from the current one was made for another target:
+        its readouts are not restored (a warning names what changed). Subclasses add their own
+        entries (a probe adds its task and number of classes).
+        """
+        spec = self.targets.get(target) if target is not None else None
+        return {"target": spec_fingerprint(spec)} if spec is not None else {}
+
     # ------------------------------------------------------------------ sites and taps
     @property
     def sites(self) -> list[str]:
@@ -196,8 +214,15 @@ class TapCallback(ReadoutState, Callback):
     def state_key(self) -> str:
         return self._generate_state_key(name=self.name, sites=self.site_patterns, targets=sorted(self.targets))
 
+    def forget(self) -> None:
+        """Drop every readout and score (the next batch creates them anew, at the widths it has)."""
+        self.readouts, self.widths, self.scores = {}, {}, {}
+        self._splits, self._fit_fed, self._restored = [], False, set()
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._module is not None and self._module is not pl_module:
+            self.forget()  # an instance reused on another model: its readouts belong to the old one
         if self.tap is None or self.tap.model is not pl_module:
             if self.tap is not None:
                 self.tap.remove()
@@ -232,6 +257,18 @@ class TapCallback(ReadoutState, Callback):
 
     # ------------------------------------------------------------------ readouts
     def _readouts_for(self, site: str, target: str | None, f: Tensor, y: Tensor | None) -> list[tuple[Key, Any]]:
+        if (site, target) in self._restored:  # restored from a checkpoint: the widths must still hold
+            self._restored.discard((site, target))
+            saved, now = self.widths[(site, target)], (int(f.shape[1]), self.target_features(target, y))
+            if saved != now:
+                changes = [f"{what} {a} -> {b}" for what, a, b in zip(("feature width", "target width"), saved, now)
+                           if a != b]
+                self.drop(site, target)
+                rank_zero_warn(
+                    f"{self.name}: the checkpoint's readouts of site {site!r}"
+                    + (f", target {target!r}" if target is not None else "")
+                    + f" were made for another configuration ({', '.join(changes)}); they start fresh"
+                )
         if (site, target) not in self.widths:
             self._create(site, target, int(f.shape[1]), self.target_features(target, y), f.device)
         return [(k, r) for k, r in self.readouts.items() if k[0] == site and k[1] == target]
@@ -245,6 +282,13 @@ class TapCallback(ReadoutState, Callback):
                     m.persistent(True)
             self.readouts[(site, target, rname)] = r
         self.widths[(site, target)] = (in_features, target_features)
+
+    def drop(self, site: str, target: str | None) -> None:
+        """Forget the readouts of (site, target); the next batch creates them anew."""
+        for k in [k for k in self.readouts if k[:2] == (site, target)]:
+            del self.readouts[k]
+        self.widths.pop((site, target), None)
+        self._restored.discard((site, target))
 
     def readout(self, site: str, target: str | None = None, name: str | None = None) -> Any:
         """The readout of ``site`` and ``target`` (after the first batch); ``name`` if it has several."""
@@ -273,7 +317,8 @@ class TapCallback(ReadoutState, Callback):
         """Send one batch of features (``{site: (B, D)}``) and its targets to every readout."""
         for site, target, f, ys in self.paired(features, batch):
             for _, r in self._readouts_for(site, target, f, ys):
-                r.update(f, ys, split)
+                if split in (FIT, HELDOUT) or self.mode == "frozen" or getattr(r, "fitted", True):
+                    r.update(f, ys, split)
         if split == FIT:
             self._fit_fed = True
         elif split != HELDOUT and split not in self._splits:
@@ -353,11 +398,23 @@ class TapCallback(ReadoutState, Callback):
         for feats, batch in iterate_frozen(pl_module, self.tap, loader, self.forward_fn, pl_module.device):
             self.feed(feats, batch, split)
 
-    def measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False) -> dict[str, float]:
-        """One frozen measurement: fit phases, solve, evaluation splits; return (and ``log``) the scores."""
+    def measure(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, log: bool = False,
+        eval_loaders: Mapping[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """One frozen measurement: fit phases, solve, evaluation splits; return (and ``log``) the scores.
+
+        ``eval_loaders`` (``{split: loader}``) replaces the evaluation splits of the probe loaders
+        (``trainer.test`` scores its own loaders). A split whose loader is empty is reported as
+        undefined (NaN) with a warning.
+        """
         loaders = probe_loaders_for(trainer, self.probe_loaders)
         phases = self.fit_phases()
-        evals = self.eval_splits if self.eval_splits is not None else [s for s in loaders if s != self.fit_split]
+        if eval_loaders is not None:
+            loaders = {**loaders, **eval_loaders}
+            evals = list(eval_loaders)
+        else:
+            evals = self.eval_splits if self.eval_splits is not None else [s for s in loaders if s != self.fit_split]
         for wanted in [n for _, n in phases] + list(evals):
             if wanted not in loaders:
                 raise ValueError(f"{self.name}: split {wanted!r} is not among the probe loaders {sorted(loaders)}")
@@ -368,6 +425,8 @@ class TapCallback(ReadoutState, Callback):
             self.solve()
             for split in evals:
                 self.run_frozen(trainer, pl_module, loaders[split], split)
+                if split not in self._splits:  # an empty loader (or shard): still reported, as undefined
+                    self._splits.append(split)
             return self.report(trainer, pl_module, log=log)
 
     def check_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -417,15 +476,35 @@ class TapCallback(ReadoutState, Callback):
             if self.tap.has_features():
                 self.feed(self.tap.read(), batch, FIT)
 
+    def _eval_epoch_start(self, trainer: pl.Trainer, loaders: Any) -> None:
+        if self._fit_fed:
+            self.solve()
+        for r in self.readouts.values():
+            for split in self._splits:
+                r.reset(split)
+        self._splits = []
+        listed = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        self._padding = {i: padding_filter(dl) for i, dl in enumerate(listed) if dl is not None}
+
+    def _eval_batch_start(self, trainer: pl.Trainer) -> None:
+        if self.mode == "online" and self.tap is not None:
+            self.tap.clear()
+            self.tap.enabled = not trainer.sanity_checking and self._online_ready()
+
+    def _eval_batch_end(self, batch: Any, dataloader_idx: int, stem: str) -> None:
+        if self.mode == "online" and self.tap is not None and self.tap.enabled:
+            self.tap.enabled = False
+            if self.tap.has_features():
+                feats = self.tap.read()
+                flt = self._padding.get(dataloader_idx)
+                if flt is not None:
+                    feats, batch = flt(feats, batch, self.name)
+                self.feed(feats, batch, stem if dataloader_idx == 0 else f"{stem}_{dataloader_idx}")
+
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.mode == "online" and not trainer.sanity_checking:
-            if self._fit_fed:
-                self.solve()
-            for r in self.readouts.values():
-                for split in self._splits:
-                    r.reset(split)
-            self._splits = []
+            self._eval_epoch_start(trainer, trainer.val_dataloaders)
 
     def _online_ready(self) -> bool:
         return bool(self.readouts) and all(getattr(r, "fitted", True) for r in self.readouts.values())
@@ -434,19 +513,14 @@ class TapCallback(ReadoutState, Callback):
     def on_validation_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
-        if self.mode == "online" and self.tap is not None:
-            self.tap.clear()
-            self.tap.enabled = not trainer.sanity_checking and self._online_ready()
+        self._eval_batch_start(trainer)
 
     @override
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.mode == "online" and self.tap is not None and self.tap.enabled:
-            self.tap.enabled = False
-            if self.tap.has_features():
-                self.feed(self.tap.read(), batch, "val" if dataloader_idx == 0 else f"val_{dataloader_idx}")
+        self._eval_batch_end(batch, dataloader_idx, "val")
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -457,3 +531,39 @@ class TapCallback(ReadoutState, Callback):
                 self.report(trainer, pl_module)
             return
         self.measure(trainer, pl_module, log=True)
+
+    # trainer.test: online, the readouts fitted on training score the test batches; frozen, a
+    # measurement fits on the fit split and scores the test loaders (named test, test_1, ...)
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "online":
+            self._eval_epoch_start(trainer, trainer.test_dataloaders)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._eval_batch_start(trainer)
+
+    @override
+    def on_test_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._eval_batch_end(batch, dataloader_idx, "test")
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "online":
+            if self._splits:
+                self.report(trainer, pl_module)
+            return
+        tests = trainer.test_dataloaders
+        listed = tests if isinstance(tests, (list, tuple)) else [tests] if tests is not None else []
+        try:
+            probe_loaders_for(trainer, self.probe_loaders)
+        except ValueError as err:
+            rank_zero_warn(f"{self.name}: not measured in trainer.test(): {err}")
+            return
+        self.measure(trainer, pl_module, log=True,
+                     eval_loaders={("test" if i == 0 else f"test_{i}"): dl for i, dl in enumerate(listed)})

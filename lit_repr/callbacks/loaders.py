@@ -1,15 +1,101 @@
-"""The loaders of frozen passes: which ones (:func:`probe_loaders_for`) and each process's part (:func:`shard`)."""
+"""The loaders of readouts: which ones frozen passes read (:func:`probe_loaders_for`), each process's
+part of them (:func:`shard`), and the padding duplicates of Lightning's distributed evaluation
+loaders, dropped from online readouts (:func:`padding_filter`)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
-__all__ = ["probe_loaders_for", "shard"]
+__all__ = ["probe_loaders_for", "shard", "padding_filter", "PaddingFilter"]
+
+PADDING_WARNING = (
+    "{name}: under DDP, Lightning's DistributedSampler pads this evaluation loader of {n} samples to {total} "
+    "with duplicates, and its batches carry no 'index' to drop them by: online scores include the {pad} "
+    "duplicate(s). Give batches an 'index' entry (a dict batch; lit_repr's DataModules do) for exact "
+    "online scores, or use mode='frozen', which is exact under DDP."
+)
+
+
+class PaddingFilter:
+    """Drop the duplicates a padding ``DistributedSampler`` adds to this process's share of a loader.
+
+    Built by :func:`padding_filter`. Of the dataset indices this process reads (``local``, in sampler
+    order), those at padded positions are duplicates; a row of a batch is kept while its ``index`` has
+    been seen fewer times than it occurs unpadded here, so exactly the duplicates are dropped, in
+    whatever order batches come. Batches without a usable ``index`` (none, or values that are not the
+    sampler's indices) pass unchanged and one warning says so.
+
+    Args:
+        local: the dataset indices this process reads, in order (padding included).
+        rank: this process.
+        world: the number of processes.
+        num_samples: samples of the dataset.
+
+    Example:
+        >>> flt = PaddingFilter([1, 0], rank=1, world=2, num_samples=3)  # reads 1, then 0 again as padding
+        >>> feats, batch = flt({"s": torch.ones(2, 3)}, {"x": torch.ones(2, 3), "index": torch.tensor([1, 0])}, "probe")
+        >>> feats["s"].shape[0], batch["index"].tolist()
+        (1, [1])
+    """
+
+    def __init__(self, local: Sequence[int], rank: int, world: int, num_samples: int) -> None:
+        self.allowed = Counter(int(i) for k, i in enumerate(local) if rank + k * world < num_samples)
+        self.known = {int(i) for i in local}
+        self.seen: Counter = Counter()
+        self.num_samples, self.total_size = num_samples, -(-num_samples // world) * world
+        self.usable = True
+
+    def _unusable(self, name: str) -> None:
+        if self.usable:
+            self.usable = False
+            rank_zero_warn(PADDING_WARNING.format(name=name, n=self.num_samples, total=self.total_size,
+                                                  pad=self.total_size - self.num_samples))
+
+    def __call__(self, features: Mapping[str, Tensor], batch: Any, name: str) -> tuple[Mapping[str, Tensor], Any]:
+        index = batch.get("index") if isinstance(batch, Mapping) else None
+        if not self.usable or not isinstance(index, Tensor) or index.ndim != 1 or index.is_floating_point():
+            self._unusable(name)
+            return features, batch
+        values = index.tolist()
+        if not self.known.issuperset(values):  # not the sampler's indices: cannot tell duplicates
+            self._unusable(name)
+            return features, batch
+        keep = []
+        for i in values:
+            keep.append(self.seen[i] < self.allowed[i])
+            self.seen[i] += 1
+        if all(keep):
+            return features, batch
+        mask = torch.tensor(keep, device=index.device)
+        rows = index.shape[0]
+        features = {s: f[mask.to(f.device)] for s, f in features.items()}
+        batch = {k: (v[mask.to(v.device)] if isinstance(v, Tensor) and v.ndim and v.shape[0] == rows else v)
+                 for k, v in batch.items()}
+        return features, batch
+
+
+def padding_filter(loader: Any) -> PaddingFilter | None:
+    """A :class:`PaddingFilter` for ``loader`` if its sampler is a ``DistributedSampler`` that pads
+    (Lightning's default for evaluation loaders under DDP when the size does not divide); else ``None``."""
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, torch.utils.data.DistributedSampler) or sampler.drop_last:
+        return None
+    n = len(sampler.dataset)  # type: ignore[arg-type]
+    if sampler.total_size <= n:
+        return None
+    from lit_repr.features import preserved_rng
+
+    with preserved_rng():  # a wrapped sampler may draw from the global generators
+        local = [int(i) for i in iter(sampler)]
+    return PaddingFilter(local, sampler.rank, sampler.num_replicas, n)
 
 
 def shard(loader: Any, rank: int, world: int) -> Any:

@@ -44,6 +44,10 @@ class LinearProbe(TapCallback):
       ``fit_split`` loader fits; every other loader (``val``, ``test``, ``ood``, ...) is scored.
       Module modes and every random state are restored afterwards: the run is unchanged.
 
+    ``trainer.test`` scores the test loaders (online: with the probe fitted during training; frozen:
+    fitted again on ``fit_split``). A score without a definition (R² of one sample, AUROC of a single
+    class, an empty split) is logged as NaN with one warning naming the site, target and split.
+
     Args:
         sites: submodule names or globs, e.g. ``["backbone.layer3"]`` or ``"backbone.*"``.
         targets: ``{name: spec}``; a spec is a batch key, a tuple position or a callable. A bare
@@ -149,6 +153,17 @@ class LinearProbe(TapCallback):
             return self._resolve_num_classes(target)  # type: ignore[arg-type]
         return super().target_features(target, y)
 
+    def fingerprint(self, site: str, target: str | None) -> dict[str, Any]:
+        return {**super().fingerprint(site, target), "task": self.tasks[target]}  # type: ignore[index]
+
+    def declared_outputs(self, target: str | None) -> tuple[str, int] | None:
+        if target not in self.tasks or self.tasks[target] != "classification":
+            return None
+        try:
+            return "num_classes", self._resolve_num_classes(target)
+        except ValueError:  # not known yet (no module): checked at the first batch
+            return None
+
     def _resolve_num_classes(self, target: str) -> int:
         if target in self._num_classes:
             return int(self._num_classes[target])
@@ -174,6 +189,7 @@ class LinearProbe(TapCallback):
             projection_dim=self.projection_dim,
             max_components=self.max_components,
             max_samples=self.max_samples,
+            target_name=target,
         )
         return {"": readout}
 

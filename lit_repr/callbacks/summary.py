@@ -3,7 +3,8 @@
 Readout callbacks log ``<callback>/<site>/<target>/<split>/<quantity>`` (the site may contain dots, never
 slashes) and keep their last logged values in a ``scores`` dict. At the end of ``fit``, ``validate`` and
 ``test``, :class:`RunSummary` gathers those values (and any other logged metric of that shape), prints
-one compact table and writes it beside the logs.
+one compact table and writes it beside the logs. A score logged as NaN (undefined: one sample, one
+class, an empty split) shows as ``undefined``.
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ def summary_rows(readouts: Mapping[str, float]) -> list[dict[str, Any]]:
 
 
 def _fmt(v: float) -> str:
-    if math.isnan(v) or math.isinf(v):
+    if math.isnan(v):  # a readout without a definition here (one sample, one class, an empty split)
+        return "undefined"
+    if math.isinf(v):
         return str(v)
     return f"{v:.3f}" if abs(v) < 1000 else f"{v:.4g}"
 

@@ -22,7 +22,7 @@ from torchmetrics import MetricCollection
 from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.moments import CentredR2Score
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
-from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only
+from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only, synced
 from lit_repr.metrics.samples import SampleBuffer
 
 __all__ = [
@@ -77,13 +77,43 @@ def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, n
     return y
 
 
+class _Accuracy(torchmetrics.classification.MulticlassAccuracy):
+    """Accuracy that is NaN (not 0) without samples."""
+
+    def compute(self) -> Tensor:
+        if float((self.tp + self.fn).sum()) == 0:
+            return torch.tensor(float("nan"))
+        return super().compute()
+
+
+class _AUROC(torchmetrics.classification.MulticlassAUROC):
+    """One-vs-rest AUROC averaged over the classes present (each needs positives and negatives); NaN when
+    fewer than two classes are present (the AUROC of an absent class is undefined, not 0)."""
+
+    def compute(self) -> Tensor:
+        from torchmetrics.functional.classification.auroc import _multiclass_auroc_compute
+        from torchmetrics.utilities.data import dim_zero_cat
+
+        empty = isinstance(self.target, list) and not self.target  # synchronised states are one tensor
+        target = torch.zeros(0, dtype=torch.long) if empty else dim_zero_cat(self.target)
+        counts = torch.bincount(target.long().reshape(-1), minlength=self.num_classes)
+        present = (counts > 0) & (counts < target.numel())
+        if int(present.sum()) < 1:
+            return torch.tensor(float("nan"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # absent classes: their per-class value is dropped below
+            per_class = _multiclass_auroc_compute((dim_zero_cat(self.preds), target), self.num_classes, None, None)
+        return per_class[present.to(per_class.device)].mean()
+
+
 def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
     """The streamed torchmetrics a probe is scored with: R²/Pearson/MSE or accuracy/AUROC.
 
     R² is :class:`~lit_repr.metrics.moments.CentredR2Score` (its total sum of squares is taken about
     a reference, so targets such as ``1e8 + digit`` keep their digits); Pearson and MSE are
     torchmetrics'. (Spearman needs global ranks: :class:`ProbeReadout` computes it on its bounded
-    sample.)
+    sample.) A score without its definition (R² of fewer than two samples, accuracy of none, AUROC of
+    fewer than two classes present) is NaN; AUROC averages one-vs-rest over the classes present.
     """
     if task == "regression":
         return MetricCollection(
@@ -95,8 +125,8 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
         ).set_dtype(torch.float64)  # sums of squares in float64: scores do not depend on batching
     return MetricCollection(
         {
-            "acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_outputs),
-            "auroc": torchmetrics.AUROC(task="multiclass", num_classes=num_outputs),
+            "acc": _Accuracy(num_classes=num_outputs, average="micro"),
+            "auroc": _AUROC(num_classes=num_outputs),
         }
     )
 
@@ -135,6 +165,7 @@ class ProbeReadout(nn.Module):
             the block first, so results and checkpoints are those of unbuffered accumulation.
         local: the data given are the whole data, even inside a DDP process: never sum states
             across processes nor enter a collective (see :func:`~lit_repr.metrics.ridge.local_only`).
+        target_name: what the target is called in error messages.
 
     Example:
         >>> r = ProbeReadout(3, task="regression", num_targets=1)
@@ -159,6 +190,7 @@ class ProbeReadout(nn.Module):
         max_samples: int = 10_000,
         buffer_rows: int | None = None,
         local: bool = False,
+        target_name: str | None = None,
     ) -> None:
         super().__init__()
         _check_task(task, num_classes)
@@ -173,6 +205,8 @@ class ProbeReadout(nn.Module):
         if not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"in_features must be a positive int, got {in_features!r}")
         self.task = task
+        self.target_name = target_name or "target"
+        self.unfitted: str | None = None  # why the last fit() could not fit (its scores are undefined)
         self.in_features = in_features
         self.num_classes = num_classes
         self.num_outputs = num_classes if task == "classification" else num_targets
@@ -204,10 +238,11 @@ class ProbeReadout(nn.Module):
 
     # ---------------------------------------------------------------- helpers
     def _targets(self, y: Tensor, n: int) -> Tensor:
-        y = prepare_targets(y, self.task, self.num_classes, n)
+        y = prepare_targets(y, self.task, self.num_classes, n, name=self.target_name)
         if self.task == "regression" and y.shape[1] != self.num_outputs:
             raise ValueError(
-                f"regression target has {y.shape[1]} dimensions but this probe was built for {self.num_outputs}"
+                f"regression target {self.target_name!r} has {y.shape[1]} dimensions but this probe was built "
+                f"for {self.num_outputs}"
             )
         return y
 
@@ -272,7 +307,8 @@ class ProbeReadout(nn.Module):
         """Scores of an evaluation split (averaged over outputs); ``"fit"``: the chosen penalty."""
         if split in (FIT, HELDOUT):
             return {"alpha": self.alpha} if self.fitted and self.classifier == "ridge" else {}
-        return {k: float(v.double().mean()) for k, v in self.compute_eval(split).items()}
+        # the mean over the outputs whose score is defined; NaN when none is
+        return {k: float(torch.nanmean(v.double())) for k, v in self.compute_eval(split).items()}
 
     def reset(self, split: str | None = None) -> None:
         """Forget the evaluation statistics of ``split``, or all statistics (fitted weights stay)."""
@@ -314,6 +350,13 @@ class ProbeReadout(nn.Module):
     def fit(self) -> None:
         """Solve for the probe from the accumulated statistics (synchronised under DDP)."""
         self.flush()
+        n = self._global_fit_count()
+        if n < 2:  # nothing to fit on: every score of this probe is undefined until the next fit
+            self.unfitted = f"the probe could not be fitted: its fitting split had {n} sample(s), at least 2 are needed"
+            self.weight, self.bias = torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+            self._alpha = torch.tensor(float("nan"), dtype=torch.float64, device=self._alpha.device)
+            return
+        self.unfitted = None
         if self.fit_samples is not None:  # logistic: no ridge solve
             xs, ys = self.fit_samples.compute()
             w, b = fit_logistic(xs, ys, self.num_classes, C=self.logistic_C)  # type: ignore[arg-type]
@@ -327,6 +370,15 @@ class ProbeReadout(nn.Module):
         self.weight = w.to(torch.float64)
         self.bias = b.to(torch.float64)
         self._alpha = torch.tensor(alpha, dtype=torch.float64, device=self._alpha.device)
+
+    def _global_fit_count(self) -> int:
+        """Samples of the fitting split over every process."""
+        if self.fit_samples is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # an empty sample is an answer here
+                return int(self.fit_samples.compute()[0].shape[0])
+        with synced(self.stats):
+            return int(self.stats.n)
 
     def reset_fit(self) -> None:
         """Forget the fitting statistics (the fitted weights stay until the next :meth:`fit`)."""
@@ -355,6 +407,9 @@ class ProbeReadout(nn.Module):
 
     def update_eval(self, split: str, x: Tensor, y: Tensor) -> None:
         """Score the fitted probe on a batch of evaluation split ``split`` (checked now, scored in blocks)."""
+        if self.unfitted is not None:  # scores undefined: the split is still declared (every process computes it)
+            self._eval(split)
+            return
         if not self.fitted:
             raise RuntimeError("the probe has not been fitted yet: call update_fit(...) then fit()")
         x = self._check_features(x)
@@ -380,15 +435,18 @@ class ProbeReadout(nn.Module):
 
     def compute_eval(self, split: str) -> dict[str, Tensor]:
         """Scores of split ``split`` (per output for regression), synchronised under DDP."""
-        if split not in self.evals:
-            raise ValueError(f"no evaluation data for split {split!r}; splits seen: {list(self.evals)}")
         self._flush_eval(split)
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*variance.*")
+            warnings.simplefilter("ignore")  # one warning below says what is undefined
             raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}
-        if self.task == "regression":
-            pred, true = self.samples[split].compute()
-            raw["spearman"] = _spearman(pred, true)
+            if self.task == "regression":
+                pred, true = (t.reshape(-1, self.num_outputs) for t in self.samples[split].compute())
+                raw["spearman"] = (
+                    _spearman(pred, true) if pred.ndim == 2 and pred.shape[0] >= 2
+                    else torch.full((self.num_outputs,), float("nan"), dtype=torch.float64)  # type: ignore[arg-type]
+                )
+        if self.unfitted is not None:
+            raw = {k: torch.full_like(v.double(), float("nan")) for k, v in raw.items()}
         if self.task == "regression" and self.fitted:
             # a probe without weights predicts a constant: its correlations are undefined (torchmetrics
             # may return rounding noise instead of NaN when the constant is not exactly representable)
@@ -400,20 +458,24 @@ class ProbeReadout(nn.Module):
                     raw[k] = v.reshape(raw[k].shape)
         bad = [k for k, v in raw.items() if not bool(torch.isfinite(v).all())]
         if bad:
+            why = self.unfitted or (
+                "fewer than two samples, or constant predictions or targets" if self.task == "regression"
+                else "too few samples or fewer than two classes present"
+            )
             warnings.warn(
-                f"probe scores {bad} on split {split!r} are undefined (constant predictions or targets); "
-                f"they are reported as 0",
+                f"probe scores {bad} of target {self.target_name!r} on split {split!r} are undefined ({why}); "
+                f"they are logged as NaN",
                 stacklevel=2,
             )
-        return {k: torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for k, v in raw.items()}
+        return {k: torch.where(torch.isfinite(v), v, torch.full_like(v, float("nan"))) for k, v in raw.items()}
 
     def plot_data(self, split: str) -> tuple[Tensor, Tensor] | None:
         """The bounded sample of (prediction, truth) pairs of ``split`` (regression only)."""
         self._flush_eval(split)
         if split not in self.samples or self.samples[split].num_kept == 0:
             return None
-        pred, true = self.samples[split].compute()
-        return pred.cpu(), true.cpu()
+        pred, true = self.samples[split].compute()  # (one row comes back squeezed)
+        return pred.cpu().reshape(-1, self.num_outputs), true.cpu().reshape(-1, self.num_outputs)
 
     def reset_eval(self) -> None:
         self._eval_buf, self._eval_rows = {}, {}

@@ -1,28 +1,42 @@
-"""Run LinearProbe in 1 or 2 CPU processes (gloo) and save the fitted probes; used by test_probe_ddp."""
+"""Run LinearProbe in 1 or 2 CPU processes (gloo) and save the fitted probes; used by test_probe_ddp.
+
+Arguments: output path, number of processes, mode, strategy (``ddp`` or ``ddp_spawn``), data
+(``digits``: dict batches with ``index``; ``tuples``: ``(x, y)`` batches without one). The
+validation split has 359 samples: odd, so DistributedSampler pads it for 2 processes.
+"""
 
 import sys
+import warnings
 
 import lightning.pytorch as pl
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.callbacks import LinearProbe
 from lit_repr.data import DigitsDataModule
 from lit_repr.models import Classifier
 
 
-def main(out: str, devices: int, mode: str) -> None:
+def ink(batch):  # module level, so the probe pickles for ddp_spawn
+    return batch["x"].sum(1) if isinstance(batch, dict) else batch[0].sum(1)
+
+
+def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "digits") -> None:
     pl.seed_everything(0)
-    model = Classifier(in_features=64, hidden=[32], lr=1e-12, weight_decay=0.0)
+    tuples = data == "tuples"
+    model = Classifier(in_features=64, hidden=[32], lr=1e-12, weight_decay=0.0,
+                       **({"input_key": 0, "target_key": 1} if tuples else {}))
     probe = LinearProbe(
         ["backbone.0"],
-        targets={"digit": "y", "ink": lambda b: b["x"].sum(1)},
+        targets={"digit": 1 if tuples else "y", "ink": ink},
         task={"digit": "classification", "ink": "regression"},
+        num_classes=10,
         mode=mode,
     )
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        strategy=strategy if devices > 1 else "auto",
         max_epochs=1,
         callbacks=[probe],
         logger=False,
@@ -32,13 +46,22 @@ def main(out: str, devices: int, mode: str) -> None:
         num_sanity_val_steps=0,
     )
     dm = DigitsDataModule(batch_size=64, val_fraction=0.2, test_fraction=0.0)
-    if mode == "frozen":
-        trainer.validate(model, dm, verbose=False)
-    else:
-        trainer.fit(model, dm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if tuples:
+            dm.setup("fit")
+            loaders = [DataLoader(TensorDataset(dm.datasets[s].tensors["x"], dm.datasets[s].tensors["y"]),
+                                  batch_size=64) for s in ("train", "val")]
+            trainer.fit(model, *loaders)
+        elif mode == "frozen":
+            trainer.validate(model, dm, verbose=False)
+        else:
+            trainer.fit(model, dm)
     if trainer.is_global_zero:
-        torch.save(
-            {
+        result = {"scores": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/")},
+                  "warnings": [str(w.message) for w in caught]}
+        if probe.readouts:  # ddp_spawn fits in the spawned processes: only the logged values come back
+            result |= {
                 k: {
                     "weight": probe.readout("backbone.0", k).weight,
                     "bias": probe.readout("backbone.0", k).bias,
@@ -46,10 +69,8 @@ def main(out: str, devices: int, mode: str) -> None:
                 }
                 for k in ("digit", "ink")
             }
-            | {"scores": dict(probe.scores)},
-            out,
-        )
+        torch.save(result, out)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), sys.argv[3])
+    main(sys.argv[1], int(sys.argv[2]), *sys.argv[3:])

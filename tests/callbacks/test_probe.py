@@ -1,3 +1,7 @@
+import io
+import math
+import warnings
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -276,3 +280,193 @@ def test_probe_accuracy_on_features_with_a_large_constant_equals_sklearn(trainer
     acc = float(trainer.callback_metrics["probe/site/digit/val/acc"])
     assert acc == pytest.approx(sk.score(feats["val"], y["val"]), abs=0.01)
     assert acc > 0.8
+
+
+# ---------------------------------------------------------------------- undefined scores, reuse, test, errors
+def _digits_tensors():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return torch.tensor(d.data / 16.0, dtype=torch.float32), torch.tensor(d.target)
+
+
+def _ink(b):
+    return b[0].sum(1)
+
+
+@pytest.mark.parametrize("case", ["one_sample_regression", "single_class_auroc", "empty_probe_loader"])
+def test_undefined_scores_are_nan_with_one_named_warning_and_training_continues(case, tmp_path, trainer_kwargs):
+    from lightning.pytorch.loggers import CSVLogger
+
+    from lit_repr.callbacks import RunSummary
+
+    x, y = _digits_tensors()
+    train = DataLoader(TensorDataset(x[:1000], y[:1000]), batch_size=100)
+    if case == "one_sample_regression":  # online: the validation split has one sample
+        probe = LinearProbe("encoder", targets={"ink": _ink}, task="regression", mode="online", input_key=0)
+        val, quantity = DataLoader(TensorDataset(x[1000:1001], y[1000:1001]), batch_size=1), "r2"
+    elif case == "single_class_auroc":  # online: every validation sample is a 3
+        threes = (y[1000:] == 3).nonzero()[:, 0] + 1000
+        probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, mode="online", input_key=0)
+        val, quantity = DataLoader(TensorDataset(x[threes], y[threes]), batch_size=50), "auroc"
+    else:  # frozen: the probe loader of the evaluation split is empty
+        empty = DataLoader(TensorDataset(x[:0], y[:0]), batch_size=50)
+        probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, mode="frozen", input_key=0,
+                            probe_loaders={"train": train, "val": empty})
+        val, quantity = DataLoader(TensorDataset(x[1000:1100], y[1000:1100]), batch_size=50), "acc"
+    summary = RunSummary(stream=io.StringIO())
+    kw = {**trainer_kwargs, "logger": CSVLogger(tmp_path), "num_sanity_val_steps": 0}
+    trainer = pl.Trainer(max_epochs=2, callbacks=[probe, summary], **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(PlainModule(), train, val)
+    assert trainer.current_epoch == 2 and trainer.global_step == 20  # training ran to the end
+    target = next(iter(probe.targets))
+    tag = f"probe/encoder/{target}/val/{quantity}"
+    assert math.isnan(float(trainer.callback_metrics[tag])) and math.isnan(probe.scores[tag])
+    undefined = [str(w.message) for w in caught if "undefined" in str(w.message)]
+    assert len(undefined) == 1, undefined
+    for part in ("probe", "site 'encoder'", f"target {target!r}", "split 'val'", "NaN"):
+        assert part in undefined[0], (part, undefined[0])
+    row = next(r for r in summary.last["rows"] if r["split"] == "val")
+    assert math.isnan(row["scores"][quantity])
+    assert "undefined" in summary.stream.getvalue()  # the printed table
+
+
+class Widths(pl.LightningModule):
+    """An encoder of a chosen width on (x, y) tuples."""
+
+    def __init__(self, width):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(64, width), nn.ReLU())
+        self.out = nn.Linear(width, 10)
+
+    def forward(self, x):
+        return self.out(self.encoder(x))
+
+    def training_step(self, batch, i):
+        return nn.functional.cross_entropy(self(batch[0]), batch[1])
+
+    def validation_step(self, batch, i):
+        self(batch[0])
+
+    def test_step(self, batch, i):
+        self(batch[0])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=3e-3)
+
+
+@pytest.mark.parametrize("mode", ["online", "frozen"])
+def test_reused_callback_on_a_model_of_another_width(mode, trainer_kwargs):
+    train, val = _tuple_loaders()
+    probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, mode=mode, input_key=0)
+    for width in (32, 16):
+        pl.seed_everything(0)
+        trainer = pl.Trainer(max_epochs=1, callbacks=[probe], **trainer_kwargs)
+        trainer.fit(Widths(width), train, val)
+        assert probe.readout("encoder", "digit").weight.shape == (width, 10)
+        assert trainer.callback_metrics["probe/encoder/digit/val/acc"] > 0.5  # chance: 0.1
+
+
+@pytest.mark.parametrize("mode", ["online", "frozen"])
+def test_trainer_test_scores_the_test_split(mode, trainer_kwargs):
+    x, y = _digits_tensors()
+    train = DataLoader(TensorDataset(x[:1200], y[:1200]), batch_size=64)
+    val = DataLoader(TensorDataset(x[1200:1500], y[1200:1500]), batch_size=128)
+    test = DataLoader(TensorDataset(x[1500:], y[1500:]), batch_size=128)
+    pl.seed_everything(0)
+    probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, mode=mode, input_key=0,
+                        probe_loaders={"train": train, "val": val} if mode == "frozen" else None)
+    model = Widths(32)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[probe], **trainer_kwargs)
+    trainer.fit(model, train, val)
+    trainer.test(model, test, verbose=False)
+    tag = "probe/encoder/digit/test/acc"
+    assert tag in trainer.callback_metrics and tag in probe.scores
+    # the logged value is the fitted probe's accuracy on the test features (online: the readout fitted on
+    # training; frozen: fitted on the train loader at the end of the model's training)
+    readout = probe.readout("encoder", "digit")
+    with torch.no_grad():
+        feats = model.encoder(x[1500:])
+    expected = (readout.predict(feats).argmax(1) == y[1500:]).double().mean()
+    assert float(trainer.callback_metrics[tag]) == pytest.approx(float(expected), abs=1e-6)
+    assert float(expected) > 0.7
+
+
+def test_zero_dim_site_output_names_the_site(trainer_kwargs):
+    class Scalar(nn.Module):
+        def forward(self, h):
+            return h.mean()
+
+    class WithScalar(Widths):
+        def __init__(self):
+            super().__init__(16)
+            self.summary = Scalar()
+
+        def forward(self, x):
+            h = self.encoder(x)
+            self.summary(h)
+            return self.out(h)
+
+    train, val = _tuple_loaders()
+    trainer = pl.Trainer(max_epochs=1, callbacks=[
+        LinearProbe("summary", targets={"digit": 1}, num_classes=10, input_key=0)], **trainer_kwargs)
+    with pytest.raises(ValueError, match=r"site 'summary' produced a 0-d tensor"):
+        trainer.fit(WithScalar(), train, val)
+
+
+def test_target_errors_name_the_target(trainer_kwargs):
+    with pytest.raises(ValueError, match=r"classification target 'pixels' must hold"):
+        _fit(LinearProbe("backbone.0", targets={"pixels": "x"}), trainer_kwargs, epochs=1)
+    with pytest.raises(ValueError, match=r"class indices.*target 'digit'|target 'digit' has class indices"):
+        _fit(LinearProbe("backbone.0", targets={"digit": "y"}, num_classes=5), trainer_kwargs, epochs=1)
+
+
+def _parity(b):
+    return b[1] % 2
+
+
+def test_resume_with_a_redefined_target_starts_that_readout_fresh(tmp_path, trainer_kwargs):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    train, val = _tuple_loaders()
+
+    def run(epochs, probe, ckpt=None):
+        pl.seed_everything(0)
+        cbs = [probe] + ([] if ckpt else [ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)])
+        trainer = pl.Trainer(max_epochs=epochs, callbacks=cbs, **{**trainer_kwargs, "enable_checkpointing": not ckpt})
+        trainer.fit(Widths(32), train, val, ckpt_path=ckpt)
+        return trainer
+
+    run(2, LinearProbe("encoder", targets={"digit": 1}, num_classes=10, input_key=0))
+    ckpt = str(tmp_path / "last.ckpt")
+    with pytest.warns(UserWarning, match=r"target 'digit' were made for another configuration") as caught:
+        resumed = run(3, LinearProbe("encoder", targets={"digit": _parity}, num_classes=2, input_key=0), ckpt)
+    message = next(str(w.message) for w in caught if "another configuration" in str(w.message))
+    assert "num_classes 10 -> 2" in message and "target '1' -> '_parity#" in message
+    # the same resume with a probe the checkpoint knows nothing of: the fresh readout
+    fresh = run(3, LinearProbe("encoder", targets={"digit": _parity}, num_classes=2, input_key=0, name="fresh"), ckpt)
+    auroc = float(resumed.callback_metrics["probe/encoder/digit/val/auroc"])
+    assert auroc == pytest.approx(float(fresh.callback_metrics["fresh/encoder/digit/val/auroc"]), abs=1e-9)
+    assert auroc > 0.9
+    # a changed task is named as such
+    other = LinearProbe("encoder", targets={"digit": 1}, task="regression", input_key=0)
+    state = torch.load(ckpt, weights_only=False)["callbacks"]
+    key = next(k for k in state if k.startswith("LinearProbe"))
+    with pytest.warns(UserWarning, match=r"task 'classification' -> 'regression'"):
+        other.load_state_dict(state[key])
+    assert not other.readouts
+
+
+def test_restored_readouts_of_another_feature_width_start_fresh(trainer_kwargs):
+    train, val = _tuple_loaders()
+    old = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, input_key=0)
+    pl.Trainer(max_epochs=1, callbacks=[old], **trainer_kwargs).fit(Widths(32), train, val)
+    probe = LinearProbe("encoder", targets={"digit": 1}, num_classes=10, input_key=0)
+    probe.load_state_dict(old.state_dict())
+    assert probe.readout("encoder", "digit").weight.shape == (32, 10)
+    changed = r"target 'digit' were made for another configuration \(feature width 32 -> 16"
+    with pytest.warns(UserWarning, match=changed):
+        pl.Trainer(max_epochs=1, callbacks=[probe], **trainer_kwargs).fit(Widths(16), train, val)
+    assert probe.readout("encoder", "digit").weight.shape == (16, 10)

@@ -86,7 +86,8 @@ def test_rows_and_table_group_by_readout():
         "p         s     t       test   0.200      -",
         "other: val/loss=0.100",
     ]
-    assert "nan" in format_summary(summary_rows({"p/s/t/val/r2": math.nan}))
+    undefined = format_summary(summary_rows({"p/s/t/val/r2": math.nan, "p/s/t/val/mse": 0.5}))
+    assert undefined.splitlines()[1].split() == ["p", "s", "t", "val", "undefined", "0.500"]
 
 
 def test_fit_prints_the_table_and_writes_summary_json(tmp_path, capsys):

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -70,15 +72,53 @@ def test_readout_bad_inputs():
         ProbeReadout(4, task="ranking")  # type: ignore[arg-type]
 
 
-def test_constant_features_do_not_log_nan():
+def test_constant_features_log_undefined_correlations_as_nan():
     r = ProbeReadout(3, task="regression", num_targets=1)
     r.update_fit(torch.ones(50, 3), torch.randn(50))
     with pytest.warns(UserWarning):
         r.fit()
     r.update_eval("val", torch.ones(20, 3), torch.randn(20))
-    with pytest.warns(UserWarning, match="undefined"):
+    with pytest.warns(UserWarning, match="undefined") as caught:
         scores = r.compute_eval("val")
-    assert all(torch.isfinite(v).all() for v in scores.values())
+    assert len(caught) == 1
+    assert torch.isnan(scores["pearson"]).all() and torch.isnan(scores["spearman"]).all()
+    assert torch.isfinite(scores["mse"]).all() and torch.isfinite(scores["r2"]).all()
+
+
+def test_undefined_scores_are_nan_never_zero():
+    g = torch.Generator().manual_seed(0)
+    r = ProbeReadout(3, task="regression", num_targets=1, target_name="energy")
+    r.update(torch.randn(20, 3, generator=g), torch.randn(20, generator=g), "fit")
+    r.fit()
+    r.update(torch.randn(1, 3, generator=g), torch.randn(1, generator=g), "val")  # one sample: no R², no r
+    with pytest.warns(UserWarning, match=r"target 'energy' on split 'val' are undefined") as caught:
+        scores = r.compute("val")
+    assert len(caught) == 1
+    assert math.isnan(scores["r2"]) and math.isnan(scores["pearson"]) and math.isfinite(scores["mse"])
+    c = ProbeReadout(3, task="classification", num_classes=3)
+    c.update(torch.randn(30, 3, generator=g), torch.arange(30) % 3, "fit")
+    c.fit()
+    c.update(torch.randn(5, 3, generator=g), torch.zeros(5, dtype=torch.long), "one_class")
+    x2, y2 = torch.randn(6, 3, generator=g), torch.tensor([0, 1, 0, 1, 0, 1])
+    c.update(x2, y2, "two_of_three")
+    with pytest.warns(UserWarning, match="one_class"):
+        one = c.compute("one_class")
+    assert math.isnan(one["auroc"]) and math.isfinite(one["acc"])
+    # AUROC averages over the classes present (torchmetrics' macro average counts an absent class as 0)
+    from sklearn.metrics import roc_auc_score
+
+    probs = c.predict(x2).float().softmax(-1).numpy()
+    expected = np.mean([roc_auc_score((y2 == k).numpy(), probs[:, k]) for k in (0, 1)])
+    assert c.compute("two_of_three")["auroc"] == pytest.approx(expected, abs=1e-6)
+    with pytest.warns(UserWarning, match="'empty'"):
+        empty = c.compute("empty")
+    assert math.isnan(empty["acc"]) and math.isnan(empty["auroc"])
+    unfit = ProbeReadout(3, task="classification", num_classes=3)
+    unfit.fit()  # no fitting sample: no error, every score undefined
+    assert unfit.unfitted is not None and not unfit.fitted
+    unfit.update(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]), "val")
+    with pytest.warns(UserWarning, match="could not be fitted"):
+        assert all(math.isnan(v) for v in unfit.compute("val").values())
 
 
 def test_buffered_accumulation_equals_unbuffered_and_flushes_on_state_dict():
