@@ -82,6 +82,8 @@ class LinearProbe(TapCallback):
         tensor(True)
     """
 
+    method = "linear probe"
+
     def __init__(
         self,
         sites: str | Sequence[str],
