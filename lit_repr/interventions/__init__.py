@@ -8,6 +8,7 @@
 - :mod:`~lit_repr.interventions.ladder`: rungs, :func:`claim_gap` and the :func:`report` table.
 """
 
+from lit_repr.interventions.callback import EffectReadout, InterventionReport, PatchingSweep
 from lit_repr.interventions.edits import (
     ActivationCache,
     ActivationPatch,
@@ -18,9 +19,11 @@ from lit_repr.interventions.edits import (
     SAEFeatureAblation,
     Steering,
     ZeroAblation,
+    bind_edits,
     cache_activations,
     intervene,
     model_signature,
+    record_activations,
 )
 from lit_repr.interventions.effects import (
     AccuracyChange,
@@ -32,10 +35,13 @@ from lit_repr.interventions.effects import (
     effect_metrics,
 )
 from lit_repr.interventions.ladder import Claim, Evidence, Rung, claim_gap, evidence_from_scores, format_report, report
+from lit_repr.interventions.patching import PatchingResult, patching_figure, patching_sweep
 
 __all__ = [
     "Edit", "ZeroAblation", "MeanAblation", "ResampleAblation", "ActivationCache", "cache_activations",
-    "ActivationPatch", "DirectionalAblation", "Steering", "SAEFeatureAblation", "intervene", "model_signature",
-    "EffectMetric", "LossChange", "LogitChange", "ProbabilityChange", "AccuracyChange", "bootstrap_ci",
-    "effect_metrics", "Rung", "Evidence", "Claim", "claim_gap", "report", "format_report", "evidence_from_scores",
+    "record_activations", "ActivationPatch", "DirectionalAblation", "Steering", "SAEFeatureAblation", "intervene",
+    "bind_edits", "model_signature", "EffectMetric", "LossChange", "LogitChange", "ProbabilityChange",
+    "AccuracyChange", "bootstrap_ci", "effect_metrics", "InterventionReport", "PatchingSweep", "EffectReadout",
+    "PatchingResult", "patching_sweep", "patching_figure", "Rung", "Evidence", "Claim", "claim_gap", "report",
+    "format_report", "evidence_from_scores",
 ]

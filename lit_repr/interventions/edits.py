@@ -35,11 +35,13 @@ __all__ = [
     "ResampleAblation",
     "ActivationCache",
     "cache_activations",
+    "record_activations",
     "ActivationPatch",
     "DirectionalAblation",
     "Steering",
     "SAEFeatureAblation",
     "intervene",
+    "bind_edits",
     "model_signature",
 ]
 
@@ -360,6 +362,22 @@ def cache_activations(module: nn.Module, sites: str | Sequence[str], *args: Any,
         >>> sorted(cache_activations(net, "*", torch.ones(1, 2)).sites)
         ['0', '1', '2']
     """
+    return record_activations(module, sites, lambda: module(*args, **kwargs))
+
+
+def record_activations(module: nn.Module, sites: str | Sequence[str], run: Callable[[], Any]) -> ActivationCache:
+    """Like :func:`cache_activations`, for a forward pass run by ``run()`` (e.g. ``lambda: forward_fn(model, batch)``).
+
+    Args:
+        module: the model whose sites are recorded.
+        sites: submodule names or globs.
+        run: runs the forward pass and returns its output.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2))
+        >>> record_activations(net, "0", lambda: net(torch.ones(1, 2))).sites
+        ['0']
+    """
     if not isinstance(module, nn.Module):
         raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
     names = resolve_sites(module, sites)
@@ -382,7 +400,7 @@ def cache_activations(module: nn.Module, sites: str | Sequence[str], *args: Any,
         for s in names:
             handles.append(modules[s].register_forward_hook(hook_for(s)))
         with torch.no_grad():
-            out = module(*args, **kwargs)
+            out = run()
     finally:
         for h in handles:
             h.remove()
@@ -609,8 +627,45 @@ class SAEFeatureAblation(Edit):
         return (self.sae.decode(ablated) + error).reshape(output.shape)
 
 
+def _plan(module: nn.Module, edits: Mapping[str, Edit]) -> list[tuple[str, Edit]]:
+    if not isinstance(module, nn.Module):
+        raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
+    if not isinstance(edits, Mapping) or not edits:
+        raise ValueError(f"edits must be a non-empty {{site: Edit}} dict, e.g. {{'backbone.0': ZeroAblation()}}, "
+                         f"got {edits!r}")
+    plan: list[tuple[str, Edit]] = []
+    for pattern, edit in edits.items():
+        if not isinstance(edit, Edit):
+            raise ValueError(f"edits[{pattern!r}] must be an Edit (ZeroAblation(), Steering(...), ...), got "
+                             f"{type(edit).__name__}")
+        for site in resolve_sites(module, pattern):
+            plan.append((site, edit))
+    return plan
+
+
+def bind_edits(module: nn.Module, edits: Mapping[str, Edit]) -> list[tuple[str, Edit]]:
+    """Resolve the sites of ``edits`` on ``module`` and prepare every edit (:meth:`Edit.bind`); no hook is added.
+
+    Args:
+        module: any ``nn.Module``.
+        edits: ``{site name or glob: Edit}``.
+
+    Returns:
+        ``[(site, edit)]`` with the globs expanded.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+        >>> bind_edits(net, {"*": ZeroAblation()})
+        [('0', ZeroAblation()), ('1', ZeroAblation())]
+    """
+    plan = _plan(module, edits)
+    for site, edit in plan:
+        edit.bind(module, site)
+    return plan
+
+
 @contextmanager
-def intervene(module: nn.Module, edits: Mapping[str, Edit]) -> Iterator[dict[str, Edit]]:
+def intervene(module: nn.Module, edits: Mapping[str, Edit], bind: bool = True) -> Iterator[dict[str, Edit]]:
     """Apply edits at named sites of ``module`` for the duration of a ``with`` block.
 
     Sites are resolved as :class:`~lit_repr.taps.Tap` resolves them (dotted names, globs; an unknown name
@@ -622,6 +677,9 @@ def intervene(module: nn.Module, edits: Mapping[str, Edit]) -> Iterator[dict[str
     Args:
         module: any ``nn.Module``.
         edits: ``{site name or glob: Edit}``.
+        bind: prepare each edit on entry (:meth:`Edit.bind`: reference means, resample pools, cache
+            checks). ``False`` reuses what the edits prepared when last bound to this model, for the
+            same edits over many batches (see :func:`bind_edits`).
 
     Yields:
         ``{site: edit}`` with the globs expanded.
@@ -635,20 +693,7 @@ def intervene(module: nn.Module, edits: Mapping[str, Edit]) -> Iterator[dict[str
         >>> torch.equal(net(x), before)
         True
     """
-    if not isinstance(module, nn.Module):
-        raise ValueError(f"module must be a torch.nn.Module, got {type(module).__name__}")
-    if not isinstance(edits, Mapping) or not edits:
-        raise ValueError(f"edits must be a non-empty {{site: Edit}} dict, e.g. {{'backbone.0': ZeroAblation()}}, "
-                         f"got {edits!r}")
-    plan: list[tuple[str, Edit]] = []
-    for pattern, edit in edits.items():
-        if not isinstance(edit, Edit):
-            raise ValueError(f"edits[{pattern!r}] must be an Edit (ZeroAblation(), Steering(...), ...), got "
-                             f"{type(edit).__name__}")
-        for site in resolve_sites(module, pattern):
-            plan.append((site, edit))
-    for site, edit in plan:
-        edit.bind(module, site)
+    plan = bind_edits(module, edits) if bind else _plan(module, edits)
     modules = dict(module.named_modules())
     calls: dict[tuple[str, int], int] = {}
 

@@ -172,7 +172,7 @@ class EffectMetric(Metric):
                             self.confidence)
         mean = float(self.total / self.count)
         (kept,) = self.samples.compute()
-        lo, hi = bootstrap_ci(kept[:, 0], self.num_bootstrap, self.confidence, self.seed, mean=mean, total=n)
+        lo, hi = bootstrap_ci(kept.reshape(-1), self.num_bootstrap, self.confidence, self.seed, mean=mean, total=n)
         return Evidence(self.method, self.rung, self.quantity, mean, lo, hi, self.site, n, self.confidence)
 
     def reset(self) -> None:
