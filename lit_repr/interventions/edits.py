@@ -347,9 +347,11 @@ class ActivationCache:
 
 
 def cache_activations(module: nn.Module, sites: str | Sequence[str], *args: Any, **kwargs: Any) -> ActivationCache:
-    """Run ``module(*args, **kwargs)`` without gradients and keep the outputs of ``sites``.
+    """Run ``module(*args, **kwargs)`` and keep the (detached) outputs of ``sites``.
 
-    The module's mode is left as it is (call ``module.eval()`` first for a deterministic cache).
+    The module's mode and the grad mode are the caller's (call ``module.eval()`` first for a deterministic
+    cache; patch in the same grad mode, since the fast paths some torch modules take without gradients
+    differ from their slow paths in the last bits).
 
     Args:
         module: any ``nn.Module``.
@@ -399,8 +401,7 @@ def record_activations(module: nn.Module, sites: str | Sequence[str], run: Calla
     try:
         for s in names:
             handles.append(modules[s].register_forward_hook(hook_for(s)))
-        with torch.no_grad():
-            out = run()
+        out = run()
     finally:
         for h in handles:
             h.remove()
