@@ -51,7 +51,7 @@ class EffectReadout(nn.Module):
         return self.splits[split].compute()
 
     def compute(self, split: str) -> dict[str, float]:
-        if split not in self.splits:
+        if split not in self.splits or float(self.splits[split].count) == 0:
             return {}
         e = self.evidence(split)
         return {"": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high}
@@ -59,7 +59,7 @@ class EffectReadout(nn.Module):
     def reset(self, split: str | None = None) -> None:
         for s in [split] if split is not None else list(self.splits):
             if s in self.splits:
-                self.splits.pop(s)
+                self.splits[s].reset()
 
 
 class PatchingSweep:
@@ -275,7 +275,7 @@ class InterventionReport(TapCallback):
             self._splits.append(split)
         scores = self.report(trainer, pl_module, log=log)
         self.evidence = [r.evidence(split) for split in self._splits for r in self.readouts.values()
-                         if split in r.splits]
+                         if r.compute(split)]
         if self.patching is not None and evals and trainer.is_global_zero:
             self.patching_result = self.run_patching(pl_module, loaders[evals[0]])
             if self.log_figures:
