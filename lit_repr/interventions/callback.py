@@ -305,14 +305,12 @@ class InterventionReport(TapCallback):
                 pl_module, batch, sweep.corrupt(batch), sweep.sites, score, axis=sweep.axis, index=sweep.index,
                 position_dim=sweep.position_dim, forward_fn=lambda m, b: self.forward_fn(m, b),
             ))
-        weights = torch.tensor([float(r.num_inputs) for r in results], dtype=torch.float64)
-        w = weights / weights.sum()
         first = results[0]
-        return PatchingResult(
-            first.sites, first.index, first.axis, sum(wi * r.patched for wi, r in zip(w, results)),
-            float(sum(wi * r.clean for wi, r in zip(w, results))),
-            float(sum(wi * r.corrupted for wi, r in zip(w, results))), int(weights.sum()),
-        )
+        scores = torch.cat([r.scores for r in results], -1)
+        clean = torch.cat([r.clean_scores for r in results])
+        corrupted = torch.cat([r.corrupted_scores for r in results])
+        return PatchingResult(first.sites, first.index, first.axis, scores.mean(-1), float(clean.mean()),
+                              float(corrupted.mean()), clean.numel(), scores, clean, corrupted)
 
     def check_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The input and target resolve on one batch of the first evaluation loader (no state changes)."""

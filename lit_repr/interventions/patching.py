@@ -10,6 +10,7 @@ behaviour; 0: it changes nothing). It is rung-2 evidence (an intervention over a
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +40,9 @@ class PatchingResult:
         clean: mean score of the clean run.
         corrupted: mean score of the corrupted run.
         num_inputs: inputs averaged over.
+        scores: per-input scores of the patched runs, ``(sites, index, inputs)`` (for intervals).
+        clean_scores: per-input scores of the clean run.
+        corrupted_scores: per-input scores of the corrupted run.
 
     Example:
         >>> r = PatchingResult(["a"], [0, 1], "position", torch.tensor([[1.0, 0.0]]), clean=1.0, corrupted=0.0)
@@ -53,6 +57,9 @@ class PatchingResult:
     clean: float
     corrupted: float
     num_inputs: int = 0
+    scores: Tensor | None = None
+    clean_scores: Tensor | None = None
+    corrupted_scores: Tensor | None = None
     rung: int = field(default=2, init=False)
     method: str = field(default="activation patching", init=False)
 
@@ -64,12 +71,30 @@ class PatchingResult:
             return torch.full_like(self.patched, float("nan"))
         return (self.patched - self.corrupted) / gap
 
-    def evidence(self, quantity: str = "recovered") -> list[Evidence]:
-        """One rung-2 :class:`~lit_repr.interventions.ladder.Evidence` per (site, index)."""
-        values = self.recovered if quantity == "recovered" else self.patched
+    def intervals(self, num_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> Tensor:
+        """Percentile bootstrap intervals of :attr:`recovered` over inputs, ``(sites, index, 2)``.
+
+        Each resample draws inputs with replacement (a seeded generator) and recomputes the fraction
+        restored as a ratio of means; ``nan`` without per-input scores.
+        """
+        if self.scores is None or self.clean_scores is None or self.corrupted_scores is None:
+            return torch.full((*self.patched.shape, 2), float("nan"), dtype=torch.float64)
+        n = self.clean_scores.numel()
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randint(n, (num_bootstrap, n), generator=g)
+        clean, corrupted = self.clean_scores[idx].mean(1), self.corrupted_scores[idx].mean(1)  # (R,)
+        patched = self.scores[..., idx].mean(-1)  # (S, P, R)
+        ratios = (patched - corrupted) / (clean - corrupted)
+        alpha = (1 - confidence) / 2
+        q = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)
+        return torch.quantile(ratios.nan_to_num(nan=0.0), q, dim=-1).permute(1, 2, 0)
+
+    def evidence(self, confidence: float = 0.95, seed: int = 0) -> list[Evidence]:
+        """One rung-2 :class:`~lit_repr.interventions.ladder.Evidence` per (site, index): the fraction restored."""
+        values, ci = self.recovered, self.intervals(confidence=confidence, seed=seed)
         return [
-            Evidence(self.method, self.rung, quantity, float(values[i, j]), site=f"{s}[{self.axis} {p}]",
-                     n=self.num_inputs)
+            Evidence(self.method, self.rung, "recovered", float(values[i, j]), float(ci[i, j, 0]),
+                     float(ci[i, j, 1]), site=f"{s}[{self.axis} {p}]", n=self.num_inputs, confidence=confidence)
             for i, s in enumerate(self.sites) for j, p in enumerate(self.index)
         ]
 
@@ -119,12 +144,12 @@ def patching_sweep(
     run = forward_fn or (lambda m, x: m(x))
     names = resolve_sites(module, sites)
 
-    def score(out: Any) -> float:
+    def score(out: Any) -> Tensor:
         s = score_fn(out)
         if not isinstance(s, Tensor) or s.ndim != 1:
             raise ValueError(f"score_fn must return a (batch,) tensor of scores, got "
                              f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
-        return float(s.double().mean())
+        return s.detach().to("cpu", torch.float64)
 
     with preserved_rng(), frozen_mode(module):
         cache = record_activations(module, names, lambda: run(module, clean))
@@ -140,16 +165,16 @@ def patching_sweep(
         idx = list(index) if index is not None else list(range(max(sizes.values())))
         if not idx:
             raise ValueError("index must name at least one position or unit")
-        patched = torch.full((len(names), len(idx)), float("nan"), dtype=torch.float64)
+        per_input = torch.full((len(names), len(idx), clean_score.numel()), float("nan"), dtype=torch.float64)
         for i, site in enumerate(names):
             for j, p in enumerate(idx):
                 if not -sizes[site] <= p < sizes[site]:
                     continue
                 kw = {"units": [p]} if axis == "unit" else {"positions": [p], "position_dim": position_dim}
                 with intervene(module, {site: ActivationPatch(cache, **kw)}):
-                    patched[i, j] = score(run(module, corrupted))
-    n = int(cache[names[0]].shape[0])
-    return PatchingResult(names, idx, axis, patched, clean_score, corrupted_score, n)
+                    per_input[i, j] = score(run(module, corrupted))
+    return PatchingResult(names, idx, axis, per_input.mean(-1), float(clean_score.mean()),
+                          float(corrupted_score.mean()), clean_score.numel(), per_input, clean_score, corrupted_score)
 
 
 def patching_figure(result: PatchingResult, title: str = "") -> Any:
@@ -168,7 +193,9 @@ def patching_figure(result: PatchingResult, title: str = "") -> Any:
 
     values = result.recovered.numpy()
     rows, cols = values.shape
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * cols + 2.5), max(2.5, 0.45 * rows + 1.5)))
+    label_width = 0.075 * max(len(s) for s in result.sites)  # inches taken by the site names
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.55 * cols + 2.8 + label_width), max(2.8, 0.5 * rows + 1.8)),
+                           layout="constrained")
     finite = values[~(values != values)]
     vmax = max(1.0, float(abs(finite).max())) if finite.size else 1.0
     im = ax.imshow(values, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto")
@@ -184,7 +211,7 @@ def patching_figure(result: PatchingResult, title: str = "") -> Any:
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="white" if abs(v) > 0.6 * vmax else "black")
     fig.colorbar(im, ax=ax, label="fraction restored")
-    ax.set_title(title or f"activation patching (clean {result.clean:.2f}, corrupted {result.corrupted:.2f})",
-                 fontsize=9)
-    fig.tight_layout()
+    subtitle = f"score: clean {result.clean:.3g}, corrupted {result.corrupted:.3g}"
+    heading = textwrap.fill(title or "activation patching", width=int(12 * fig.get_figwidth()))
+    ax.set_title(f"{heading}\n{subtitle}", fontsize=9)
     return fig
