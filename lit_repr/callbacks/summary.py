@@ -39,8 +39,9 @@ MAIN_QUANTITIES = (
     "cka_debiased",
     "mutual_knn",
 )
-# Kept in summary.json but left out of the printed table: per-factor values and fitted penalties.
-_DETAIL = re.compile(r"(_factor\d+|(^|/|_)alpha|_gamma)$")
+# Kept in summary.json but left out of the printed table: per-factor values, fitted penalties and the ends of
+# confidence intervals (the evidence-ladder report shows those).
+_DETAIL = re.compile(r"(_factor\d+|(^|/|_)alpha|_gamma|_ci_low|_ci_high)$")
 
 
 def parse_tag(tag: str) -> dict[str, str] | None:

@@ -255,11 +255,12 @@ class InterventionReport(TapCallback):
             if wanted not in loaders:
                 raise ValueError(f"{self.name}: split {wanted!r} is not among the probe loaders {sorted(loaders)}")
         self.reset()
-        plans = {label: bind_edits(pl_module, edits) for label, edits in self.interventions.items()}
+        with torch.inference_mode(False):
+            plans = {label: bind_edits(pl_module, edits) for label, edits in self.interventions.items()}
         device = pl_module.device
         for split in evals:
             loader = shard(loaders[split], trainer.global_rank, trainer.world_size)
-            with preserved_rng(), frozen_mode(pl_module), torch.inference_mode(False):
+            with preserved_rng(), torch.inference_mode(False), frozen_mode(pl_module):
                 for batch in loader:
                     batch = move_to(batch, device)
                     y = get_target(batch, self.targets[self.target_name], f"target {self.target_name!r}")

@@ -203,7 +203,8 @@ def _reference_features(edit: Edit, module: nn.Module, site: str, reference: Any
             raise ValueError(f"{name}: the reference set is empty (its loader yielded no batches); give reference "
                              f"inputs with at least one example") from None
         raise
-    return out[site]
+    with torch.inference_mode(False):  # usable in the forward passes of any grad mode
+        return out[site].clone()
 
 
 class _ReferenceEdit(Edit):
