@@ -29,6 +29,9 @@ __all__ = ["Rung", "Evidence", "Claim", "claim_gap", "report", "format_report", 
 class Rung(IntEnum):
     """The rungs of the ladder: 1 association, 2 intervention, 3 counterfactual.
 
+    Args:
+        value: the rung's number, ``1``, ``2`` or ``3``.
+
     Example:
         >>> Rung.INTERVENTION > Rung.ASSOCIATION, int(Rung.COUNTERFACTUAL)
         (True, 3)
@@ -126,7 +129,7 @@ def claim_gap(claim_rung: int, evidence: Iterable[Any]) -> int:
 
 @dataclass(frozen=True)
 class Claim:
-    """A stated claim, the rung it needs and the evidence offered for it.
+    """A stated claim, the rung it needs and the evidence offered for it (``gap``: how far it outruns it).
 
     Args:
         text: the claim in words.
