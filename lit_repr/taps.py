@@ -17,7 +17,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Tap", "resolve_sites", "reduce_features", "Reduction", "first_tensor", "glob_regex", "site_names"]
+__all__ = [
+    "Tap", "resolve_sites", "reduce_features", "Reduction", "first_tensor", "glob_regex", "site_names", "mark_edited",
+    "pre_intervention",
+]
 
 Reduction = Literal["none", "flatten", "mean", "max", "cls"]
 _REDUCTIONS = ("none", "flatten", "mean", "max", "cls")
@@ -123,6 +126,30 @@ def first_tensor(output: Any) -> Tensor:
     raise TypeError(f"cannot find a tensor in module output of type {type(output).__name__}")
 
 
+_PRE_EDIT = "_lit_repr_pre_edit"
+
+
+def mark_edited(edited: Tensor, original: Tensor) -> Tensor:
+    """Remember on ``edited`` (a site's output after an intervention) the value the site computed.
+
+    :func:`lit_repr.interventions.intervene` marks every output it replaces, so a :class:`Tap` with
+    ``record="pre"`` can read what the site computed before the edit. Chained edits keep the first value.
+    """
+    setattr(edited, _PRE_EDIT, getattr(original, _PRE_EDIT, original))
+    return edited
+
+
+def pre_intervention(output: Any) -> Any:
+    """The value a site computed before any intervention replaced it (``output`` itself if none did).
+
+    Example:
+        >>> x = torch.ones(2); y = mark_edited(torch.zeros(2), x)
+        >>> pre_intervention(y) is x, pre_intervention(x) is x
+        (True, True)
+    """
+    return getattr(output, _PRE_EDIT, output) if isinstance(output, Tensor) else output
+
+
 def reduce_features(x: Tensor, reduction: Reduction = "flatten") -> Tensor:
     """Turn a site's output into a ``(batch, features)`` matrix.
 
@@ -174,6 +201,10 @@ class Tap:
             modules whose output is not a tensor or whose interesting tensor is not the first.
         when: ``"always"``, or ``"training"``/``"eval"`` to capture only when the model is in
             that mode.
+        record: under :func:`lit_repr.interventions.intervene`, which value of an edited site to
+            capture: ``"post"`` (default: what the rest of the model receives, the edited value) or
+            ``"pre"`` (what the site computed before the edit). Without an intervention both are
+            the site's output.
 
     Example:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -192,6 +223,7 @@ class Tap:
         dtype: torch.dtype | None = torch.float32,
         output_fn: Callable[[Any], Tensor] | None = None,
         when: Literal["always", "training", "eval"] = "always",
+        record: Literal["post", "pre"] = "post",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -199,6 +231,8 @@ class Tap:
             raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         if when not in ("always", "training", "eval"):
             raise ValueError(f"when must be 'always', 'training' or 'eval', got {when!r}")
+        if record not in ("post", "pre"):
+            raise ValueError(f"record must be 'post' (the edited value) or 'pre' (before the edit), got {record!r}")
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise ValueError(f"dtype must be a torch.dtype (e.g. torch.float32) or None, got {dtype!r}")
         if output_fn is not None and not callable(output_fn):
@@ -209,6 +243,7 @@ class Tap:
         self.dtype = dtype
         self.output_fn = output_fn
         self.when = when
+        self.record = record
         self.enabled = True
         self._store: dict[str, dict[torch.device, list[Tensor]]] = {s: {} for s in self.sites}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -244,6 +279,8 @@ class Tap:
                 return
             if self.when == "eval" and module.training:
                 return
+            if self.record == "pre":
+                output = pre_intervention(output)
             out = self.output_fn(output) if self.output_fn is not None else first_tensor(output)
             if out.ndim == 0:
                 raise ValueError(

@@ -118,6 +118,11 @@ class TapCallback(ReadoutState, Callback):
         ['norm/backbone.0/test/mean_norm', 'norm/backbone.0/val/mean_norm']
     """
 
+    #: rung of the evidence ladder its results stand on (1 association; see lit_repr.interventions.ladder)
+    rung: int = 1
+    #: the method that produces its results, as summaries and ladder reports name it
+    method: str = "readout"
+
     def __init__(
         self,
         sites: str | Sequence[str],

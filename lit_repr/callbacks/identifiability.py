@@ -81,6 +81,8 @@ class IdentifiabilityMetrics(TapCallback):
         ('linear_r2', 'mcc')
     """
 
+    method = "identifiability metrics"
+
     def __init__(
         self,
         sites: str | Sequence[str],
@@ -178,6 +180,8 @@ class RepresentationSimilarity(TapCallback):
         >>> cb.k
         5
     """
+
+    method = "representation similarity"
 
     def __init__(
         self,

@@ -144,6 +144,10 @@ class KernelDistance(Callback):
         (True, True)
     """
 
+    #: rung of the evidence ladder (1 association) and the method, as summaries name them
+    rung = 1
+    method = "kernel distance"
+
     def __init__(
         self,
         probe_batch: Any = None,

@@ -86,6 +86,8 @@ class LinearProbe(TapCallback):
         tensor(True)
     """
 
+    method = "linear probe"
+
     def __init__(
         self,
         sites: str | Sequence[str],

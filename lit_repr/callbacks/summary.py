@@ -40,8 +40,9 @@ MAIN_QUANTITIES = (
     "cka_debiased",
     "mutual_knn",
 )
-# Kept in summary.json but left out of the printed table: per-factor values and fitted penalties.
-_DETAIL = re.compile(r"(_factor\d+|(^|/|_)alpha|_gamma)$")
+# Kept in summary.json but left out of the printed table: per-factor values, fitted penalties and the ends of
+# confidence intervals (the evidence-ladder report shows those).
+_DETAIL = re.compile(r"(_factor\d+|(^|/|_)alpha|_gamma|_ci_low|_ci_high)$")
 
 
 def parse_tag(tag: str) -> dict[str, str] | None:
@@ -197,7 +198,8 @@ class RunSummary(Callback):
     logged values there) and from logged metrics of the ``<callback>/<site>/<target>/<split>/<quantity>``
     shape; the model's own metrics (``val/acc``, ...) follow on an ``other:`` line. ``summary.json`` in
     the logger's directory holds one entry per stage (``"fit"``, ``"validate"``, ``"test"``), each with
-    ``rows``, the full ``scores`` by tag and the ``other`` metrics. Only the global-zero process prints
+    ``rows`` (each with the ``rung`` and ``method`` of the callback that produced it, when it declares them), the
+    full ``scores`` by tag and the ``other`` metrics. Only the global-zero process prints
     and writes. The lit_repr command line adds it to every run.
 
     Args:
@@ -233,11 +235,17 @@ class RunSummary(Callback):
     def summarise(self, trainer: pl.Trainer, stage: str) -> dict[str, Any]:
         """Gather the readouts now; print and write them (global zero only); return the summary."""
         readouts, other = collect_scores(trainer)
+        rows = summary_rows(readouts)
+        ladder = {cb.name: (cb.rung, cb.method) for cb in trainer.callbacks if hasattr(cb, "rung") and
+                  hasattr(cb, "method") and hasattr(cb, "name")}
+        for row in rows:  # each row carries the rung of the evidence ladder it stands on and its method
+            if row["callback"] in ladder:
+                row["rung"], row["method"] = ladder[row["callback"]]
         summary = {
             "stage": stage,
             "epoch": int(trainer.current_epoch),
             "global_step": int(trainer.global_step),
-            "rows": summary_rows(readouts),
+            "rows": rows,
             "scores": readouts,
             "other": other,
         }
