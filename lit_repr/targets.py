@@ -94,14 +94,19 @@ def get_target(batch: Any, spec: TargetSpec, name: str = "target") -> Tensor:
 
 def get_input(batch: Any, spec: TargetSpec | None = None) -> Any:
     """The model input of ``batch``: ``batch[spec]``, or by default ``batch["x"]`` for dicts, position 0
-    for tuples and lists, the batch itself for a tensor.
+    for tuples and lists, the batch itself for a tensor. A callable spec's result is returned as it is:
+    a model may take a dict of tensors (``input_key=lambda batch: batch`` feeds it the whole batch).
 
     Example:
         >>> get_input((torch.ones(2, 3), torch.tensor([1, 0]))).shape
         torch.Size([2, 3])
         >>> get_input({"x": torch.zeros(1, 2), "y": torch.zeros(1)}).shape
         torch.Size([1, 2])
+        >>> sorted(get_input({"input_ids": torch.ones(1, 3), "attention_mask": torch.ones(1, 3)}, lambda b: b))
+        ['attention_mask', 'input_ids']
     """
+    if callable(spec) and not isinstance(spec, (str, int)):
+        return spec(batch)
     if spec is None:
         if isinstance(batch, Tensor):
             return batch

@@ -25,14 +25,34 @@ def _code_blocks(lang: str) -> list[str]:
     return re.findall(rf"```{lang}\n(.*?)```", README, flags=re.S)
 
 
+PLUGINS = sorted(p.parent.relative_to(REPO).as_posix() for p in REPO.glob("plugins/*/pyproject.toml"))
+
+
 def test_the_two_setup_commands_are_what_ci_runs():
+    assert PLUGINS, "plugins/ holds no package"
+    editable = " ".join(f"-e {p}" for p in PLUGINS)  # every plugin, installed beside lit_repr
     bash = _code_blocks("bash")
-    quickstart = "pip install -e . && python -m lit_repr fit --config configs/quickstart.yaml"
-    assert any(b.strip().endswith(quickstart) for b in bash)
-    assert any(b.strip().endswith('pip install -e ".[dev]" && python -m pytest') for b in bash)
+    quickstart = f"pip install -e . {editable} && python -m lit_repr fit --config configs/quickstart.yaml"
+    assert any(b.strip().endswith(quickstart) for b in bash), quickstart
+    install = f'pip install -e ".[dev]" {editable}'
+    assert any(b.strip().endswith(f"{install} && python -m pytest") for b in bash), install
     ci = (REPO / ".ci" / "run").read_text()
-    assert 'pip install -e ".[dev]"' in ci and "python -m pytest" in ci
+    assert [line for line in ci.splitlines() if line.startswith("pip install")] == [install]
+    assert "\npython -m pytest\n" in ci
     assert "--index-url https://download.pytorch.org/whl/cpu" in README  # CPU-only users
+    assert f"pip install -e . {editable}\n" in README
+
+
+def test_the_test_command_collects_every_plugins_tests():
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    assert config["testpaths"] == ["tests", "plugins"]
+    for plugin in PLUGINS:
+        assert list((REPO / plugin / "tests").glob("test_*.py")), plugin
+    core = {p.name for p in (REPO / "tests").rglob("test_*.py")}
+    for plugin in PLUGINS:  # a plugin's test modules have names of their own (clear reports, any import mode)
+        assert not core & {p.name for p in (REPO / plugin).rglob("test_*.py")}, plugin
 
 
 def test_every_tag_has_the_documented_shape():

@@ -5,8 +5,10 @@ loaders of any DataModule in ``prepare_data`` and writes, per split, chunks of `
 source batches as safetensors files, each written to a temporary name then renamed, and a JSON
 manifest rewritten after each chunk: the model's identity (class name, sha256 of its ``state_dict``
 tensors), sites, widths, dtype, rows and a sha256 per chunk. A killed extraction resumes at its last
-complete chunk. ``setup`` verifies every chunk: a missing or altered one is extracted again with a
-warning naming it (``ValueError`` if the model and data are not at hand). A cache of another model,
+complete chunk. Sequence outputs ``(B, T, D)`` become one row per token, with ``doc`` and ``position``;
+padding tokens (``0`` in the batch's ``mask_key``, ``"attention_mask"`` by default) are left out.
+``setup`` verifies every chunk: a missing or altered one is extracted again with a warning naming it
+(``ValueError`` if the model and data are not at hand). A cache of another model,
 other sites or another dtype raises ``ValueError`` unless ``overwrite=True``. Non-finite activations
 raise before their chunk is written. Chunks stream to disk and are read one at a time (a small LRU;
 the training order shuffles chunks, then rows within a chunk), so memory does not grow with the data.
@@ -158,7 +160,7 @@ class ActivationsDataModule(pl.LightningDataModule):
     ``prepare_data`` extracts (or resumes) the cache; ``setup`` verifies it and builds the datasets.
     Batches: ``"x"`` (the first site), every further site under its name, ``"index"`` (row in the
     split) and the source batches' ground truth aligned per row (``"doc"``/``"position"`` for
-    sequence outputs). Give ``model=None, data=None`` to read an existing cache only.
+    sequence outputs, padding tokens left out). Give ``model=None, data=None`` to read an existing cache only.
 
     Args:
         model: the frozen model (any ``nn.Module``); ``None`` to only read an existing cache.
@@ -172,6 +174,10 @@ class ActivationsDataModule(pl.LightningDataModule):
         input_key: where the input sits in a source batch (default ``"x"`` for dicts).
         sequence: treat 3-D outputs ``(B, T, D)`` as token sequences (default ``True``); ``False``
             flattens them per sample.
+        mask_key: the key of a source batch's ``(B, T)`` attention mask (default ``"attention_mask"``):
+            of sequence outputs only the tokens with mask 1 are written (padding is dropped), their
+            ``doc`` and ``position`` those of the token in its document. Batches without this key, and
+            ``None``, keep every token.
         overwrite: replace a cache made by another model, other sites or another dtype.
         seed: seed of the training order.
 
@@ -198,6 +204,7 @@ class ActivationsDataModule(pl.LightningDataModule):
         batch_size: int = 256,
         input_key: TargetSpec | None = None,
         sequence: bool = True,
+        mask_key: str | None = "attention_mask",
         overwrite: bool = False,
         seed: int = 0,
     ) -> None:
@@ -218,6 +225,9 @@ class ActivationsDataModule(pl.LightningDataModule):
         self.batch_size = check_int("batch_size", batch_size)
         self.input_key = input_key
         self.sequence = check_bool("sequence", sequence)
+        if mask_key is not None and not isinstance(mask_key, str):
+            raise ValueError(f"mask_key must be a batch key (str) or None, got {mask_key!r}")
+        self.mask_key = mask_key
         self.overwrite = check_bool("overwrite", overwrite)
         self.seed = check_int("seed", seed, low=0)
         self.datasets: dict[str, ChunkedActivationsDataset] = {}
@@ -230,7 +240,8 @@ class ActivationsDataModule(pl.LightningDataModule):
 
     def _header(self) -> dict[str, Any]:
         return {"format": _FORMAT, "model": model_identity(self.model), "sites": self.sites,
-                "dtype": str(self.dtype).replace("torch.", ""), "batches_per_chunk": self.batches_per_chunk}
+                "dtype": str(self.dtype).replace("torch.", ""), "batches_per_chunk": self.batches_per_chunk,
+                "mask_key": self.mask_key}
 
     def _read_manifest(self) -> dict[str, Any] | None:
         if not self.manifest_path.exists():
@@ -257,7 +268,7 @@ class ActivationsDataModule(pl.LightningDataModule):
         header = self._header()
         found = self._read_manifest()
         if found is not None:
-            mine = {k: header[k] for k in ("model", "sites", "dtype", "batches_per_chunk")}
+            mine = {k: header[k] for k in ("model", "sites", "dtype", "batches_per_chunk", "mask_key")}
             theirs = {k: found.get(k) for k in mine}
             if mine != theirs:
                 if not self.overwrite:
@@ -286,12 +297,15 @@ class ActivationsDataModule(pl.LightningDataModule):
         b = first.shape[0]
         seq = self.sequence and first.ndim == 3
         t = first.shape[1] if seq else 1
+        keep = self._kept_tokens(batch, b, t) if seq else None  # (B*T,) bool, or None: every row
         for site in self.sites:
             f = feats[site]
             if f.shape[0] != b or (seq and (f.ndim != 3 or f.shape[1] != t)):
                 raise ValueError(f"sites must give one row per sample (and token); {self.sites[0]!r} gives "
                                  f"{tuple(first.shape)}, {site!r} gives {tuple(f.shape)}")
             f = f.reshape(b * t, -1) if seq else f.reshape(b, -1)
+            if keep is not None:
+                f = f[keep]
             if not torch.isfinite(f).all():
                 raise ValueError(f"activations at site {site!r} are not finite (NaN or inf); nothing is "
                                  f"written for this chunk")
@@ -303,14 +317,33 @@ class ActivationsDataModule(pl.LightningDataModule):
         for k, v in gt.items():
             if k == x_key or not isinstance(v, Tensor) or v.ndim == 0 or v.shape[0] != b:
                 continue
+            if keep is not None and k == self.mask_key:  # every written token has mask 1
+                continue
             v = v.detach().cpu()
             if seq:  # per-token ground truth (B, T, ...) is flattened like the activations, per-sample repeated
                 v = v.flatten(0, 1) if v.ndim >= 2 and v.shape[1] == t else v.repeat_interleave(t, 0)
+                v = v[keep] if keep is not None else v
             out[_KEY + k] = v.contiguous()
-        out[_KEY + "doc"] = doc.cpu().repeat_interleave(t)
+        doc = doc.cpu().repeat_interleave(t)
+        out[_KEY + "doc"] = doc[keep] if keep is not None else doc
         if seq:
-            out[_KEY + "position"] = torch.arange(t).repeat(b)
+            position = torch.arange(t).repeat(b)
+            out[_KEY + "position"] = position[keep] if keep is not None else position
         return out
+
+    def _kept_tokens(self, batch: Any, b: int, t: int) -> Tensor | None:
+        """The tokens to write, flat ``(B*T,)``: those where the batch's mask is 1; ``None`` keeps all."""
+        if self.mask_key is None or not isinstance(batch, dict) or self.mask_key not in batch:
+            return None
+        mask = torch.as_tensor(batch[self.mask_key]).detach().cpu()
+        if mask.shape != (b, t):
+            raise ValueError(f"the batch's {self.mask_key!r} (mask_key) must have the shape (batch, tokens) = "
+                             f"{(b, t)} of the sequence outputs, got {tuple(mask.shape)}; pass mask_key=None to "
+                             f"keep every token")
+        if not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"the batch's {self.mask_key!r} (mask_key) must hold 0 (padding) and 1 (token), got "
+                             f"values {torch.unique(mask).tolist()[:10]}")
+        return mask.reshape(b * t).bool()
 
     def _extract_split(self, split: str, loader: Any, only: set[int] | None = None) -> None:
         """Compute the chunks of ``split`` that are missing (or those in ``only``), chunk by chunk."""

@@ -15,7 +15,8 @@ split stands in for another (without ``val``, ``fit`` skips validation and says 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -128,6 +129,9 @@ class ArrayDataModule(pl.LightningDataModule):
     ``val`` split skips validation during ``fit`` (with a warning); a missing ``test`` split makes
     :meth:`test_dataloader` and :meth:`predict_dataloader` raise ``ValueError``.
 
+    A subclass may set the class attribute ``collate_fn`` (a function of the list of sample dicts, as
+    in ``DataLoader``) to build its batches; ``None`` (default) stacks them.
+
     Args:
         batch_size: samples per batch for every loader.
         num_workers: DataLoader worker processes (0 loads in the main process).
@@ -143,6 +147,8 @@ class ArrayDataModule(pl.LightningDataModule):
         >>> next(iter(dm.train_dataloader()))["x"].shape
         torch.Size([4, 2])
     """
+
+    collate_fn: Callable[[list[dict[str, Tensor]]], Any] | None = None
 
     def __init__(
         self,
@@ -196,6 +202,7 @@ class ArrayDataModule(pl.LightningDataModule):
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,
+            collate_fn=type(self).collate_fn,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -192,6 +192,84 @@ def test_sequence_outputs_are_flattened_with_doc_and_position(tmp_path):
     assert torch.equal(rows["x"], ref)
 
 
+class PaddedTokens(ArrayDataModule):
+    """Token sequences of lengths 1..5 padded to 5, with an attention mask; ids of padding are 0."""
+
+    def build_splits(self):
+        g = torch.Generator().manual_seed(0)
+        lengths = torch.tensor([3, 5, 1, 4, 2, 5, 2])
+        mask = (torch.arange(5) < lengths[:, None]).long()
+        ids = torch.randint(1, 10, (7, 5), generator=g) * mask
+        return {"train": {"input_ids": ids, "attention_mask": mask, "y": torch.arange(7) % 3, "tags": ids % 4}}
+
+
+class MaskedLM(nn.Module):
+    """Reads a dict batch; every padding token's output is NaN, so a written padding row cannot go unseen."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.mix = nn.Embedding(10, 4), nn.Linear(4, 4)
+
+    def forward(self, batch):
+        h = self.mix(self.emb(batch["input_ids"]))
+        return h, h.masked_fill(batch["attention_mask"][..., None] == 0, float("nan"))
+
+
+class Padded(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lm, self.out = MaskedLM(), nn.Identity()
+
+    def forward(self, batch):
+        return self.out(self.lm(batch)[1])
+
+
+def test_sequence_outputs_drop_padding_tokens(tmp_path):
+    torch.manual_seed(0)
+    lm, src = Padded(), PaddedTokens(batch_size=3)
+    dm = ActivationsDataModule(lm, ["out"], src, cache_dir=tmp_path / "a", input_key=lambda b: b)
+    dm.prepare_data(), dm.setup()
+    rows = all_rows(dm)
+    data = src.datasets["train"].tensors
+    mask = data["attention_mask"].bool()
+    n = int(mask.sum())
+    assert n == 22 and rows["x"].shape == (n, 4) and torch.isfinite(rows["x"]).all()
+    docs, positions = mask.nonzero(as_tuple=True)  # row-major: document by document, token by token
+    assert torch.equal(rows["doc"], docs) and torch.equal(rows["position"], positions)
+    assert torch.equal(rows["input_ids"], data["input_ids"][mask]) and (rows["input_ids"] > 0).all()
+    assert torch.equal(rows["tags"], data["tags"][mask]) and torch.equal(rows["y"], data["y"][docs])
+    assert "attention_mask" not in rows
+    with torch.no_grad():
+        ref = lm.lm.mix(lm.lm.emb(data["input_ids"]))[mask]
+    assert torch.equal(rows["x"], ref)
+    # mask_key=None keeps every token (here the NaN of padding tokens, which raises before writing)
+    with pytest.raises(ValueError, match="not finite"):
+        ActivationsDataModule(lm, ["out"], src, cache_dir=tmp_path / "b", input_key=lambda b: b,
+                              mask_key=None).prepare_data()
+    assert not list((tmp_path / "b").glob("*.safetensors"))
+    keep_all = ActivationsDataModule(lm, ["lm"], src, cache_dir=tmp_path / "c", input_key=lambda b: b, mask_key=None)
+    keep_all.prepare_data(), keep_all.setup()
+    assert len(keep_all.datasets["train"]) == 35
+
+
+def test_a_mask_of_the_wrong_shape_or_values_raises(tmp_path):
+    class Odd(PaddedTokens):
+        def build_splits(self):
+            split = super().build_splits()["train"]
+            return {"train": {**split, "attention_mask": self.bad(split["attention_mask"])}}
+
+    for name, bad, match in [("shape", lambda m: m[:, :4], r"shape \(batch, tokens\) = \(3, 5\)"),
+                             ("values", lambda m: m * 2, "must hold 0 .padding. and 1")]:
+        src = Odd(batch_size=3)
+        src.bad = bad
+        with pytest.raises(ValueError, match=match):
+            ActivationsDataModule(TinyLM(), ["mix"], src, cache_dir=tmp_path / name,
+                                  input_key="input_ids").prepare_data()
+        assert not list((tmp_path / name).glob("*.safetensors")), name
+    with pytest.raises(ValueError, match="mask_key must be a batch key"):
+        ActivationsDataModule(Padded(), ["lm"], PaddedTokens(), cache_dir=tmp_path, mask_key=3)
+
+
 def test_non_finite_activations_raise_before_writing(tmp_path):
     net = make_net()
     with torch.no_grad():

@@ -125,3 +125,18 @@ def test_split_indices_are_disjoint_and_cover():
     parts = split_indices(20, (0.25, 0.25), seed=1)
     assert [len(p) for p in parts] == [5, 5, 10]
     assert sorted(int(i) for p in parts for i in p) == list(range(20))
+
+
+def test_a_subclass_collate_fn_builds_every_loaders_batches():
+    def count_items(items):
+        batch = torch.utils.data.default_collate(items)
+        batch["size"] = torch.tensor(len(items))
+        return batch
+
+    class Collated(Splits):
+        collate_fn = staticmethod(count_items)
+
+    dm = Collated(("train", "val"))
+    loaders = [dm.train_dataloader(), dm.val_dataloader(), *dm.probe_dataloaders().values()]
+    assert all("size" in next(iter(loader)) for loader in loaders)
+    assert "size" not in next(iter(Splits(("train",)).train_dataloader()))
