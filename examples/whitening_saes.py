@@ -192,7 +192,7 @@ def split_arrays(dm: Any, split: str, batch_size: int = 1024) -> dict[str, torch
 NOT_TARGETS = {"x", "index", "doc", "position", "input_ids", "attention_mask", "token_type_ids"}
 
 
-def run_text(layer: int = 3, token_level: bool = False, num_latents: int = 1536, k: int = 32, l1: float = 0.3,
+def run_text(layer: int = 3, token_level: bool = True, num_latents: int = 1536, k: int = 32, l1: float = 0.3,
              steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, probe_k: int = 8, seeds: int = 1,
              cache_dir: str | None = None, data_args: dict | None = None,
              verbose: bool = True) -> dict[tuple[str, str], list[dict]] | None:
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--part", choices=["all", "synthetic", "text"], default="all")
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--layer", type=int, default=3, help="MiniLM layer (0-5)")
-    parser.add_argument("--token-level", action="store_true", help="SAE on token activations, not pooled ones")
+    parser.add_argument("--pooled", action="store_true", help="SAE on mean-pooled activations, not token ones")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     out: dict[str, Any] = {}
@@ -306,11 +306,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(summary(res, "code_mcc") + "; " + summary(res, "fve"))
         out["synthetic"] = res
     if args.part in ("all", "text"):
-        kw = dict(steps=100, num_latents=384, seeds=1) if args.quick else dict(seeds=args.seeds or 1)
-        res = run_text(layer=args.layer, token_level=args.token_level, **kw)
+        kw = dict(steps=100, num_latents=384, seeds=1, data_args={"num_texts": 600, "max_length": 48}) \
+            if args.quick else dict(seeds=args.seeds or 1)
+        res = run_text(layer=args.layer, token_level=not args.pooled, **kw)
         if res is not None:
-            print(f"\n(b) MiniLM layer {args.layer} ({'tokens' if args.token_level else 'mean-pooled'}), "
-                  f"{kw['seeds']} seed(s), held-out documents")
+            rows = "mean-pooled" if args.pooled else "tokens; codes averaged per document for probing"
+            print(f"\n(b) MiniLM layer {args.layer} ({rows}), {kw['seeds']} seed(s), held-out documents")
             print(format_text(res))
             print(summary(res, "fve"))
         out["text"] = res
