@@ -192,8 +192,8 @@ def split_arrays(dm: Any, split: str, batch_size: int = 1024) -> dict[str, torch
 NOT_TARGETS = {"x", "index", "doc", "position", "input_ids", "attention_mask", "token_type_ids"}
 
 
-def run_text(layer: int = 3, token_level: bool = True, num_latents: int = 1536, k: int = 32, l1: float = 0.3,
-             steps: int = 3000, batch_size: int = 256, lr: float = 1e-3, probe_k: int = 8, seeds: int = 1,
+def run_text(layer: int = 3, token_level: bool = True, num_latents: int = 1024, k: int = 32, l1: float = 3.0,
+             steps: int = 2000, batch_size: int = 256, lr: float = 1e-3, probe_k: int = 8, seeds: int = 1,
              cache_dir: str | None = None, data_args: dict | None = None,
              verbose: bool = True) -> dict[tuple[str, str], list[dict]] | None:
     """``{(variant, condition): [metrics per seed]}`` on MiniLM activations, or ``None`` without the plugin.
