@@ -12,10 +12,18 @@
 
 Every timed part runs on one thread (``torch.set_num_threads(1)``).
 
-Measured on a shared 2-core CPU (peak-RSS part; width 512, float32): 10,000 rows (19.5 MB cache) peak RSS
-796.7 MB, 100,000 rows (195.3 MB cache) peak RSS 802.9 MB: ratio 1.01 (about 775 MB of it is the
-imports). Extraction times varied with the machine's load (2-24 s for the larger source).
-"""
+Measured on a shared, heavily loaded 2-core CPU (defaults, 25 Nov 2026)::
+
+    frozen model: 4-layer MLP 256 -> 1024 (ReLU), 8192 rows, batch 256, 1 thread
+    extraction   plain loop (no cache)      1058 rows/s   ActivationsDataModule      1007 rows/s   ratio cache/plain 0.95
+    SAE epoch    from the cache   18.09 s   frozen model live   28.00 s   ratio live/cache 1.55 (TopK SAE 1024 -> 2048, k=32)
+    rows    10000  cache    19.5 MB  peak RSS  1063.0 MB (after imports 1063.0 MB)  extract  16.52 s  read   0.96 s
+    rows   100000  cache   195.3 MB  peak RSS  1063.0 MB (after imports 1063.0 MB)  extract 196.26 s  read  18.73 s
+    10x the rows: peak RSS ratio 1.00 (growth above imports 0.00x)
+
+Caching costs about 5% of extraction throughput (Tap, safetensors, sha256); every later epoch then skips
+the frozen model. Absolute times varied several-fold with the machine's load; the ratios less so.
+"""  # noqa: E501
 
 import argparse
 import json
