@@ -82,7 +82,7 @@ def reconstruction(sae: SparseAutoencoder, x: torch.Tensor, batch_size: int = 40
 # ---------------------------------------------------------------------- (a) synthetic
 def run_synthetic(seeds: int = 3, num_features: int = 32, in_features: int = 16, num_active: int = 3,
                   correlation: float = 0.6, mixing_condition: float = 30.0, num_train: int = 8192,
-                  num_test: int = 4096, steps: int = 3000, batch_size: int = 256, l1: float = 0.1,
+                  num_test: int = 4096, steps: int = 3000, batch_size: int = 256, l1: float = 1.0,
                   lr: float = 3e-3, verbose: bool = True) -> dict[tuple[str, str], list[dict]]:
     """``{(variant, condition): [metrics per seed]}`` on correlated, anisotropically mixed sparse data."""
     results: dict[tuple[str, str], list[dict]] = {}

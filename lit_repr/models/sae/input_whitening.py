@@ -20,11 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from lit_repr.metrics.sae import FractionOfVarianceExplained
 from lit_repr.models.whitening import PCAWhitening
 
-__all__ = ["LOSS_SPACES", "check_whitening", "whitening_from_state_dict", "input_space_atoms"]
+__all__ = ["LOSS_SPACES", "WhitenedInputs", "check_whitening", "whitening_from_state_dict", "input_space_atoms"]
 
 #: where the reconstruction loss of a whitened sparse autoencoder is measured
 LOSS_SPACES = ("whitened", "original")
@@ -91,3 +92,67 @@ def input_space_atoms(W_dec: Tensor, whitening: PCAWhitening | None) -> Tensor:
         return W_dec
     m = whitening.inverse_matrix.to(W_dec.device)
     return (W_dec.to(m.dtype) @ m.T).to(W_dec.dtype)
+
+
+class WhitenedInputs(nn.Module):
+    """The input-whitening part of :class:`~lit_repr.models.sae.SparseAutoencoder` (a base class).
+
+    It owns the submodule ``whitening`` (``None`` or a fitted :class:`PCAWhitening`): setting it checks
+    it (:func:`check_whitening`, against ``in_features``) before anything changes and creates the
+    original-space FVE metrics (``original_fve``); loading a ``state_dict`` that holds a whitening
+    installs it. The class using it defines ``in_features``, ``W_dec`` and ``_prepare_input`` (which
+    checks inputs of width :attr:`input_features`), and calls :meth:`_init_whitening` in ``__init__``.
+
+    Example:
+        >>> import torch
+        >>> from lit_repr.models.sae import SparseAutoencoder
+        >>> sae = SparseAutoencoder(3, 6)
+        >>> sae.whitening = PCAWhitening.from_data(torch.randn(50, 3))
+        >>> sae.input_features, sorted(sae.original_fve)
+        (3, ['test_fve', 'train_fve', 'val_fve'])
+    """
+
+    in_features: int
+    W_dec: Tensor
+
+    def _init_whitening(self, whitening: PCAWhitening | None) -> None:
+        #: FVE in the original space per stage (with a whitening; the SAE's own FVE is the whitened space's)
+        self.original_fve = nn.ModuleDict()
+        self.register_module("whitening", None)
+        self.whitening = whitening
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "whitening":  # every way a whitening arrives (argument, callback, checkpoint) passes here
+            check_whitening(value, self.in_features)
+            super().__setattr__(name, value)
+            stages = ("train", "val", "test") if value is not None else ()
+            self.original_fve = nn.ModuleDict(
+                {f"{s}_fve": FractionOfVarianceExplained(value.in_features) for s in stages}
+            ).to(self.W_dec.device)
+            return
+        super().__setattr__(name, value)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; a ``state_dict`` holding a whitening installs it first if none is set."""
+        if self.whitening is None:
+            whitening = whitening_from_state_dict(state_dict)
+            if whitening is not None:
+                self.whitening = whitening.to(self.W_dec.device)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def input_features(self) -> int:
+        """Width of the inputs: ``whitening.in_features`` with a whitening, else ``in_features``."""
+        return self.whitening.in_features if self.whitening is not None else self.in_features
+
+    def input_space_atoms(self) -> Tensor:
+        """The atoms as directions of the input space (``W_dec`` itself without whitening)."""
+        return input_space_atoms(self.W_dec, self.whitening)
+
+    def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The checked input and what the dictionary reads: its whitening (or the input itself)."""
+        x = self._prepare_input(x)
+        return x, (self.whitening(x) if self.whitening is not None else x)
+
+    def _to_input_space(self, recon: Tensor) -> Tensor:
+        return self.whitening.inverse(recon) if self.whitening is not None else recon

@@ -1,8 +1,8 @@
 """The sparse autoencoder LightningModule: a unit-norm dictionary, a swappable encoder, a named variant.
 
-(About 470 lines, a little over the project's ~450: the Lightning hooks and the public ``train_step``
-share the atom constraint and the counters, so they stay in one class; kernels, variants and
-figures live in their own modules.)
+(About 540 lines, over the project's ~450: the Lightning hooks and the public ``train_step`` share
+the atom constraint and the counters, so they stay in one class; kernels, variants, figures and the
+input whitening (:class:`~lit_repr.models.sae.input_whitening.WhitenedInputs`) live in their own modules.)
 
 ``x ≈ x̂ = b_dec + s·W_dec``: the dictionary ``W_dec`` (``(num_latents, in_features)``) has unit-norm
 rows (atoms), restored after every optimizer step (``atom_norm``):
@@ -49,12 +49,7 @@ from lit_repr.metrics.mcc import MeanCorrelationCoefficient, mean_correlation_co
 from lit_repr.metrics.sae import FiringFrequency, FractionOfVarianceExplained, MeanL0
 from lit_repr.models.encoders import SparseEncoder, build_encoder
 from lit_repr.models.sae.figures import atom_figure, log_atom_figure, log_firing_histogram
-from lit_repr.models.sae.input_whitening import (
-    LOSS_SPACES,
-    check_whitening,
-    input_space_atoms,
-    whitening_from_state_dict,
-)
+from lit_repr.models.sae.input_whitening import LOSS_SPACES, WhitenedInputs, check_whitening
 from lit_repr.models.sae.kernels import geometric_median, sparse_decode, topk_encode
 from lit_repr.models.sae.variants import SAEVariant, _check, build_variant
 from lit_repr.models.whitening import PCAWhitening
@@ -67,7 +62,7 @@ _BIAS_INITS = ("geometric_median", "mean", "zeros")
 _OUTPUTS = ("codes", "recon", "pre", "support")  # what compute_losses returns beside the losses
 
 
-class SparseAutoencoder(pl.LightningModule):
+class SparseAutoencoder(WhitenedInputs, pl.LightningModule):
     """A sparse autoencoder with a unit-norm dictionary, a swappable encoder and a named variant.
 
     Tappable sites: ``"latents"`` (the codes), ``"encoder"`` (pre-activations). Logs
@@ -220,39 +215,7 @@ class SparseAutoencoder(pl.LightningModule):
         #: code MCC per evaluation stage, created at the first batch with true codes (their width is the data's)
         self.code_mcc = nn.ModuleDict()
         self.loss_space = loss_space
-        #: FVE in the original space per stage (with a whitening: ``stat_metrics`` FVE is the whitened space's)
-        self.original_fve = nn.ModuleDict()
-        self.register_module("whitening", None)
-        self.whitening = whitening
-
-    # ------------------------------------------------------------------ whitening
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name == "whitening":  # every way a whitening arrives (argument, callback, checkpoint) passes here
-            check_whitening(value, self.in_features)
-            super().__setattr__(name, value)
-            stages = ("train", "val", "test") if value is not None else ()
-            self.original_fve = nn.ModuleDict(
-                {f"{s}_fve": FractionOfVarianceExplained(value.in_features) for s in stages}
-            ).to(self.W_dec.device)
-            return
-        super().__setattr__(name, value)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """``nn.Module.load_state_dict``; a ``state_dict`` holding a whitening installs it first if none is set."""
-        if self.whitening is None:
-            whitening = whitening_from_state_dict(state_dict)
-            if whitening is not None:
-                self.whitening = whitening.to(self.W_dec.device)
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
-
-    @property
-    def input_features(self) -> int:
-        """Width of the inputs: ``whitening.in_features`` with a whitening, else ``in_features``."""
-        return self.whitening.in_features if self.whitening is not None else self.in_features
-
-    def input_space_atoms(self) -> Tensor:
-        """The atoms as directions of the input space (``W_dec`` itself without whitening)."""
-        return input_space_atoms(self.W_dec, self.whitening)
+        self._init_whitening(whitening)
 
     # ------------------------------------------------------------------ model
     def swap_encoder(self, encoder: SparseEncoder | str) -> SparseEncoder:
@@ -279,13 +242,6 @@ class SparseAutoencoder(pl.LightningModule):
             raise ValueError(f"input contains {n_bad} non-finite values (NaN or inf) out of {x.numel()}")
         return x
 
-    def _inputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """The checked input and what the dictionary reads: its whitening (or the input itself)."""
-        x = self._prepare_input(x)
-        return x, (self.whitening(x) if self.whitening is not None else x)
-
-    def _to_input_space(self, recon: Tensor) -> Tensor:
-        return self.whitening.inverse(recon) if self.whitening is not None else recon
 
     def uses_sparse_kernels(self) -> bool:
         """Whether encoding and decoding run the sparse TopK kernels (see ``sparse_kernels``)."""
