@@ -7,7 +7,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -44,17 +44,21 @@ class Whitening(Callback):
     ``num_batches`` training batches and set it as ``pl_module.whitening``.
 
     The model must have a settable attribute ``whitening`` (``None`` or a module) that its forward
-    applies to the input. Reading the batches leaves every random state (torch, numpy, Python) as it
-    was, so a run with this callback draws the same batches as one without. Under DDP each process
+    applies to the input; :class:`~lit_repr.models.sae.SparseAutoencoder` has one (it checks the
+    width, and saves the whitening in its own ``state_dict``). Reading the batches leaves every random
+    state (torch, numpy, Python) as it was, so a run with this callback draws the same batches as one
+    without. Under DDP each process
     reads its own first batches and the moments are summed over processes
     (:class:`~lit_repr.metrics.covariance.CovarianceMoments`), so every process installs the same
     whitening. Logs ``whitening/identity_deviation`` (``max |C_white − I|`` on the fitting data) and
     an eigenvalue-spectrum figure to TensorBoard loggers. The fitted whitening is kept in the
-    callback's checkpoint state, so a resumed run installs it again without refitting.
+    callback's checkpoint state, so a resumed run installs it again without refitting. A model that
+    already has a whitening when fitting starts and no saved state to restore (e.g. one loaded with
+    ``load_from_checkpoint``) keeps its own, with a warning.
 
-    The whitening is installed at ``on_train_start``, after Lightning's validation sanity check:
-    that check sees the model without it (pass ``num_sanity_val_steps=0`` to the Trainer when the
-    model cannot run without whitening, e.g. with ``out_features`` below the input width).
+    The whitening is fitted and installed at ``on_fit_start``, before Lightning's validation sanity
+    check, so the sanity check and every step see the whitened model (this sets up the training
+    loader a little earlier than Lightning would, through ``trainer.fit_loop.setup_data()``).
 
     Args:
         num_batches: training batches to fit on (positive int).
@@ -113,15 +117,16 @@ class Whitening(Callback):
     @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._check_model(pl_module)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_model(pl_module)
         if self._loaded is not None:
-            w = PCAWhitening(int(self._loaded["in_features"]), self.kind, self.eps, self.out_features)
-            w.load_state_dict(self._loaded["state"])
+            w = PCAWhitening.from_state_dict(self._loaded["state"])
             self._loaded = None
+        elif getattr(pl_module, "whitening", None) is not None:
+            rank_zero_warn(f"Whitening: {type(pl_module).__name__} already has a whitening and this callback has no "
+                           "saved state to restore; the model keeps its own and nothing is fitted")
+            self.whitening = pl_module.whitening
+            return
         else:
+            trainer.fit_loop.setup_data()  # the training loader, before the sanity check (Lightning reuses it)
             w = self._fit(trainer, pl_module)
         self._install(pl_module, w)
 
@@ -155,7 +160,7 @@ class Whitening(Callback):
     def _install(self, pl_module: pl.LightningModule, w: PCAWhitening) -> None:
         w = w.to(pl_module.device)
         try:
-            pl_module.whitening = w
+            pl_module.whitening = w  # a SparseAutoencoder checks the width here, before anything changes
         except (AttributeError, TypeError) as err:
             raise ValueError(
                 f"Whitening needs a settable attribute 'whitening' on {type(pl_module).__name__}; setting it failed: "
@@ -175,8 +180,7 @@ class Whitening(Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.whitening is None:
             return {}
-        return {"in_features": self.whitening.in_features,
-                "state": {k: v.cpu() for k, v in self.whitening.state_dict().items()},
+        return {"state": {k: v.cpu() for k, v in self.whitening.state_dict().items()},
                 "identity_deviation": self.identity_deviation}
 
     @override

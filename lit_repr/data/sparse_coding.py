@@ -10,11 +10,16 @@ The generative process (as in the amortisation-gap study of O'Neill, Gumran & Kl
    ``correlation > 0`` makes the Gumbel perturbations of features in the same group of
    ``group_size`` jointly Gaussian (copula) with that correlation, so they tend to fire together;
 3. active magnitudes are ``|N(0, 1)|``;
-4. ``x = s·D``, optionally plus isotropic Gaussian noise.
+4. ``x = s·D``, optionally plus isotropic Gaussian noise;
+5. ``mixing_condition > 1``: an anisotropic linear mixing ``A = U diag(σ) Vᵀ`` (random orthogonal
+   ``U``, ``V``; singular values log-spaced from 1 down to ``1 / mixing_condition``, so
+   ``cond(A) = mixing_condition``) is applied, ``x ← x·A``: some directions of the observations are
+   stretched, others squashed (the setting in which whitening the inputs of an SAE matters).
 
 Batches are ``{"x": (B, M), "codes": (B, N), "index": (B,)}``. The dictionary is not repeated in
-every sample: it is the DataModule attribute :attr:`SparseCodingDataModule.dictionary` (``(N, M)``),
-which :class:`~lit_repr.models.sae.SparseAutoencoder` reads through its ``true_dictionary()`` hook.
+every sample: it is the DataModule attribute :attr:`SparseCodingDataModule.dictionary` (``(N, M)``,
+the atoms as they appear in ``x``: ``D·A`` with a mixing), which
+:class:`~lit_repr.models.sae.SparseAutoencoder` reads through its ``true_dictionary()`` hook.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from torch import Tensor
 from lit_repr.checks import check_int, check_number
 from lit_repr.data.base import ArrayDataModule
 
-__all__ = ["SparseCodingDataModule", "sample_sparse_codes", "random_dictionary"]
+__all__ = ["SparseCodingDataModule", "sample_sparse_codes", "random_dictionary", "anisotropic_mixing"]
 
 
 def random_dictionary(num_features: int, in_features: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,6 +47,22 @@ def random_dictionary(num_features: int, in_features: int, rng: np.random.Genera
     """
     D = rng.standard_normal((num_features, in_features))
     return D / np.linalg.norm(D, axis=1, keepdims=True)
+
+
+def anisotropic_mixing(in_features: int, condition: float, rng: np.random.Generator) -> np.ndarray:
+    """``(in_features, in_features)`` matrix ``U diag(σ) Vᵀ``: random orthogonal ``U``, ``V`` and singular
+    values log-spaced from 1 to ``1 / condition`` (its condition number is ``condition``).
+
+    Example:
+        >>> A = anisotropic_mixing(4, 100.0, np.random.default_rng(0))
+        >>> round(float(np.linalg.cond(A)), 6)
+        100.0
+    """
+    check_number("condition", condition, low=1)
+    u, _ = np.linalg.qr(rng.standard_normal((in_features, in_features)))
+    v, _ = np.linalg.qr(rng.standard_normal((in_features, in_features)))
+    sigma = np.logspace(0, -np.log10(condition), in_features)
+    return (u * sigma) @ v.T
 
 
 def sample_sparse_codes(
@@ -102,6 +123,8 @@ class SparseCodingDataModule(ArrayDataModule):
         correlation: within-group correlation of feature selection, in ``[0, 1)``.
         group_size: features per correlated group.
         noise_std: standard deviation of additive Gaussian noise on ``x``.
+        mixing_condition: condition number (``>= 1``) of an anisotropic linear mixing applied to ``x``
+            after the noise; ``1`` (default): no mixing.
         batch_size: samples per batch.
         num_workers: DataLoader workers.
         seed: seed of the codes (and of the dictionary unless ``dictionary_seed`` is given).
@@ -127,6 +150,7 @@ class SparseCodingDataModule(ArrayDataModule):
         correlation: float = 0.0,
         group_size: int = 4,
         noise_std: float = 0.0,
+        mixing_condition: float = 1.0,
         batch_size: int = 128,
         num_workers: int = 0,
         seed: int = 0,
@@ -144,6 +168,7 @@ class SparseCodingDataModule(ArrayDataModule):
         check_number("zipf_exponent", zipf_exponent, low=0)
         check_number("correlation", correlation, low=0, high=1, high_open=True)
         check_number("noise_std", noise_std, low=0)
+        check_number("mixing_condition", mixing_condition, low=1)
         if dictionary_seed is not None:
             check_int("dictionary_seed", dictionary_seed, low=0)
         self.save_hyperparameters()
@@ -151,12 +176,19 @@ class SparseCodingDataModule(ArrayDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.zipf_exponent, self.correlation, self.group_size = zipf_exponent, correlation, group_size
         self.noise_std = noise_std
+        self.mixing_condition = float(mixing_condition)
         self.dictionary_seed = dictionary_seed
-        rng = np.random.default_rng([seed if dictionary_seed is None else dictionary_seed, 1])
-        #: the true dictionary, ``(num_features, in_features)`` unit-norm rows
-        self.dictionary: Tensor = torch.as_tensor(
-            random_dictionary(num_features, in_features, rng), dtype=torch.float32
-        )
+        dseed = seed if dictionary_seed is None else dictionary_seed
+        atoms = random_dictionary(num_features, in_features, np.random.default_rng([dseed, 1]))
+        #: the mixing ``A`` (``(in_features, in_features)``; ``None`` when ``mixing_condition == 1``)
+        self.mixing: Tensor | None = None
+        if mixing_condition > 1:
+            mix = anisotropic_mixing(in_features, mixing_condition, np.random.default_rng([dseed, 3]))
+            self.mixing = torch.as_tensor(mix, dtype=torch.float64)
+            atoms = atoms @ mix
+        #: the true dictionary as the atoms appear in ``x``, ``(num_features, in_features)``: unit-norm
+        #: rows without mixing, ``D·A`` with one
+        self.dictionary: Tensor = torch.as_tensor(atoms, dtype=torch.float32)
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         rng = np.random.default_rng([self.seed, 2])
@@ -169,7 +201,8 @@ class SparseCodingDataModule(ArrayDataModule):
                                     self.group_size)  # fmt: skip
             x = s @ D
             if self.noise_std > 0:
-                x = x + self.noise_std * rng.standard_normal(x.shape)
+                noise = self.noise_std * rng.standard_normal(x.shape)
+                x = x + (noise @ self.mixing.numpy() if self.mixing is not None else noise)
             out[split] = {
                 "x": torch.as_tensor(x, dtype=torch.float32),
                 "codes": torch.as_tensor(s, dtype=torch.float32),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -32,8 +32,9 @@ WHITENING_KINDS = ("pca", "zca")
 class PCAWhitening(nn.Module):
     """PCA or ZCA whitening ``x ↦ W (x − μ)`` with an exact inverse, fitted from streamed moments.
 
-    The buffers ``mean`` (``(D,)``), ``eigenvalues`` (``(D,)``, descending) and ``eigenvectors``
-    (``(D, D)``, one per column) are float64 and travel in ``state_dict``. The output has the input's
+    The buffers ``mean`` (``(D,)``), ``eigenvalues`` (``(D,)``, descending), ``eigenvectors``
+    (``(D, D)``, one per column) and ``config`` (the arguments, so that :meth:`from_state_dict` rebuilds
+    the module) are float64 and travel in ``state_dict``. The output has the input's
     dtype. :meth:`fit` takes a :class:`~lit_repr.metrics.covariance.CovarianceMoments` (under DDP its
     states are summed over processes, so every process fits the same whitening) or a data tensor;
     :meth:`from_data` builds and fits in one call.
@@ -68,6 +69,7 @@ class PCAWhitening(nn.Module):
     eigenvalues: Tensor
     eigenvectors: Tensor
     fitted: Tensor
+    config: Tensor
 
     def __init__(
         self,
@@ -101,6 +103,44 @@ class PCAWhitening(nn.Module):
         self.register_buffer("eigenvalues", torch.ones(in_features, dtype=f64))
         self.register_buffer("eigenvectors", torch.eye(in_features, dtype=f64))
         self.register_buffer("fitted", torch.tensor(False))
+        #: ``[in_features, out_features, kind (index in WHITENING_KINDS), eps]``: the state_dict rebuilds the module
+        self.register_buffer("config", self._config())
+
+    def _config(self) -> Tensor:
+        return torch.tensor([self.in_features, self.out_features, WHITENING_KINDS.index(self.kind), self.eps],
+                            dtype=torch.float64)
+
+    @staticmethod
+    def _describe(config: Tensor) -> str:
+        d, k, kind, eps = config.tolist()
+        return f"in_features={int(d)}, out_features={int(k)}, kind={WHITENING_KINDS[int(kind)]!r}, eps={eps:g}"
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        saved = state_dict.get(prefix + "config")
+        if saved is not None and not torch.equal(torch.as_tensor(saved).cpu().double(), self._config()):
+            raise ValueError(f"the state_dict is of a whitening with {self._describe(torch.as_tensor(saved))}, this "
+                             f"PCAWhitening has {self._describe(self._config())}; build it with "
+                             "PCAWhitening.from_state_dict(state_dict)")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, Any], prefix: str = "") -> "PCAWhitening":
+        """A whitening rebuilt from a ``state_dict`` (its configuration travels in the buffer ``<prefix>config``).
+
+        Example:
+            >>> w = PCAWhitening.from_data(torch.randn(50, 3), kind="pca", out_features=2)
+            >>> w2 = PCAWhitening.from_state_dict(w.state_dict())
+            >>> w2.out_features, bool(torch.equal(w2.matrix, w.matrix))
+            (2, True)
+        """
+        config = state_dict.get(prefix + "config")
+        if config is None or torch.as_tensor(config).shape != (4,):
+            raise ValueError(f"the state_dict has no PCAWhitening configuration at {prefix + 'config'!r} "
+                             f"(keys: {sorted(k for k in state_dict if k.startswith(prefix))})")
+        d, k, kind, eps = torch.as_tensor(config).tolist()
+        w = cls(int(d), kind=WHITENING_KINDS[int(kind)], eps=eps, out_features=None if k == d else int(k))
+        w.load_state_dict({k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+        return w
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, kind={self.kind!r}, eps={self.eps}"
@@ -213,12 +253,14 @@ class PCAWhitening(nn.Module):
 
 
 @torch.no_grad()
-def fold_whitening(sae: "SparseAutoencoder", whitening: PCAWhitening) -> "SparseAutoencoder":
+def fold_whitening(sae: "SparseAutoencoder", whitening: PCAWhitening | None = None) -> "SparseAutoencoder":
     """A new SAE on raw inputs equal to ``whitening.inverse ∘ sae ∘ whitening``, with the whitening folded in.
 
     ``sae`` was trained on whitened inputs ``z = W (x − μ)`` (``W``: :attr:`PCAWhitening.matrix`, its
-    inverse ``W⁺``: :attr:`PCAWhitening.inverse_matrix`, ``W W⁺ = I``). The folded SAE takes raw
-    ``x`` and returns reconstructions in raw space, with the same codes:
+    inverse ``W⁺``: :attr:`PCAWhitening.inverse_matrix`, ``W W⁺ = I``): either the whitening was
+    applied outside the SAE (pass it as ``whitening``) or it is the SAE's own ``sae.whitening``
+    (leave ``whitening=None``). The folded SAE has no whitening; it takes raw ``x`` and returns
+    reconstructions in raw space, with the same codes:
 
     - encoder: ``W_enc' = W_enc W``, ``b_enc' = b_enc``;
     - decoder: ``W_dec' = W_dec W⁺ᵀ``, ``b_dec' = μ + W⁺ b_dec`` (so ``x − b_dec'`` whitens to ``z − b_dec``).
@@ -236,7 +278,17 @@ def fold_whitening(sae: "SparseAutoencoder", whitening: PCAWhitening) -> "Sparse
         >>> folded = fold_whitening(sae, w)
         >>> bool(torch.allclose(folded(x), w.inverse(sae(w(x))), atol=1e-4))
         True
+        >>> inside = SparseAutoencoder(in_features=4, num_latents=8, whitening=w)  # the SAE's own whitening
+        >>> bool(torch.allclose(fold_whitening(inside)(x), inside(x), atol=1e-4))
+        True
     """
+    own = getattr(sae, "whitening", None)
+    if whitening is None and own is None:
+        raise ValueError("fold_whitening needs a whitening: pass whitening=..., or an SAE with sae.whitening set")
+    if whitening is not None and own is not None and whitening is not own:
+        raise ValueError("the SAE has its own whitening (sae.whitening) and another was passed as whitening=; "
+                         "pass whitening=None to fold the SAE's own")
+    whitening = whitening if whitening is not None else own
     from lit_repr.models.encoders import AmortizedEncoder
 
     whitening._check_fitted()
@@ -254,7 +306,7 @@ def fold_whitening(sae: "SparseAutoencoder", whitening: PCAWhitening) -> "Sparse
     if "variant" not in hp:
         hp["variant"] = copy.deepcopy(sae.variant)
     enc = sae.encoder
-    folded = type(sae)(**hp, encoder=AmortizedEncoder(bias=enc.bias))
+    folded = type(sae)(**hp, encoder=AmortizedEncoder(bias=enc.bias), whitening=None)
     folded.variant.load_state_dict(sae.variant.state_dict())
     folded = folded.to(device=sae.W_dec.device, dtype=sae.W_dec.dtype)
     f64 = torch.float64

@@ -87,3 +87,32 @@ def test_bad_arguments_name_value_and_what_is_allowed():
         SparseCodingDataModule(dictionary_seed=-1)
     with pytest.raises(ValueError, match="noise_std must be a finite number >= 0, got nan"):
         SparseCodingDataModule(noise_std=float("nan"))
+
+
+def test_anisotropic_mixing_and_correlated_features():
+    from lit_repr.data.sparse_coding import anisotropic_mixing
+
+    plain = SparseCodingDataModule(num_features=12, in_features=6, num_active=2, num_train=2000, num_val=0,
+                                   num_test=0, seed=3)
+    mixed = SparseCodingDataModule(num_features=12, in_features=6, num_active=2, num_train=2000, num_val=0,
+                                   num_test=0, seed=3, mixing_condition=30.0, correlation=0.8)
+    plain.setup()
+    mixed.setup()
+    assert plain.mixing is None
+    A = mixed.mixing
+    assert abs(float(torch.linalg.cond(A)) - 30.0) < 1e-6
+    # the dictionary is the mixed atoms, and x = codes · dictionary exactly
+    torch.testing.assert_close(mixed.dictionary.double(), plain.dictionary.double() @ A, rtol=1e-5, atol=1e-6)
+    tr = mixed.datasets["train"].tensors
+    torch.testing.assert_close(tr["x"], tr["codes"] @ mixed.dictionary, rtol=1e-4, atol=1e-4)
+    # the observations are anisotropic: the covariance's condition number is large
+    ev = torch.linalg.eigvalsh(tr["x"].double().T.cov())
+    assert float(ev[-1] / ev[0]) > 100
+    # features in the same group fire together more often than across groups
+    on = (tr["codes"] != 0).double()
+    c = torch.corrcoef(on.T)
+    assert float(c[0, 1]) > float(c[0, 5]) + 0.05
+    with pytest.raises(ValueError, match="mixing_condition"):
+        SparseCodingDataModule(mixing_condition=0.5)
+    with pytest.raises(ValueError, match="condition"):
+        anisotropic_mixing(3, 0.1, np.random.default_rng(0))

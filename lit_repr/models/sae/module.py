@@ -1,8 +1,8 @@
 """The sparse autoencoder LightningModule: a unit-norm dictionary, a swappable encoder, a named variant.
 
-(About 470 lines, a little over the project's ~450: the Lightning hooks and the public ``train_step``
-share the atom constraint and the counters, so they stay in one class; kernels, variants and
-figures live in their own modules.)
+(About 540 lines, over the project's ~450: the Lightning hooks and the public ``train_step`` share
+the atom constraint and the counters, so they stay in one class; kernels, variants, figures and the
+input whitening (:class:`~lit_repr.models.sae.input_whitening.WhitenedInputs`) live in their own modules.)
 
 ``x ≈ x̂ = b_dec + s·W_dec``: the dictionary ``W_dec`` (``(num_latents, in_features)``) has unit-norm
 rows (atoms), restored after every optimizer step (``atom_norm``):
@@ -26,6 +26,11 @@ Ground truth: when a batch carries true codes under ``codes_key`` the module log
 (:class:`~lit_repr.metrics.mcc.MeanCorrelationCoefficient`, exact under DDP); when a true dictionary
 is known (argument ``true_dictionary`` or the DataModule's ``dictionary`` attribute) it logs the
 dictionary MCC.
+
+Whitened inputs (Saraswatula & Klindt, 2025): with a fitted
+:class:`~lit_repr.models.whitening.PCAWhitening` as ``whitening`` (the argument, or installed by the
+:class:`~lit_repr.callbacks.Whitening` callback) the SAE encodes and reconstructs whitened inputs;
+see :mod:`lit_repr.models.sae.input_whitening` for the spaces, the loss space and checkpoints.
 """
 
 from __future__ import annotations
@@ -44,8 +49,10 @@ from lit_repr.metrics.mcc import MeanCorrelationCoefficient, mean_correlation_co
 from lit_repr.metrics.sae import FiringFrequency, FractionOfVarianceExplained, MeanL0
 from lit_repr.models.encoders import SparseEncoder, build_encoder
 from lit_repr.models.sae.figures import atom_figure, log_atom_figure, log_firing_histogram
+from lit_repr.models.sae.input_whitening import LOSS_SPACES, WhitenedInputs, check_whitening
 from lit_repr.models.sae.kernels import geometric_median, sparse_decode, topk_encode
 from lit_repr.models.sae.variants import SAEVariant, _check, build_variant
+from lit_repr.models.whitening import PCAWhitening
 from lit_repr.targets import TargetSpec, check_target_spec, get_target
 
 __all__ = ["SparseAutoencoder", "flops_per_sample"]
@@ -55,7 +62,7 @@ _BIAS_INITS = ("geometric_median", "mean", "zeros")
 _OUTPUTS = ("codes", "recon", "pre", "support")  # what compute_losses returns beside the losses
 
 
-class SparseAutoencoder(pl.LightningModule):
+class SparseAutoencoder(WhitenedInputs, pl.LightningModule):
     """A sparse autoencoder with a unit-norm dictionary, a swappable encoder and a named variant.
 
     Tappable sites: ``"latents"`` (the codes), ``"encoder"`` (pre-activations). Logs
@@ -65,6 +72,13 @@ class SparseAutoencoder(pl.LightningModule):
     ``<stage>/code_mcc`` and ``<stage>/dictionary_mcc``. On TensorBoard it adds the firing-frequency
     histogram and, given ``image_shape``, a figure of atoms. Outside a Trainer, :meth:`train_step`
     is the same training step.
+
+    With a ``whitening``, inputs (of width ``whitening.in_features``) are whitened before encoding,
+    the dictionary lives in the whitened space (``in_features == whitening.out_features``) and
+    :meth:`forward` and :meth:`decode` return reconstructions in the original space. The logged
+    ``mse`` and ``fve`` then name their space: ``<stage>/mse_whitened``, ``<stage>/mse_original``,
+    ``<stage>/fve_whitened``, ``<stage>/fve_original``; the dictionary MCC compares the atoms mapped
+    to the original space (:func:`~lit_repr.models.sae.input_whitening.input_space_atoms`).
 
     Args:
         in_features: input dimension.
@@ -91,6 +105,12 @@ class SparseAutoencoder(pl.LightningModule):
         sparse_kernels: when the variant and the encoder support it (TopK with the amortized
             linear encoder), decode from the ``k`` active atoms only and backpropagate into the
             ``k`` selected latents only (``O(B·k·d)`` instead of ``O(B·n·d)``).
+        whitening: a fitted :class:`~lit_repr.models.whitening.PCAWhitening` applied to the inputs,
+            or ``None`` (none, or one set later as ``sae.whitening``, e.g. by the
+            :class:`~lit_repr.callbacks.Whitening` callback). Not a hyperparameter: it is saved in
+            the ``state_dict``.
+        loss_space: where the reconstruction loss of a whitened SAE is measured: ``"whitened"``
+            (``‖z − ẑ‖²``) or ``"original"`` (``‖x − W⁺ẑ − μ‖²``, through the exact inverse).
 
     Example:
         >>> sae = SparseAutoencoder(in_features=8, num_latents=16, variant="topk", variant_args={"k": 3})
@@ -100,6 +120,11 @@ class SparseAutoencoder(pl.LightningModule):
         >>> losses = sae.train_step(torch.randn(32, 8), sae.configure_optimizers())
         >>> sorted(losses)
         ['auxk', 'loss', 'mse_loss']
+        >>> from lit_repr.models import PCAWhitening
+        >>> x = torch.randn(256, 8) * torch.logspace(0, 2, 8)
+        >>> white = SparseAutoencoder(8, 16, whitening=PCAWhitening.from_data(x), loss_space="original")
+        >>> white(x).shape  # reconstructions in the original space
+        torch.Size([256, 8])
     """
 
     def __init__(
@@ -121,6 +146,8 @@ class SparseAutoencoder(pl.LightningModule):
         image_shape: Sequence[int] | None = None,
         init_seed: int | None = None,
         sparse_kernels: bool = True,
+        whitening: PCAWhitening | None = None,
+        loss_space: str = "whitened",
     ) -> None:
         super().__init__()
         _check("in_features", in_features, "positive_int")
@@ -149,7 +176,10 @@ class SparseAutoencoder(pl.LightningModule):
                 raise ValueError(
                     f"true_dictionary must have shape (n_true, {in_features}), got {tuple(true_dictionary.shape)}"
                 )
-        ignore = ["encoder", "true_dictionary"] + ([] if isinstance(variant, str) else ["variant"])
+        if loss_space not in LOSS_SPACES:
+            raise ValueError(f"loss_space must be one of {LOSS_SPACES}, got {loss_space!r}")
+        check_whitening(whitening, in_features)
+        ignore = ["encoder", "true_dictionary", "whitening"] + ([] if isinstance(variant, str) else ["variant"])
         self.save_hyperparameters(ignore=ignore)
         self.in_features, self.num_latents = in_features, num_latents
         self.input_key, self.codes_key = input_key, codes_key
@@ -184,6 +214,8 @@ class SparseAutoencoder(pl.LightningModule):
         )
         #: code MCC per evaluation stage, created at the first batch with true codes (their width is the data's)
         self.code_mcc = nn.ModuleDict()
+        self.loss_space = loss_space
+        self._init_whitening(whitening)
 
     # ------------------------------------------------------------------ model
     def swap_encoder(self, encoder: SparseEncoder | str) -> SparseEncoder:
@@ -194,30 +226,34 @@ class SparseAutoencoder(pl.LightningModule):
         return self.encoder
 
     def _prepare_input(self, x: Tensor) -> Tensor:
-        """``x`` flattened to ``(B, in_features)`` in the model's dtype; shape and finiteness checked."""
+        """``x`` flattened to ``(B, input_features)`` in the model's dtype; shape and finiteness checked."""
         x = x.flatten(1) if x.ndim > 2 else x
         x = x.to(self.W_dec.dtype)
-        if x.ndim != 2 or x.shape[1] != self.in_features:
+        d = self.input_features
+        if x.ndim != 2 or x.shape[1] != d:
+            what = (f"with a whitening of {d} input features" if self.whitening is not None
+                    else "; set in_features to the data's dimension")
             raise ValueError(
-                f"SparseAutoencoder(in_features={self.in_features}) expects inputs of shape (batch, "
-                f"{self.in_features}), got {tuple(x.shape)}; set in_features to the data's dimension"
+                f"SparseAutoencoder(in_features={self.in_features}) expects inputs of shape (batch, {d}), got "
+                f"{tuple(x.shape)} {what}"
             )
         if not bool(torch.isfinite(x).all()):
             n_bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"input contains {n_bad} non-finite values (NaN or inf) out of {x.numel()}")
         return x
 
+
     def uses_sparse_kernels(self) -> bool:
         """Whether encoding and decoding run the sparse TopK kernels (see ``sparse_kernels``)."""
         return self.sparse_kernels and self.variant.supports_sparse_kernels and self.encoder.supports_sparse_kernels
 
     def encode_with_hidden_pre(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
-        """``(codes, pre-activations, top-k support or None)`` for inputs ``x`` of shape ``(B, in_features)``.
+        """``(codes, pre-activations, top-k support or None)`` for inputs ``x`` of shape ``(B, input_features)``.
 
         On the sparse TopK path (:meth:`uses_sparse_kernels`) the pre-activations are returned
         without gradient; only the ``k`` selected latents backpropagate.
         """
-        return self._encode(self._prepare_input(x))
+        return self._encode(self._inputs(x)[1])
 
     def _encode(self, x: Tensor) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
         x_c = x - self.b_dec
@@ -235,12 +271,17 @@ class SparseAutoencoder(pl.LightningModule):
         return self.encode_with_hidden_pre(x)[0]
 
     def decode(self, codes: Tensor, support: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """``b_dec + codes·W_dec``; with a top-k ``support`` only the ``k`` active atoms are read."""
+        """``b_dec + codes·W_dec`` in the input space (mapped back through the whitening's inverse if
+        there is one); with a top-k ``support`` only the ``k`` active atoms are read."""
+        return self._to_input_space(self._decode(codes, support))
+
+    def _decode(self, codes: Tensor, support: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if support is not None:
             return sparse_decode(*support, self.W_dec, self.b_dec)
         return codes @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> Tensor:
+        """The reconstruction of ``x`` (``(B, input_features)``), in the input space."""
         codes, _, support = self.encode_with_hidden_pre(x)
         return self.decode(codes, support)
 
@@ -250,21 +291,26 @@ class SparseAutoencoder(pl.LightningModule):
 
     def compute_losses(self, x: Tensor) -> dict[str, Tensor]:
         """Named losses (``loss``, ``mse_loss``, the variant's) and the batch's ``codes``, ``recon``, ``pre``
-        and top-k ``support`` (``(values, indices)`` or ``None``)."""
-        return self._losses(self._prepare_input(x))
+        and top-k ``support`` (``(values, indices)`` or ``None``). With a whitening, ``recon`` is in the
+        whitened space and ``mse_loss`` in ``loss_space``."""
+        return self._losses(*self._inputs(x))
 
-    def _losses(self, x: Tensor) -> dict[str, Tensor]:
-        codes, pre, support = self._encode(x)
-        recon = self.decode(codes, support)
-        residual = x - recon
+    def _losses(self, x: Tensor, z: Tensor) -> dict[str, Tensor]:
+        """Losses of raw inputs ``x`` whose dictionary-space version (whitened, or ``x`` itself) is ``z``."""
+        codes, pre, support = self._encode(z)
+        recon = self._decode(codes, support)
+        residual = z - recon  # the variant's losses (e.g. AuxK) live in the dictionary's space
         if not pre.requires_grad and self.training and self.variant.uses_dead_latents and torch.is_grad_enabled():
             dead = self.dead_latents()
             if bool(dead.any()):  # sparse path: recompute the dead latents' pre-activations with gradient
                 lin = self.encoder.linear
                 b = lin.bias[dead] if lin.bias is not None else None
                 pre = pre.detach().clone()
-                pre[:, dead] = F.linear(x - self.b_dec, lin.weight[dead], b)
-        out = {"mse_loss": residual.pow(2).sum(-1).mean()}
+                pre[:, dead] = F.linear(z - self.b_dec, lin.weight[dead], b)
+        if self.whitening is not None and self.loss_space == "original":
+            out = {"mse_loss": (x - self.whitening.inverse(recon)).pow(2).sum(-1).mean()}
+        else:
+            out = {"mse_loss": residual.pow(2).sum(-1).mean()}
         out.update(self.variant.losses(self, pre, codes, residual))
         out["loss"] = sum(out.values())
         out["codes"], out["recon"], out["pre"], out["support"] = codes, recon, pre, support
@@ -278,17 +324,17 @@ class SparseAutoencoder(pl.LightningModule):
         has not been. Puts the module in training mode.
 
         Args:
-            x: a batch ``(B, in_features)`` (or ``(B, *image_shape)``).
+            x: a batch ``(B, input_features)`` (or ``(B, *image_shape)``).
             optimizer: an optimizer over the module's parameters, e.g. :meth:`configure_optimizers`.
 
         Returns:
             The detached losses: ``loss``, ``mse_loss`` and the variant's (``l1``, ``auxk``, ``l0``).
         """
         self.train()
-        x = self._prepare_input(x)
+        x, z = self._inputs(x)
         if not bool(self.bias_initialized):
-            self.initialize_decoder_bias(x)
-        out = self._losses(x)
+            self._initialize_decoder_bias(z)
+        out = self._losses(x, z)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         self.on_before_optimizer_step(optimizer)
@@ -311,8 +357,13 @@ class SparseAutoencoder(pl.LightningModule):
     # ------------------------------------------------------------------ decoder bias
     @torch.no_grad()
     def initialize_decoder_bias(self, x: Tensor) -> None:
-        """Set ``b_dec`` to the mean or geometric median of ``x`` (``(N, in_features)``)."""
-        x = self._prepare_input(x.detach()).float()
+        """Set ``b_dec`` to the mean or geometric median of ``x`` (``(N, input_features)``; whitened first
+        if the SAE has a whitening)."""
+        self._initialize_decoder_bias(self._inputs(x.detach())[1])
+
+    @torch.no_grad()
+    def _initialize_decoder_bias(self, x: Tensor) -> None:
+        x = x.detach().float()
         if self.decoder_bias_init == "zeros":
             val = torch.zeros(self.in_features)
         elif self.decoder_bias_init == "mean":
@@ -374,23 +425,33 @@ class SparseAutoencoder(pl.LightningModule):
             self.samples_since_fired[(codes != 0).any(0)] = 0
 
     def _shared_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
-        x = self._prepare_input(get_target(batch, self.input_key, "input_key"))
-        out = self._losses(x)
+        x, z = self._inputs(get_target(batch, self.input_key, "input_key"))
+        out = self._losses(x, z)
         codes = out["codes"].detach()
         bs = x.shape[0]
         if stage == "train":
             self._count_firing(codes, out["support"])
         log_kw = dict(batch_size=bs, on_epoch=True, on_step=stage == "train", sync_dist=stage != "train")
         self.log(f"{stage}/loss", out["loss"], prog_bar=True, **log_kw)
-        self.log(f"{stage}/mse", out["mse_loss"].detach() / self.in_features, **log_kw)
+        recon = out["recon"].detach()
+        if self.whitening is None:
+            self.log(f"{stage}/mse", out["mse_loss"].detach() / self.in_features, **log_kw)
+        else:  # both spaces, each named
+            recon_x = self.whitening.inverse(recon)
+            self.log(f"{stage}/mse_whitened", (z - recon).pow(2).mean().detach(), **log_kw)
+            self.log(f"{stage}/mse_original", (x - recon_x).pow(2).mean().detach(), **log_kw)
+            fve_x = self.original_fve[f"{stage}_fve"]
+            fve_x.update(x.detach(), recon_x)
+            self.log(f"{stage}/fve_original", fve_x, on_epoch=True, on_step=False, batch_size=bs)
         for name, v in out.items():
             if name not in ("loss", "mse_loss", *_OUTPUTS):
                 self.log(f"{stage}/{name}" if name != "l0" else f"{stage}/l0_loss", v, **log_kw)
         fve, l0, firing = (self.stat_metrics[f"{stage}_{n}"] for n in ("fve", "l0", "firing"))
-        fve.update(x.detach(), out["recon"].detach())
+        fve.update(z.detach(), recon)
         l0.update(codes)
         firing.update(codes)
-        self.log(f"{stage}/fve", fve, on_epoch=True, on_step=False, batch_size=bs)
+        self.log(f"{stage}/fve" if self.whitening is None else f"{stage}/fve_whitened", fve, on_epoch=True,
+                 on_step=False, batch_size=bs)
         self.log(f"{stage}/l0", l0, on_epoch=True, on_step=False, batch_size=bs)
         if stage != "train" and self.codes_key is not None:
             try:
@@ -436,7 +497,8 @@ class SparseAutoencoder(pl.LightningModule):
             metric.reset()
         true_dict = self.true_dictionary()
         if true_dict is not None:
-            res = mean_correlation_coefficient(true_dict.to(self.W_dec.device), self.W_dec.detach(), method="cosine")
+            atoms = self.input_space_atoms().detach()
+            res = mean_correlation_coefficient(true_dict.to(self.W_dec.device), atoms, method="cosine")
             self.log(f"{stage}/dictionary_mcc", float(res.mean))
         if self.image_shape is not None and stage == "val":
             log_atom_figure(self, "val/atoms", self.W_dec, self.image_shape)
