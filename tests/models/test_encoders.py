@@ -68,7 +68,8 @@ def test_adaptive_iterations_and_flops():
     adaptive = FISTAEncoder(penalty=0.05, max_iter=2000, tol=1e-4)
     adaptive(x, W)
     assert 1 <= adaptive.last_iterations < 2000
-    assert adaptive.flops_per_sample() == pytest.approx(2 * n * d + adaptive.last_iterations * per_iter)
+    # adaptive runs iterate on small working sets: counted FLOPs, fewer than the full-problem iterations
+    assert 2 * n * d < adaptive.flops_per_sample() < 2 * n * d + adaptive.last_iterations * per_iter
 
 
 def test_warm_start_saves_iterations():
