@@ -260,6 +260,21 @@ def _lipschitz(dictionary: Tensor, iters: int = 50) -> Tensor:
     return (dictionary @ v).pow(2).sum() * 1.01  # a little slack: power iteration underestimates
 
 
+def _max_abs(a: Tensor) -> Tensor:
+    """``|a|.amax(1)`` from one min/max pass, without the temporary ``|a|``."""
+    lo, hi = torch.aminmax(a, dim=1)
+    return torch.maximum(hi, lo.neg_())
+
+
+def _set_lipschitz(G: Tensor, L: float) -> Tensor:
+    """``(b, 1)`` upper bounds of the largest eigenvalues of the ``(b, k, k)`` Gram matrices ``G`` of
+    working sets: exact for small sets, else the smaller of Gershgorin's bound and the whole
+    dictionary's ``L`` (a set's Gram matrix is a principal submatrix of the dictionary's)."""
+    if G.shape[1] <= 16:
+        return torch.linalg.eigvalsh(G)[:, -1:].clamp_min(1e-12)
+    return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
+
+
 class ISTAEncoder(SparseEncoder):
     """Iterative shrinkage-thresholding (ISTA) on the current dictionary.
 
@@ -424,8 +439,8 @@ class ISTAEncoder(SparseEncoder):
                 s, z = z, s
                 y = s
             if self.tol > 0:
-                change = torch.linalg.vector_norm(diff, ord=math.inf, dim=1)
-                scale = torch.linalg.vector_norm(s, ord=math.inf, dim=1).clamp_min_(1e-12)
+                change = _max_abs(diff)
+                scale = _max_abs(s).clamp_min_(1e-12)
                 new = (change <= scale.mul_(self.tol)).logical_and_(~done)
                 if bool(new.any()):
                     out[rows[new]] = s[new]
@@ -451,6 +466,8 @@ class ISTAEncoder(SparseEncoder):
     _WS_BLOCK_ROWS = 1024
     #: first working-set size; it grows by the atoms that violate optimality outside it
     _WS_START = 8
+    #: tolerance of the solves on sets that are still growing
+    _WS_LOOSE_TOL = 1e-3
 
     def _solve_working_set(
         self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor, L: float
@@ -474,6 +491,7 @@ class ISTAEncoder(SparseEncoder):
         iters = torch.zeros(B, dtype=c.dtype, device=c.device)
         flops = torch.full((B,), 2.0 * n * d, dtype=c.dtype, device=c.device)
         k_max = max(self._WS_START, n // 4)
+        loose = max(self.tol, self._WS_LOOSE_TOL)
         for start in range(0, B, self._WS_BLOCK_ROWS):
             rows = torch.arange(start, min(B, start + self._WS_BLOCK_ROWS), device=c.device)
             xb, cb, sb = x[rows], c[rows], s0[rows]
@@ -484,13 +502,16 @@ class ISTAEncoder(SparseEncoder):
             idx = score.topk(k, dim=1).indices
             sS = sb.gather(1, idx)
             flops[rows] += 2.0 * n * d
+            # sets still growing are solved to a loose tolerance; the last one to ``tol``
+            tight = torch.full((rows.numel(),), loose <= self.tol, dtype=torch.bool, device=c.device)
             while rows.numel():
                 WS = W[idx]  # (b, k, d)
                 GS = torch.bmm(WS, WS.transpose(1, 2))
                 cS = cb.gather(1, idx)
-                LS = torch.linalg.eigvalsh(GS)[:, -1:].clamp_min(1e-12)
+                LS = _set_lipschitz(GS, L)
                 budget = self.max_iter - iters[rows]
-                sS, used = self._iterate_small(sS, GS, cS, 1.0 / LS, budget)
+                tol = torch.where(tight, self.tol, loose).to(c.dtype)
+                sS, used = self._iterate_small(sS, GS, cS, 1.0 / LS, budget, tol)
                 iters[rows] += used
                 flops[rows] += used * (2.0 * k * k + 11.0 * k) + 2.0 * k * k * d + 10.0 * k**3
                 # optimality outside the set: |(x − s·W)·Wᵀ| <= penalty on every atom (g <= penalty if s >= 0)
@@ -499,13 +520,17 @@ class ISTAEncoder(SparseEncoder):
                 flops[rows] += 2.0 * n * d + 2.0 * k * d
                 bad = score.amax(1) > eps
                 out_of_budget = iters[rows] >= self.max_iter
-                finished = ~bad | out_of_budget
+                finished = (~bad & tight) | out_of_budget
                 codes[rows[finished]] = codes[rows[finished]].scatter_(1, idx[finished], sS[finished])
+                tight |= ~bad
                 keep = ~finished
                 rows, xb, cb, sS, idx, score = rows[keep], xb[keep], cb[keep], sS[keep], idx[keep], score[keep]
+                tight = tight[keep]
                 if not rows.numel():
                     break
-                grow = min(n - k, k, max(1, int((score > eps).sum(1).max())))  # at most doubling
+                grow = min(n - k, k, int((score > eps).sum(1).max()))  # at most doubling
+                if grow == 0:  # every remaining set is complete: solve it again to ``tol``
+                    continue
                 if k + grow > k_max:
                     # large supports: the remaining samples finish on the full problem from here
                     s_full = torch.zeros_like(cb).scatter_(1, idx, sS)
@@ -527,9 +552,12 @@ class ISTAEncoder(SparseEncoder):
         """How much each atom's gradient exceeds the penalty (``> 0``: the atom should be active)."""
         return (g if self.nonnegative else g.abs()).sub_(self.penalty)
 
-    def _iterate_small(self, s: Tensor, G: Tensor, c: Tensor, step: Tensor, budget: Tensor) -> tuple[Tensor, Tensor]:
+    def _iterate_small(
+        self, s: Tensor, G: Tensor, c: Tensor, step: Tensor, budget: Tensor, tol: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """(F)ISTA on per-sample working sets: ``s`` ``(b, k)``, Gram ``G`` ``(b, k, k)``, ``c = x·W_Sᵀ``,
-        ``step`` ``(b, 1)``; each sample stops at convergence or after ``budget`` iterations. Returns
+        ``step`` ``(b, 1)``; each sample stops when its largest code change is at most its ``tol`` times
+        its largest code, or after ``budget`` iterations. Returns
         the codes and the iterations each sample ran."""
         out = s.clone()
         used = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
@@ -556,12 +584,12 @@ class ISTAEncoder(SparseEncoder):
             s = s_new
             change = diff.abs().amax(1)
             scale = s.abs().amax(1).clamp_min(1e-12)
-            stop = (change <= self.tol * scale) | (limit <= it)
+            stop = (change <= tol * scale) | (limit <= it)
             if bool(stop.any()):
                 out[rows[stop]] = s[stop]
                 used[rows[stop]] = float(it)
                 keep = ~stop
-                rows, s, y, t, G, cs, step, thr, limit = (
+                rows, s, y, t, G, cs, step, thr, limit, tol = (
                     rows[keep],
                     s[keep],
                     y[keep],
@@ -571,6 +599,7 @@ class ISTAEncoder(SparseEncoder):
                     step[keep],
                     thr[keep],
                     limit[keep],
+                    tol[keep],
                 )
         return out, used
 
