@@ -1,7 +1,8 @@
 """Sparse inference, decoupled from the dictionary: swappable encoders for sparse autoencoders.
 
 (Longer than the project's ~450 lines per file: the five encoders share one base class, build
-protocol and registry and are read side by side; the ISTA/FISTA solver alone is 150 lines.)
+protocol and registry and are read side by side; the ISTA/FISTA solvers, full-problem and
+working-set, are 250 lines.)
 
 A sparse autoencoder reconstructs ``x ≈ b + s·W`` from a dictionary ``W`` (``(num_latents, in_features)``,
 unit-norm rows called atoms) and a decoder bias ``b``. *How* the codes ``s`` are inferred is a
@@ -280,10 +281,15 @@ class ISTAEncoder(SparseEncoder):
 
     Solves ``min_{s ≥ 0} ½‖x_c − s·W‖² + penalty·‖s‖₁`` per sample (``nonnegative=False`` drops
     the sign constraint), the objective of scikit-learn's ``SparseCoder(transform_alpha=penalty,
-    positive_code=True)``. With ``tol > 0`` the number of iterations is adaptive: the batch stops
-    when every sample's largest code change falls below ``tol`` (relative to its largest code),
-    and :attr:`last_iterations` (used by :meth:`flops_per_sample`) is the mean over samples of
-    the iteration at which each first converged, i.e. what a per-sample solver would spend.
+    positive_code=True)``. With ``tol == 0`` every sample runs ``max_iter`` iterations on the full
+    problem. With ``tol > 0`` each sample is solved to convergence on a *working set* of atoms: its
+    iterations run on the few atoms of the set (with the step of the set's own Lipschitz constant)
+    until its largest code change falls below ``tol`` relative to its largest code; the full
+    gradient then checks the lasso's optimality conditions on every other atom, and the atoms that
+    violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does. Sets still
+    growing are solved to a loose tolerance; samples whose set would exceed a quarter of the atoms
+    finish on the full problem. :attr:`last_iterations` is the mean over samples of the iterations
+    each ran, and :meth:`flops_per_sample` counts the FLOPs the solve spent.
 
     Args:
         penalty: L1 penalty ``>= 0``.
