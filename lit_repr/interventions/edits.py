@@ -207,6 +207,14 @@ def _reference_features(edit: Edit, module: nn.Module, site: str, reference: Any
         return out[site].clone()
 
 
+def _bound(edit: Edit, attr: str, site: str) -> Tensor:
+    found = getattr(edit, attr, {}).get(site)
+    if found is None:
+        raise RuntimeError(f"{type(edit).__name__} has not been prepared for site {site!r}: enter "
+                           f"intervene(model, edits) with bind=True (or call bind_edits) first")
+    return found
+
+
 class _ReferenceEdit(Edit):
     def __init__(self, reference: Any, input_key: TargetSpec | None = None,
                  forward_fn: Callable[[nn.Module, Any], Any] | None = None, batch_size: int = 1024,
@@ -260,7 +268,7 @@ class MeanAblation(_ReferenceEdit):
         self.means[site] = ref.to(torch.float64).mean(0).to(ref.dtype).unsqueeze(0)
 
     def replace(self, output: Tensor, site: str, call: int) -> Tensor:
-        mean = self.means[site]
+        mean = _bound(self, "means", site)
         self._check_example_shape(mean, output, site)
         return mean.to(output.device).expand_as(output)
 
@@ -306,7 +314,7 @@ class ResampleAblation(_ReferenceEdit):
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def replace(self, output: Tensor, site: str, call: int) -> Tensor:
-        pool = self.pools[site]
+        pool = _bound(self, "pools", site)
         self._check_example_shape(pool, output, site)
         idx = torch.randint(pool.shape[0], (output.shape[0],), generator=self.generator)
         return pool[idx].to(output.device)

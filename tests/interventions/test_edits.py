@@ -250,3 +250,10 @@ def test_other_bad_arguments():
         Tap(mlp(), "0", record="both")
     with pytest.raises(ValueError, match="features must be latent indices"):
         SAEFeatureAblation(SparseAutoencoder(in_features=6, num_latents=4), features=[4])
+
+
+def test_an_unbound_reference_edit_says_how_to_prepare_it():
+    net = mlp()
+    with pytest.raises(RuntimeError, match="has not been prepared for site '0'"):
+        with intervene(net, {"0": MeanAblation(torch.randn(4, 5))}, bind=False):
+            net(torch.randn(2, 5))
