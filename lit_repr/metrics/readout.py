@@ -50,6 +50,8 @@ class SplitDict(nn.ModuleDict):
     Example:
         >>> d = SplitDict(); d["eval"] = nn.Identity(); "eval" in d, list(d)
         (True, ['eval'])
+        >>> _ = d.pop("eval"); list(d)
+        []
     """
 
     _PREFIX = "split:"
@@ -78,7 +80,9 @@ class SplitDict(nn.ModuleDict):
         return [(k, self[k]) for k in self]
 
     def pop(self, split: str) -> nn.Module:  # type: ignore[override]
-        return super().pop(self._PREFIX + split)
+        if split not in self:
+            raise KeyError(split)
+        return self._modules.pop(self._PREFIX + split)  # ModuleDict.pop would re-add the prefix
 
 
 @runtime_checkable
