@@ -12,6 +12,13 @@ and compare with scikit-learn's ``RidgeClassifier`` on exactly those features.
 
 Prints one row per case: offset, what is measured, lit_repr's value, the correct value and their
 difference.
+
+Measured on a shared 2-core CPU: every row now differs from the correct value by less than 5e-5 (0.0e+00
+at the printed precision). Before the moments were taken about a reference (raw ``Σx``, ``XᵀX``): fit R²
+0.0000 instead of 0.9978 at every offset, streamed MCC 0.0000 instead of 0.8326, linear R² -0.0006
+instead of 0.9648, debiased CKA and the Gram path raising "a representation is constant", targets + 1e8
+fit R² 0.6792 instead of 0.6600, the probe callback's val accuracy 0.7242 instead of 0.9387 and
+IdentifiabilityMetrics' MCC 0.5845 instead of 0.7562 on a site h + 1e5.
 """
 
 import math

@@ -6,9 +6,9 @@ relative to their spread: ``XᵀX/n − x̄x̄ᵀ`` subtracts two numbers of siz
 streams carry large constant directions), and so do targets such as ``1e8 + digit``.
 
 :class:`ShiftedMoments` keeps the moments about a *reference* instead: each process takes the mean of
-its first batch as reference ``r`` and accumulates ``n``, ``Σ(x − r)``, ``Σ(x − r)(y − s)ᵀ`` and
-``Σ(x − r)⊙(y − s)``. Those are as small as the spread of the data, so centring at the end loses
-nothing. Batches and processes with different references are combined exactly by moving every
+(the first 1024 rows of) its first batch as reference ``r`` and accumulates ``n``, ``Σ(x − r)``,
+``Σ(x − r)(y − s)ᵀ`` and ``Σ(x − r)⊙(y − s)``. Those are as small as the spread of the data, so
+centring at the end loses nothing. Batches and processes with different references are combined exactly by moving every
 set of moments to one common reference (the reference of the part with the most samples) with
 
 ``Σ(x − r')  = Σ(x − r) + n δ``,
@@ -37,6 +37,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 __all__ = ["ShiftedMoments", "CentredR2Score"]
 
 States = dict[str, Tensor]
+_REFERENCE_ROWS = 1024
 
 
 class ShiftedMoments(Metric):
@@ -116,7 +117,8 @@ class ShiftedMoments(Metric):
         """Add one batch per variable (``(B, D_v)``, same ``B``, any float dtype) and return them about their
         references, in float64.
 
-        The first non-empty batch of a process (``n == 0``) sets the references to its means. A batch that
+        The first non-empty batch of a process (``n == 0``) sets the references to the means of its first
+        rows (up to 1024). A batch that
         is not float64 yet is converted once and its reference subtracted in place.
         """
         b = next(iter(batches.values())).shape[0]
@@ -127,8 +129,8 @@ class ShiftedMoments(Metric):
         for v, x in batches.items():
             ref_name, sum_name = self._variables[v]
             x64 = x.to(torch.float64)
-            if empty:
-                setattr(self, ref_name, x64.mean(0))
+            if empty:  # any reference within the spread of the data does: the first rows' mean is enough
+                setattr(self, ref_name, x64[:_REFERENCE_ROWS].mean(0))
             ref = getattr(self, ref_name)
             u = x64.sub_(ref) if x64 is not x else x64 - ref  # never change the caller's tensor
             centred[v] = u

@@ -274,7 +274,7 @@ class ProbeReadout(nn.Module):
     def flush(self) -> None:
         """Accumulate the buffered batches into the statistics and evaluation metrics."""
         if self._fit_buf:
-            x, y = (torch.cat(t) for t in zip(*self._fit_buf))
+            x, y = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*self._fit_buf))
             self._fit_buf, self._fit_rows = [], 0
             if self.fit_samples is not None:
                 self.fit_samples.update(x.to(torch.float64), y)
@@ -425,7 +425,7 @@ class ProbeReadout(nn.Module):
         self._eval_rows.pop(split, None)
         if not buf:
             return
-        x, y = (torch.cat(t) for t in zip(*buf))
+        x, y = (torch.cat(t) if len(t) > 1 else t[0] for t in zip(*buf))
         pred = self.predict(x)
         if self.task == "classification":
             self._eval(split).update(pred.float().softmax(-1), y)
