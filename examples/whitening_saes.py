@@ -2,7 +2,7 @@
 
 The paper whitens (PCA) the activations before training an SAE and reports better interpretability
 metrics, e.g. sparse probing +7.3%, at a small cost in reconstruction. We train ReLU (L1) and TopK
-SAEs with and without whitening (ZCA, fitted on the training data with
+SAEs with and without whitening (ZCA on (a), PCA on (b), fitted on the training data with
 :class:`~lit_repr.models.PCAWhitening`, applied inside the SAE through ``SparseAutoencoder(whitening=...)``),
 with the reconstruction loss in the whitened or in the original space, and report:
 
@@ -23,8 +23,8 @@ with the reconstruction loss in the whitened or in the original space, and repor
 
 Hyperparameters: (a) 32 latents (the true N), TopK k=3, ReLU L1 coefficient 1.0, Adam lr 3e-3, 3000 steps
 of 256; (b) layer 3 token activations of 2000 docstrings (64 tokens at most), 768 latents, TopK k=32,
-ReLU L1 3.0, lr 1e-3, 800 steps of 256, probes on the 8 best latents. The whitening is PCA (kind="pca",
-eps=1e-6 on (a), 1e-4 on (b), on inputs scaled to unit mean variance).
+ReLU L1 3.0, lr 1e-3, 800 steps of 256, probes on the 8 best latents. The whitening is ZCA with eps=1e-6 on (a)
+and PCA (the paper's) with eps=1e-4 on (b), on inputs scaled to unit mean variance.
 
 Measured (25 Nov 2026, a shared and heavily loaded 2-core CPU; ``python examples/whitening_saes.py``;
 each part took about 20 minutes under that load)::
