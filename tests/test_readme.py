@@ -44,10 +44,8 @@ def test_the_two_setup_commands_are_what_ci_runs():
 
 
 def test_the_test_command_collects_every_plugins_tests():
-    import tomllib
-
-    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    assert config["testpaths"] == ["tests", "plugins"]
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'(?m)^testpaths = \["tests", "plugins"\]$', pyproject)
     for plugin in PLUGINS:
         assert list((REPO / plugin / "tests").glob("test_*.py")), plugin
     core = {p.name for p in (REPO / "tests").rglob("test_*.py")}

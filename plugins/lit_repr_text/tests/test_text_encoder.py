@@ -72,6 +72,20 @@ def test_layer_activations_through_the_cache_match_transformers(encoder, referen
     torch.testing.assert_close(rows_ids["x"], rows["x"], rtol=0, atol=1e-5)
 
 
+def test_token_rows_of_the_docstring_corpus(encoder, tmp_path):
+    src = TextDataModule(batch_size=8, num_texts=20, max_length=16, val_fraction=0.25, test_fraction=0.25)
+    dm = ActivationsDataModule(encoder, ["layers.5"], src, cache_dir=tmp_path, input_key=lambda b: b,
+                               splits=["train", "val"])
+    dm.prepare_data(), dm.setup()
+    for split in ("train", "val"):
+        mask = src.datasets[split].tensors["attention_mask"].bool()
+        rows = all_rows(dm, split)
+        assert rows["x"].shape == (int(mask.sum()), 384)
+        docs, positions = mask.nonzero(as_tuple=True)
+        assert torch.equal(rows["doc"], docs) and torch.equal(rows["position"], positions)
+        assert torch.equal(rows["kind"], src.datasets[split].tensors["kind"][docs])
+
+
 def test_every_site_and_the_embedding(encoder, reference):
     hidden, mask = reference
     batch = dict(load_tokenizer()(SENTENCES, padding=True, return_tensors="pt"))

@@ -24,7 +24,7 @@ def test_the_command_line_resolves_the_short_class_names(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["lit_repr"])
     monkeypatch.chdir(tmp_path)
-    cli = LitReprCLI(args=["fit", "--model=TextEncoder", "--data=TextDataModule", "--data.init_args.num_texts=20",
+    cli = LitReprCLI(args=["--model=TextEncoder", "--data=TextDataModule", "--data.init_args.num_texts=20",
                            "--trainer.logger=false"], run=False)
     assert isinstance(cli.model, TextEncoder) and isinstance(cli.datamodule, TextDataModule)
 
