@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -261,6 +262,19 @@ def _lipschitz(dictionary: Tensor, iters: int = 50) -> Tensor:
     return (dictionary @ v).pow(2).sum() * 1.01  # a little slack: power iteration underestimates
 
 
+@contextmanager
+def _threads(count: int):
+    """Run the enclosed torch operations on ``count`` intra-op threads, then restore the thread count."""
+    before = torch.get_num_threads()
+    if count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count != before:
+            torch.set_num_threads(before)
+
+
 def _max_abs(a: Tensor) -> Tensor:
     """``|a|.amax(1)`` from one min/max pass, without the temporary ``|a|``."""
     lo, hi = torch.aminmax(a, dim=1)
@@ -357,7 +371,11 @@ class ISTAEncoder(SparseEncoder):
         else:
             s0 = torch.zeros_like(c)
         if self.tol > 0:
-            codes, iters, flops = self._solve_working_set(x.to(c.dtype), W, c, s0, L)
+            # the working sets' many small operations run on one thread (threads would mostly wait
+            # on each other, and much longer when the cores are shared); the gradient products do not
+            threads = torch.get_num_threads()
+            with _threads(1):
+                codes, iters, flops = self._solve_working_set(x.to(c.dtype), W, c, s0, L, threads)
             self.last_iterations = float(iters.mean())
             self._last_flops = float(flops.mean())
             return codes
@@ -476,7 +494,7 @@ class ISTAEncoder(SparseEncoder):
     _WS_LOOSE_TOL = 1e-3
 
     def _solve_working_set(
-        self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor, L: float
+        self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor, L: float, threads: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Working-set (active-set) solve to convergence, exact by the optimality conditions.
 
@@ -501,8 +519,9 @@ class ISTAEncoder(SparseEncoder):
         for start in range(0, B, self._WS_BLOCK_ROWS):
             rows = torch.arange(start, min(B, start + self._WS_BLOCK_ROWS), device=c.device)
             xb, cb, sb = x[rows], c[rows], s0[rows]
-            r = xb - sb @ W if bool(sb.any()) else xb
-            score = self._violation(r @ W.T)
+            with _threads(threads):
+                r = xb - sb @ W if bool(sb.any()) else xb
+                score = self._violation(r @ W.T)
             score[sb != 0] = math.inf  # a warm start's non-zeros are in the set
             k = min(n, self._WS_START)
             idx = score.topk(k, dim=1).indices
@@ -522,7 +541,8 @@ class ISTAEncoder(SparseEncoder):
                 flops[rows] += used * (2.0 * k * k + 11.0 * k) + 2.0 * k * k * d + 10.0 * k**3
                 # optimality outside the set: |(x − s·W)·Wᵀ| <= penalty on every atom (g <= penalty if s >= 0)
                 r = xb - torch.bmm(sS.unsqueeze(1), WS).squeeze(1)
-                score = self._violation(r @ W.T).scatter_(1, idx, -math.inf)
+                with _threads(threads):
+                    score = self._violation(r @ W.T).scatter_(1, idx, -math.inf)
                 flops[rows] += 2.0 * n * d + 2.0 * k * d
                 bad = score.amax(1) > eps
                 out_of_budget = iters[rows] >= self.max_iter
