@@ -209,3 +209,35 @@ def test_target_offset_of_1e8_keeps_every_digit():
         out[off] = r.compute("val")
     for k in ("r2", "pearson", "spearman", "mse"):
         assert out[1e8][k] == pytest.approx(out[0.0][k], abs=1e-6), k
+
+
+def test_small_probes_run_on_one_thread_and_restore_the_thread_count(monkeypatch):
+    from lit_repr.metrics import probe as probe_module
+
+    seen = []
+    real_update = probe_module.StreamingRidge.update
+
+    def spy(self, x, y):
+        seen.append(torch.get_num_threads())
+        return real_update(self, x, y)
+
+    monkeypatch.setattr(probe_module.StreamingRidge, "update", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x, y = _blobs()
+        r = ProbeReadout(8, task="classification", num_classes=4)
+        r.update(torch.tensor(x[:400]), torch.tensor(y[:400]), "fit")
+        r.fit()
+        r.update(torch.tensor(x[400:]), torch.tensor(y[400:]), "val")
+        scores = r.compute("val")
+        assert seen == [1] and torch.get_num_threads() == 2  # small: one thread, then restored
+        assert scores["acc"] > 0.9
+        with pytest.raises(RuntimeError, match="boom"), probe_module._threads_for(0, torch.device("cpu")):
+            assert torch.get_num_threads() == 1
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+        with probe_module._threads_for(2**40, torch.device("cpu")):  # large work keeps every thread
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,120 @@
+"""The online LinearProbe inside a run: time in its hooks per training step and per validation.
+
+    python benchmarks/bench_probe_online.py [--repeats 3] [--wide-epochs 2] [--profile]
+
+Prints measurements; nothing here is a pass/fail test.
+1. Quickstart (MLP 64 -> 128 -> 128 on digits, 15 epochs, batch 64, the probe on both hidden
+   layers): the per-validation fixed cost, split into the solve (``on_validation_epoch_start``),
+   the scoring of the validation batches and the report (``on_validation_epoch_end``: scores and
+   logging), the time per training step, and the whole-run wall-time ratio with/without the probe
+   (aim: fixed cost <= 3 ms per validation, ratio < 1.05).
+2. A wide site: the same run with one hidden layer of 2048 features, the probe on it; the time
+   inside the probe's hooks per training step as a fraction of the step (the step measured in the
+   run without the probe), and the per-validation cost (one 2049 x 2049 eigendecomposition).
+``--profile`` adds the top functions of a cProfile of the probe's validation hooks (quickstart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+import warnings
+
+import lightning.pytorch as pl
+import torch
+
+from lit_repr.callbacks import LinearProbe
+from lit_repr.data import DigitsDataModule
+from lit_repr.models import Classifier
+
+warnings.filterwarnings("ignore")
+
+PARTS = {
+    "train step": ("on_train_batch_start", "on_train_batch_end", "on_train_epoch_start"),
+    "solve": ("on_validation_epoch_start",),
+    "val batches": ("on_validation_batch_start", "on_validation_batch_end"),
+    "report": ("on_validation_epoch_end",),
+}
+
+
+class HookTimer:
+    """Wall time inside a callback's hooks, per part of :data:`PARTS` (optionally under cProfile)."""
+
+    def __init__(self, callback, profiler: cProfile.Profile | None = None) -> None:
+        self.seconds = dict.fromkeys(PARTS, 0.0)
+        self.profiler = profiler
+        for part, hooks in PARTS.items():
+            for hook in hooks:
+                setattr(callback, hook, self._timed(getattr(callback, hook), part))
+
+    def _timed(self, fn, part):
+        profile = self.profiler is not None and part != "train step"
+
+        def wrapper(*args, **kwargs):
+            if profile:
+                self.profiler.enable()
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - t0
+                if profile:
+                    self.profiler.disable()
+
+        return wrapper
+
+
+def run(callbacks, hidden, epochs) -> tuple[float, pl.Trainer]:
+    pl.seed_everything(0)
+    model = Classifier(num_classes=10, in_features=64, hidden=hidden, lr=3e-3, max_epochs_hint=epochs)
+    trainer = pl.Trainer(
+        max_epochs=epochs, callbacks=callbacks, logger=False, enable_progress_bar=False,
+        enable_checkpointing=False, enable_model_summary=False, accelerator="cpu", num_sanity_val_steps=0,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(model, DigitsDataModule(batch_size=64))
+    return time.perf_counter() - t0, trainer
+
+
+def case(title: str, sites, hidden, epochs: int, repeats: int, profiler=None) -> None:
+    bases, probed, timers = [], [], []
+    for _ in range(repeats):  # interleaved, so that a load change on the machine hits both alike
+        bases.append(run([], hidden, epochs)[0])
+        probe = LinearProbe(sites, targets={"digit": "y"})
+        timers.append(HookTimer(probe, profiler))
+        t, trainer = run([probe], hidden, epochs)
+        probed.append(t)
+    base, with_probe = min(bases), min(probed)
+    steps, vals = trainer.global_step, epochs
+    best = {p: min(t.seconds[p] for t in timers) for p in PARTS}
+    per_step = best["train step"] / steps
+    fixed = (best["solve"] + best["report"]) / vals
+    step = base / steps  # upper bound of a step's time (includes validation and the loop)
+    print(f"{title} (best of {repeats})")
+    print(f"   without probe {base:6.2f} s | with probe {with_probe:6.2f} s | ratio {with_probe / base:.3f}")
+    print(
+        f"   per training step: {1e6 * per_step:.0f} us in the hooks = {100 * per_step / step:.1f}% of "
+        f"the step ({1e3 * step:.2f} ms, the run without probe / steps)"
+    )
+    print(
+        f"   per validation: fixed cost {1e3 * fixed:.2f} ms (solve {1e3 * best['solve'] / vals:.2f} ms + "
+        f"report {1e3 * best['report'] / vals:.2f} ms) + val batches {1e3 * best['val batches'] / vals:.2f} ms"
+    )
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--wide-epochs", type=int, default=2)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    prof = cProfile.Profile() if args.profile else None
+    case("1. quickstart: 2 sites of 128 features, 15 epochs", ["backbone.0", "backbone.1"], [128, 128], 15,
+         args.repeats, prof)
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+    case(f"2. wide site: 1 site of 2048 features, {args.wide_epochs} epochs", ["backbone.0"], [2048],
+         args.wide_epochs, args.repeats)
