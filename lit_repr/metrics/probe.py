@@ -124,10 +124,40 @@ class _AUROC(torchmetrics.classification.MulticlassAUROC):
         present = (counts > 0) & (counts < target.numel())
         if int(present.sum()) < 1:
             return torch.tensor(float("nan"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # absent classes: their per-class value is dropped below
-            per_class = _multiclass_auroc_compute((dim_zero_cat(self.preds), target), self.num_classes, None, None)
+        preds = dim_zero_cat(self.preds)
+        if self.thresholds is None and self.ignore_index is None:  # exact: ranks, as torchmetrics' ROC gives
+            per_class = ovr_auroc(preds, target.to(preds.device), self.num_classes)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # absent classes: their per-class value is dropped below
+                per_class = _multiclass_auroc_compute((preds, target), self.num_classes, None, self.thresholds)
         return per_class[present.to(per_class.device)].mean()
+
+
+def ovr_auroc(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Exact one-vs-rest AUROC per class from scores ``(N, C)`` and class indices ``(N,)``, in ``preds``' dtype.
+
+    The Mann-Whitney statistic on average ranks (tied scores count one half): the area under the
+    exact ROC curve torchmetrics draws through every distinct score, in one sort of all columns
+    (torchmetrics sorts once per class). Classes without positives or negatives get NaN.
+    """
+    n = preds.shape[0]
+    order = preds.argsort(0)
+    ordered = preds.gather(0, order)
+    idx = torch.arange(n, device=preds.device)[:, None].expand_as(ordered)
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    ends = torch.ones_like(starts)
+    ends[:-1] = starts[1:]
+    first = torch.where(starts, idx, 0).cummax(0).values  # the run of tied scores each row belongs to
+    last = torch.where(ends, idx, n - 1).flip(0).cummin(0).values.flip(0)
+    ranks = torch.empty(ordered.shape, dtype=torch.float64, device=preds.device)
+    ranks.scatter_(0, order, (first + last).double() / 2 + 1)
+    positive = target.reshape(-1, 1) == torch.arange(num_classes, device=preds.device)
+    pos = positive.sum(0).double()
+    neg = n - pos
+    u = torch.where(positive, ranks, 0.0).sum(0) - pos * (pos + 1) / 2
+    return torch.where((pos > 0) & (neg > 0), u / (pos * neg).clamp_min(1), float("nan")).to(preds.dtype)
 
 
 def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:

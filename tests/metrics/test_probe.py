@@ -241,3 +241,23 @@ def test_small_probes_run_on_one_thread_and_restore_the_thread_count(monkeypatch
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("levels", [None, 2, 8])
+def test_ovr_auroc_equals_torchmetrics_and_sklearn_with_ties(levels):
+    from sklearn.metrics import roc_auc_score
+    from torchmetrics.functional.classification.auroc import _multiclass_auroc_compute
+
+    from lit_repr.metrics.probe import ovr_auroc
+
+    gen = torch.Generator().manual_seed(levels or 0)
+    p = torch.randn(300, 6, generator=gen).softmax(-1)
+    if levels:  # coarse scores: many ties within and across classes
+        p = (p * levels).round() / levels
+    y = torch.randint(0, 5, (300,), generator=gen)  # class 5 absent: undefined
+    ours = ovr_auroc(p, y, 6)
+    assert ours.dtype == p.dtype and bool(ours[5].isnan())
+    theirs = _multiclass_auroc_compute((p, y), 6, None, None)
+    torch.testing.assert_close(ours[:5], theirs[:5], atol=2e-7, rtol=0)
+    for c in range(5):
+        assert abs(float(ours[c]) - roc_auc_score((y == c).numpy(), p[:, c].double().numpy())) < 2e-7
