@@ -115,6 +115,6 @@ if __name__ == "__main__":
     case("1. quickstart: 2 sites of 128 features, 15 epochs", ["backbone.0", "backbone.1"], [128, 128], 15,
          args.repeats, prof)
     if prof is not None:
-        pstats.Stats(prof).sort_stats("cumulative").print_stats(35)
+        pstats.Stats(prof).sort_stats("cumulative").sort_stats("tottime").print_stats(30)
     case(f"2. wide site: 1 site of 2048 features, {args.wide_epochs} epochs", ["backbone.0"], [2048],
          args.wide_epochs, args.repeats)

@@ -441,7 +441,8 @@ class ProbeReadout(nn.Module):
         """Forget the fitting statistics (the fitted weights stay until the next :meth:`fit`)."""
         self._fit_buf, self._fit_rows = [], 0
         self.stats.reset()
-        self.heldout.reset()
+        if bool(self.heldout.n > 0):  # (GCV never fills it: no D x D copy per epoch)
+            self.heldout.reset()
         if self.fit_samples is not None:
             self.fit_samples.reset()
 
