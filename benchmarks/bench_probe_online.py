@@ -27,6 +27,7 @@ import torch
 
 from lit_repr.callbacks import LinearProbe
 from lit_repr.data import DigitsDataModule
+from lit_repr.metrics.ridge import StreamingRidge
 from lit_repr.models import Classifier
 
 warnings.filterwarnings("ignore")
@@ -66,6 +67,41 @@ class HookTimer:
         return wrapper
 
 
+class StepTimer(pl.Callback):
+    """Wall time of the training steps (from ``on_train_batch_start`` to ``on_train_batch_end``)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.steps, self._t0 = 0.0, 0, 0.0
+
+    def on_train_batch_start(self, *args) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, *args) -> None:
+        self.seconds += time.perf_counter() - self._t0
+        self.steps += 1
+
+
+class UpdateTimer:
+    """Wall time inside ``StreamingRidge.update`` (the accumulation of the buffered training rows)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._update = StreamingRidge.update
+        timer = self
+
+        def update(self, x, y):
+            t0 = time.perf_counter()
+            try:
+                return timer._update(self, x, y)
+            finally:
+                timer.seconds += time.perf_counter() - t0
+
+        StreamingRidge.update = update
+
+    def remove(self) -> None:
+        StreamingRidge.update = self._update
+
+
 def run(callbacks, hidden, epochs) -> tuple[float, pl.Trainer]:
     pl.seed_everything(0)
     model = Classifier(num_classes=10, in_features=64, hidden=hidden, lr=3e-3, max_epochs_hint=epochs)
@@ -79,28 +115,35 @@ def run(callbacks, hidden, epochs) -> tuple[float, pl.Trainer]:
 
 
 def case(title: str, sites, hidden, epochs: int, repeats: int, profiler=None) -> None:
-    bases, probed, timers = [], [], []
+    bases, probed, timers, steps_t, updates = [], [], [], [], []
     for _ in range(repeats):  # interleaved, so that a load change on the machine hits both alike
-        bases.append(run([], hidden, epochs)[0])
+        step_timer = StepTimer()
+        bases.append(run([step_timer], hidden, epochs)[0])
+        steps_t.append(step_timer.seconds / step_timer.steps)
         probe = LinearProbe(sites, targets={"digit": "y"})
         timers.append(HookTimer(probe, profiler))
-        t, trainer = run([probe], hidden, epochs)
+        updates.append(UpdateTimer())
+        try:
+            t, trainer = run([probe], hidden, epochs)
+        finally:
+            updates[-1].remove()
         probed.append(t)
-    base, with_probe = min(bases), min(probed)
+    base, with_probe, step = min(bases), min(probed), min(steps_t)
     steps, vals = trainer.global_step, epochs
     best = {p: min(t.seconds[p] for t in timers) for p in PARTS}
+    accumulate = min(u.seconds for u in updates) / vals
     per_step = best["train step"] / steps
     fixed = (best["solve"] + best["report"]) / vals
-    step = base / steps  # upper bound of a step's time (includes validation and the loop)
     print(f"{title} (best of {repeats})")
     print(f"   without probe {base:6.2f} s | with probe {with_probe:6.2f} s | ratio {with_probe / base:.3f}")
     print(
         f"   per training step: {1e6 * per_step:.0f} us in the hooks = {100 * per_step / step:.1f}% of "
-        f"the step ({1e3 * step:.2f} ms, the run without probe / steps)"
+        f"the step ({1e3 * step:.2f} ms: forward, backward, optimiser, without probe)"
     )
     print(
-        f"   per validation: fixed cost {1e3 * fixed:.2f} ms (solve {1e3 * best['solve'] / vals:.2f} ms + "
-        f"report {1e3 * best['report'] / vals:.2f} ms) + val batches {1e3 * best['val batches'] / vals:.2f} ms"
+        f"   per validation: fixed cost {1e3 * fixed:.2f} ms (solve {1e3 * best['solve'] / vals:.2f} ms, of which "
+        f"accumulating the epoch's buffered training rows {1e3 * accumulate:.2f} ms; report "
+        f"{1e3 * best['report'] / vals:.2f} ms) + val batches {1e3 * best['val batches'] / vals:.2f} ms"
     )
 
 
