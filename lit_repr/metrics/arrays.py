@@ -9,7 +9,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lit_repr.metrics.probe import ProbeReadout, Task
+from lit_repr.metrics.probe import ProbeReadout, Task, linear64
 from lit_repr.metrics.readout import FIT, HELDOUT
 from lit_repr.metrics.ridge import DEFAULT_ALPHAS
 
@@ -38,7 +38,7 @@ class ProbeResult:
 
     def predict(self, x: Tensor) -> Tensor:
         """Regression predictions, or class scores for classification."""
-        return torch.as_tensor(x).to(torch.float64) @ self.weight.to(torch.float64) + self.bias.to(torch.float64)
+        return linear64(torch.as_tensor(x), self.weight, self.bias)
 
 
 def fit_probe(

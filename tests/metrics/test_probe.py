@@ -209,3 +209,17 @@ def test_target_offset_of_1e8_keeps_every_digit():
         out[off] = r.compute("val")
     for k in ("r2", "pearson", "spearman", "mse"):
         assert out[1e8][k] == pytest.approx(out[0.0][k], abs=1e-6), k
+
+
+def test_linear64_in_blocks_equals_one_product():
+    from lit_repr.metrics.probe import linear64
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2500, 7, generator=g) + 1e4
+    w, b = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    want = x.double() @ w + b
+    for rows in (1, 1000, 4096):  # blocks, with a last partial one; a single block
+        got = linear64(x, w, b, rows=rows)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(linear64(x.double(), w, b), want, rtol=1e-15, atol=0)
