@@ -271,6 +271,8 @@ def large_fit(repeats: int, n: int = 40_000, d: int = 512, n_test: int = 10_000)
     r2_sk = sk.score(xt.numpy(), yt.numpy())
     t_ours, ours = _best(lambda: fit_probe(xf, yf, eval_sets={"test": (xt, yt)}), repeats)
     r2 = ours.scores["test"]["r2"]
+    t_f32, f32 = _best(lambda: fit_probe(xf, yf, eval_sets={"test": (xt, yt)}, float32_products=True), repeats)
+    r2_f32 = f32.scores["test"]["r2"]
 
     x64 = xf.double()
     x64 -= x64[:1024].mean(0)  # the floor's input is ready: only its arithmetic is timed
@@ -281,6 +283,8 @@ def large_fit(repeats: int, n: int = 40_000, d: int = 512, n_test: int = 10_000)
           f"fit_probe / floor {t_ours / t_floor:.2f}")
     print(f"   test R2 ours {r2:.6f} | RidgeCV {r2_sk:.6f} | |diff| {abs(r2 - r2_sk):.1e} (aim <= 1e-4) | "
           f"alpha ours {ours.alpha:g} | RidgeCV {sk.alpha_:g}")
+    print(f"   float32_products=True: fit_probe {t_f32:.3f} s | ratio RidgeCV/fit_probe {t_sk / t_f32:.1f}x | "
+          f"test R2 {r2_f32:.6f} | |diff| to RidgeCV {abs(r2_f32 - r2_sk):.1e} | alpha {f32.alpha:g}")
 
 
 if __name__ == "__main__":
