@@ -499,8 +499,18 @@ def linear64(x: Tensor, weight: Tensor, bias: Tensor, rows: int = 1024) -> Tenso
     if x.dtype == torch.float64 or x.shape[0] <= rows:
         return torch.addmm(bias, x.to(torch.float64), weight)
     out = torch.empty(x.shape[0], weight.shape[1], dtype=torch.float64, device=x.device)
-    for start in range(0, x.shape[0], rows):
-        torch.addmm(bias, x[start : start + rows].to(torch.float64), weight, out=out[start : start + rows])
+    threads = torch.get_num_threads()
+    # few outputs: each block is bound by memory, and one thread runs the many small products without
+    # waiting for the others (on 2 busy cores: 6 ms instead of 300 ms for 40,000 x 512, one output)
+    one = x.device.type == "cpu" and weight.shape[1] <= 32 and threads > 1
+    if one:
+        torch.set_num_threads(1)
+    try:
+        for start in range(0, x.shape[0], rows):
+            torch.addmm(bias, x[start : start + rows].to(torch.float64), weight, out=out[start : start + rows])
+    finally:
+        if one:
+            torch.set_num_threads(threads)
     return out
 
 

@@ -223,6 +223,9 @@ def test_linear64_in_blocks_equals_one_product():
         assert got.dtype == torch.float64
         torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
     torch.testing.assert_close(linear64(x.double(), w, b), want, rtol=1e-15, atol=0)
+    threads = torch.get_num_threads()
+    linear64(x, w, b, rows=1000)  # few outputs run on one thread: the caller's count comes back
+    assert torch.get_num_threads() == threads
 
 
 def test_fit_probe_float32_products_equals_ridgecv():
