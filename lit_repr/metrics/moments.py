@@ -143,7 +143,13 @@ class ShiftedMoments(Metric):
                 if empty:
                     setattr(self, ref_name, x[:_REFERENCE_ROWS].mean(0, dtype=torch.float64).float().double())
                 ref = getattr(self, ref_name)
-                low[v] = x - ref.float()
+                ref32 = ref.float()
+                if not torch.equal(ref32.double(), ref):  # a float64 reference (set by float64 data): exact path
+                    ref32 = None
+            else:
+                ref32 = None
+            if ref32 is not None:
+                low[v] = x - ref32
                 getattr(self, sum_name).add_(low[v].sum(0).double())
                 continue
             x64 = x.to(torch.float64)

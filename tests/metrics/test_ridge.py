@@ -175,5 +175,9 @@ def test_float32_products_match_float64_to_float32_rounding():
     r64.update(x.double(), y)
     torch.testing.assert_close(r64.xtx, exact.moments_about({"x": r64.x_ref, "y": r64.y_ref})["xtx"], rtol=1e-10,
                                atol=1e-6)
+    r64.update(x[:500], y[:500])  # float32 data about a float64 reference: the float64 path, exact
+    whole = StreamingRidge(40, 2)
+    whole.update(torch.cat([x.double(), x[:500].double()]), torch.cat([y, y[:500]]))
+    torch.testing.assert_close(r64.compute().weight, whole.compute().weight, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="float32_products"):
         StreamingRidge(40, 2, float32_products=1)
