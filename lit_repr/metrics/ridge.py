@@ -32,6 +32,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from lit_repr.metrics.moments import ShiftedMoments
+from lit_repr.threads import num_threads
 
 __all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced", "synced_like"]
 
@@ -155,14 +156,8 @@ def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
     cores (measured on 2 shared cores, 1 vs 2 threads: 0.03 s vs 0.3-4 s at 512, 0.36 s vs
     0.73 s at 1024). The caller's thread count is restored afterwards, also on exceptions.
     """
-    threads = torch.get_num_threads()
-    if a.device.type != "cpu" or a.shape[0] > 1024 or threads == 1:
+    with num_threads(1 if a.device.type == "cpu" and a.shape[0] <= 1024 else None):
         return torch.linalg.eigh(a)
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.eigh(a)
-    finally:
-        torch.set_num_threads(threads)
 
 
 class StreamingRidge(ShiftedMoments):
@@ -181,6 +176,10 @@ class StreamingRidge(ShiftedMoments):
         max_components: if set, ridge is solved on the leading principal components only
             (principal-component regression with shrinkage).
         seed: seed of the random projection (identical on every process).
+        float32_products: accumulate the sums and products of float32 features in float32 per batch
+            (about twice as fast; float32 rounding, see
+            :meth:`~lit_repr.metrics.moments.ShiftedMoments.accumulate`). Off (default): float64, exact
+            over batching and DDP processes to float64 rounding.
 
     States (float64, about the references ``x_ref`` and ``y_ref``): ``n``, ``sum_x``, ``sum_y``,
     ``xtx`` (``Σ(x − x_ref)(x − x_ref)ᵀ``), ``xty`` and ``yy`` (``Σ(y − y_ref)²`` per target).
@@ -216,9 +215,13 @@ class StreamingRidge(ShiftedMoments):
         projection_dim: int | None = None,
         max_components: int | None = None,
         seed: int = 0,
+        float32_products: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if not isinstance(float32_products, bool):
+            raise ValueError(f"float32_products must be True or False, got {float32_products!r}")
+        self.float32_products = float32_products
         for name, v in (("in_features", in_features), ("num_targets", num_targets)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
@@ -269,12 +272,12 @@ class StreamingRidge(ShiftedMoments):
                 raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
             x = x.to(torch.float64) @ self.projection.to(x.device)
-        return x, y  # features are converted to float64 (once) as their reference is subtracted
+        return x, y  # converted to float64 as their reference is subtracted (unless float32_products)
 
     def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
         """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``."""
         x, y = self._prepare(x, y)
-        self.accumulate(x=x, y=y)
+        self.accumulate(return_centred=False, x=x, y=y)
 
     # ------------------------------------------------------------------ solving
     def _centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

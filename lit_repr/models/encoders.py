@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
+
+from lit_repr.threads import num_threads as _threads
 
 __all__ = [
     "SparseEncoder",
@@ -260,19 +261,6 @@ def _lipschitz(dictionary: Tensor, iters: int = 50) -> Tensor:
         v = dictionary.T @ (dictionary @ v)
         v = v / v.norm().clamp_min(1e-30)
     return (dictionary @ v).pow(2).sum() * 1.01  # a little slack: power iteration underestimates
-
-
-@contextmanager
-def _threads(count: int):
-    """Run the enclosed torch operations on ``count`` intra-op threads, then restore the thread count."""
-    before = torch.get_num_threads()
-    if count != before:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        if count != before:
-            torch.set_num_threads(before)
 
 
 def _max_abs(a: Tensor) -> Tensor:

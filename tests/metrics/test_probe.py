@@ -261,3 +261,38 @@ def test_ovr_auroc_equals_torchmetrics_and_sklearn_with_ties(levels):
     torch.testing.assert_close(ours[:5], theirs[:5], atol=2e-7, rtol=0)
     for c in range(5):
         assert abs(float(ours[c]) - roc_auc_score((y == c).numpy(), p[:, c].double().numpy())) < 2e-7
+
+
+def test_linear64_in_blocks_equals_one_product():
+    from lit_repr.metrics.probe import linear64
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2500, 7, generator=g) + 1e4
+    w, b = torch.randn(7, 3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    want = x.double() @ w + b
+    for rows in (1, 1000, 4096):  # blocks, with a last partial one; a single block
+        got = linear64(x, w, b, rows=rows)
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(linear64(x.double(), w, b), want, rtol=1e-15, atol=0)
+    threads = torch.get_num_threads()
+    linear64(x, w, b, rows=1000)  # few outputs run on one thread: the caller's count comes back
+    assert torch.get_num_threads() == threads
+
+
+def test_fit_probe_float32_products_equals_ridgecv():
+    from sklearn.linear_model import RidgeCV
+
+    from lit_repr.metrics import fit_probe
+    from lit_repr.metrics.ridge import DEFAULT_ALPHAS
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 64, generator=g) @ (torch.randn(64, 64, generator=g) / 8) + 0.5
+    y = x.double() @ torch.randn(64, generator=g, dtype=torch.float64) + 0.5 * torch.randn(5000, generator=g,
+                                                                                       dtype=torch.float64)
+    res = fit_probe(x[:4000], y[:4000], eval_sets={"test": (x[4000:], y[4000:])}, float32_products=True)
+    exact = fit_probe(x[:4000], y[:4000], eval_sets={"test": (x[4000:], y[4000:])})
+    # ill-conditioned features: float32 rounding may move the chosen penalty, not the score
+    assert abs(res.scores["test"]["r2"] - exact.scores["test"]["r2"]) < 1e-4
+    sk = RidgeCV(alphas=DEFAULT_ALPHAS).fit(x[:4000].numpy(), y[:4000].numpy())  # penalty by leave-one-out
+    assert abs(res.scores["test"]["r2"] - sk.score(x[4000:].numpy(), y[4000:].numpy())) < 1e-4

@@ -150,3 +150,34 @@ def test_constant_added_to_features_or_targets_changes_nothing(grid_features, sh
     assert fit.alpha == ref_fit.alpha
     torch.testing.assert_close(fit.weight, ref_fit.weight, rtol=1e-7, atol=1e-9)
     torch.testing.assert_close(got["r2"], ref["r2"], rtol=0, atol=1e-9)
+
+
+def test_float32_products_match_float64_to_float32_rounding():
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3000, 40, generator=g) @ torch.randn(40, 40, generator=g) + 50.0).float()
+    y = x.double() @ torch.randn(40, 2, generator=g, dtype=torch.float64) + 1e8 + torch.randn(3000, 2, generator=g,
+                                                                                             dtype=torch.float64)
+    exact, fast = StreamingRidge(40, 2), StreamingRidge(40, 2, float32_products=True)
+    for xb, yb in zip(x.split(700), y.split(700)):
+        exact.update(xb, yb)
+        fast.update(xb, yb)
+    assert fast.x_ref.float().double().equal(fast.x_ref)  # the reference is rounded to float32
+    for k in ("sum_x", "xtx", "xty"):
+        moved = fast.moments_about({"x": exact.x_ref, "y": exact.y_ref})[k]
+        torch.testing.assert_close(moved, exact.moments_about({"x": exact.x_ref, "y": exact.y_ref})[k], rtol=1e-5,
+                                   atol=1e-5 * float(exact.xtx.diagonal().max()) ** 0.5 * 3000 ** 0.5)
+    f_exact, f_fast = exact.compute(), fast.compute()
+    assert f_fast.alpha == f_exact.alpha
+    s_exact, s_fast = moments_score(f_exact, exact), moments_score(f_fast, exact)
+    torch.testing.assert_close(s_fast["r2"], s_exact["r2"], rtol=0, atol=1e-6)
+    # float64 features keep float64 products
+    r64 = StreamingRidge(40, 2, float32_products=True)
+    r64.update(x.double(), y)
+    torch.testing.assert_close(r64.xtx, exact.moments_about({"x": r64.x_ref, "y": r64.y_ref})["xtx"], rtol=1e-10,
+                               atol=1e-6)
+    r64.update(x[:500], y[:500])  # float32 data about a float64 reference: the float64 path, exact
+    whole = StreamingRidge(40, 2)
+    whole.update(torch.cat([x.double(), x[:500].double()]), torch.cat([y, y[:500]]))
+    torch.testing.assert_close(r64.compute().weight, whole.compute().weight, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="float32_products"):
+        StreamingRidge(40, 2, float32_products=1)
