@@ -92,6 +92,15 @@ def test_time_stepping_is_fourth_order():
     assert 10 < errors[0] / errors[1] < 24, errors  # 2^4 = 16
 
 
+def test_chunks_do_not_change_the_result():
+    w0 = random_vorticity(5, 16, 0.3, (1, 3), np.random.default_rng(4))
+    nu = np.linspace(0.1, 0.3, 5)
+    a = simulate_vorticity(w0, nu, 3, 0.2, 4, chunk_size=2)
+    b = simulate_vorticity(w0, nu, 3, 0.2, 4, chunk_size=5)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a[2:3], simulate_vorticity(w0[2:3], nu[2], 3, 0.2, 4), rtol=0, atol=1e-12)
+
+
 def test_energy_budget_with_viscosity():
     # dE/dt = -2 nu Z on the periodic domain: advection moves energy between scales, viscosity removes it.
     w0 = random_vorticity(3, 32, 0.3, (1, 4), np.random.default_rng(3))
