@@ -447,7 +447,10 @@ class OrbitsDataModule(ArrayDataModule):
     # ------------------------------------------------------------------ generation
     def sample(self, n: int, rng: np.random.Generator, ood: bool = False) -> dict[str, Tensor]:
         """Draw and integrate ``n`` trajectories from the training (or, with ``ood``, the OOD) ranges."""
-        check_int("n", n, low=0)
+        return self._sample(check_int("n", n, low=0), rng, ood)[0]
+
+    def _sample(self, n: int, rng: np.random.Generator, ood: bool) -> tuple[dict[str, Tensor], float]:
+        """The samples and the largest relative energy error along their trajectories."""
         ecc_r, rad_r, mu_r = (self.ood_eccentricity, self.ood_radius, self.ood_mu) if ood else (
             self.eccentricity, self.radius, self.mu)  # fmt: skip
         e = rng.uniform(*ecc_r, size=n)
@@ -474,8 +477,7 @@ class OrbitsDataModule(ArrayDataModule):
             **{k: torch.from_numpy(v).float() for k, v in latents.items()},
             "force_t": torch.from_numpy(mu[:, None] / r**2).float(),
         }
-        out["_energy_error"] = torch.tensor(err, dtype=torch.float64)
-        return out
+        return out, err
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:
         sizes = {"train": self.num_train, "val": self.num_val, "test": self.num_test, "ood": self.num_ood}
@@ -485,9 +487,7 @@ class OrbitsDataModule(ArrayDataModule):
             if n == 0:
                 continue
             rng = np.random.default_rng([self.seed, 23, i])  # one stream per split: sizes do not shift others
-            split = self.sample(n, rng, ood=name == "ood")
-            errors[name] = float(split.pop("_energy_error"))
-            out[name] = split
+            out[name], errors[name] = self._sample(n, rng, ood=name == "ood")
         if self.energy_tol is not None:
             bad = {k: v for k, v in errors.items() if v > self.energy_tol}
             if bad:

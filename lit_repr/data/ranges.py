@@ -14,6 +14,8 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 __all__ = ["check_range", "ranges_overlap", "check_ood_range"]
 
 
@@ -56,11 +58,11 @@ def check_range(
     else:
         bounds = ""
     message = f"{name} must be a (low, high) range with low <= high{bounds}, got {value!r}"
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 2:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)) or len(value) != 2:
         raise ValueError(message)
     ends = []
-    for v in value:
-        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+    for v in list(value):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v):
             raise ValueError(message)
         v = float(v)
         if low is not None and (v <= low if low_open else v < low):
