@@ -1,0 +1,1 @@
+"""FederatedFactory: one-shot federated learning through generative priors exchanged between clients and a server."""
