@@ -1,0 +1,1 @@
+"""FederatedFactory: federated learning through exchanged generative priors, and its baselines."""
