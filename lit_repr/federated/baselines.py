@@ -444,6 +444,7 @@ def local_update(
         # the local runs have no validation loader and read in-memory tensors on purpose
         warnings.filterwarnings("ignore", ".*`validation_step` but have no `val_dataloader`.*")
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")  # lightning 2.6 on torch 2.14
         torch.manual_seed(seed)
         trainer = pl.Trainer(**kwargs)
         trainer.fit(model, train_dataloaders=_loader(images, labels, model, batch_size, seed))
