@@ -1,1 +1,1 @@
-"""FederatedFactory: federated learning through exchanged generative priors, and its baselines."""
+"""FederatedFactory: one-shot federated learning through generative priors exchanged between clients and a server."""
