@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from lit_repr.data import DigitsDataModule
 from lit_repr.federated.baselines import (
@@ -92,6 +92,20 @@ def test_fedavg_with_one_client_and_one_round_is_centralized_training_bit_for_bi
     init = Classifier(**CLF)
     assert same_state(fed, cen)
     assert not same_state(fed, init)  # it did train
+
+
+def test_fedavg_with_one_client_is_plain_lightning_training(small, trainer_kwargs):
+    """The local run is an ordinary Trainer.fit over a shuffled DataLoader: written here from scratch."""
+    x, y, _ = small
+    fed = fedavg(x, y, [np.arange(len(y))], rounds=1, local_epochs=2, classifier=CLF, seed=4, batch_size=32)
+    torch.manual_seed(4)
+    plain = Classifier(**CLF)
+    rows = [{"x": a, "y": b} for a, b in zip(x, y)]
+    shuffle = RandomSampler(rows, generator=torch.Generator().manual_seed(derive_seed(4, 0, 0)))
+    loader = DataLoader(rows, batch_size=32, sampler=shuffle)
+    torch.manual_seed(derive_seed(4, 0, 0))
+    pl.Trainer(max_epochs=2, **trainer_kwargs).fit(plain, loader)
+    assert same_state(fed, plain)
 
 
 def test_fedavg_round_is_the_count_weighted_average_of_local_updates(small):
