@@ -138,7 +138,7 @@ class Cifar10DataModule(ArrayDataModule):
         ...     pickle.dump({b"label_names": [b"airplane", b"automobile", b"bird", b"cat", b"deer",
         ...                                   b"dog", b"frog", b"horse", b"ship", b"truck"]}, f)
         >>> dm = Cifar10DataModule(root=str(root.parent), size=16, val_fraction=0.25, batch_size=5)
-        >>> x, y = dm.arrays("train"); x.shape, y.dtype, dm.class_names[:2]
+        >>> t = dm.arrays("train"); t["x"].shape, t["y"].dtype, dm.class_names[:2]
         (torch.Size([15, 3, 16, 16]), torch.int64, ['airplane', 'automobile'])
         >>> import shutil; shutil.rmtree(root.parent)
     """

@@ -157,7 +157,7 @@ class ISIC2019DataModule(ArrayDataModule):
         ...     rows.append(f"ISIC_{i:07d}," + ",".join("1.0" if j == i else "0.0" for j in range(9)))
         >>> _ = (root / "ISIC_2019_Training_GroundTruth.csv").write_text("\\n".join(rows) + "\\n")
         >>> dm = ISIC2019DataModule(root=str(root), size=28, val_fraction=0.0, test_fraction=0.0, cache=False)
-        >>> x, y = dm.arrays("train"); x.shape, y.tolist()
+        >>> t = dm.arrays("train"); t["x"].shape, t["y"].tolist()
         (torch.Size([8, 3, 28, 28]), [0, 1, 2, 3, 4, 5, 6, 7])
         >>> import shutil; shutil.rmtree(root)
     """

@@ -499,12 +499,6 @@ class OrbitsDataModule(ArrayDataModule):
         self.energy_error = errors
         return out
 
-    def arrays(self, split: str) -> dict[str, Tensor]:
-        """A whole split at once: every key of its batches, for all its samples."""
-        if split not in self._splits():
-            raise ValueError(self._missing(split, "arrays() asked for it"))
-        return dict(self.datasets[split].tensors)
-
     @property
     def num_factors(self) -> int:
         """Number of per-sample latent factors (columns of ``latents``)."""

@@ -37,9 +37,12 @@ def test_reads_the_official_layout(tmp_path):
     written = _write(tmp_path)
     dm = Cifar10DataModule(root=str(tmp_path), val_fraction=0.2, batch_size=4)
     dm.setup("fit")
-    x, y, index = dm.arrays("train", keys=("x", "y", "index"))
-    vx, vy = dm.arrays("val")
-    tx, ty = dm.arrays("test")
+    _t = dm.arrays("train")
+    x, y = _t["x"], _t["y"]
+    _t = dm.arrays("val")
+    vx, vy = _t["x"], _t["y"]
+    _t = dm.arrays("test")
+    tx, ty = _t["x"], _t["y"]
     assert x.shape == (24, 3, 32, 32) and vx.shape == (6, 3, 32, 32) and tx.shape == (4, 3, 32, 32)
     assert x.dtype == torch.float32 and y.dtype == torch.int64 and 0 <= float(x.min()) and float(x.max()) <= 1
     assert dm.class_names[0] == "airplane" and dm.num_classes == 10
@@ -60,21 +63,22 @@ def test_reads_the_official_layout(tmp_path):
 def test_root_may_be_the_batch_folder_itself(tmp_path):
     _write(tmp_path)
     dm = Cifar10DataModule(root=str(tmp_path / "cifar-10-batches-py"), val_fraction=0.0)
-    assert dm.arrays("train")[0].shape[0] == 30 and "val" not in dm.datasets
+    assert dm.arrays("train")["x"].shape[0] == 30 and "val" not in dm.datasets
 
 
 def test_resize_subsets_and_seeds(tmp_path):
     _write(tmp_path, per_batch=10, num_test=8)
     dm = Cifar10DataModule(root=str(tmp_path), size=8, num_train=12, num_test=5, seed=1)
-    x, y = dm.arrays("train")
-    assert x.shape == (12, 3, 8, 8) and dm.arrays("test")[0].shape == (5, 3, 8, 8)
-    assert dm.arrays("val")[0].shape == (5, 3, 8, 8)
+    _t = dm.arrays("train")
+    x, y = _t["x"], _t["y"]
+    assert x.shape == (12, 3, 8, 8) and dm.arrays("test")["x"].shape == (5, 3, 8, 8)
+    assert dm.arrays("val")["x"].shape == (5, 3, 8, 8)
     again = Cifar10DataModule(root=str(tmp_path), size=8, num_train=12, num_test=5, seed=1)
-    assert torch.equal(again.arrays("train")[0], x)
+    assert torch.equal(again.arrays("train")["x"], x)
     other = Cifar10DataModule(root=str(tmp_path), size=8, num_train=12, num_test=5, seed=2)
-    assert not torch.equal(other.arrays("train")[0], x)
+    assert not torch.equal(other.arrays("train")["x"], x)
     # resizing keeps a constant image constant and the mean of each image close
-    full = Cifar10DataModule(root=str(tmp_path), size=32, num_train=12, num_test=5, seed=1).arrays("train")[0]
+    full = Cifar10DataModule(root=str(tmp_path), size=32, num_train=12, num_test=5, seed=1).arrays("train")["x"]
     torch.testing.assert_close(x.mean((2, 3)), full.mean((2, 3)), atol=0.02, rtol=0)
     with pytest.raises(ValueError, match="num_train must be at most the 45 samples available, got 46"):
         Cifar10DataModule(root=str(tmp_path), num_train=46).setup()

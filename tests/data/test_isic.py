@@ -36,11 +36,12 @@ def test_reads_the_official_layout_with_stratified_splits(tmp_path):
     labels = _write(tmp_path, per_class=10)
     dm = ISIC2019DataModule(root=str(tmp_path), size=28, val_fraction=0.2, test_fraction=0.3, batch_size=4)
     dm.setup("fit")
-    x, y = dm.arrays("train")
+    _t = dm.arrays("train")
+    x, y = _t["x"], _t["y"]
     assert x.shape == (40, 3, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     for split, per_class in (("train", 5), ("val", 2), ("test", 3)):
-        assert torch.bincount(dm.arrays(split)[1], minlength=8).tolist() == [per_class] * 8
+        assert torch.bincount(dm.arrays(split)["y"], minlength=8).tolist() == [per_class] * 8
     # the images keep their class colour (red channel rises with the class index)
     red = x[:, 0].mean((1, 2))
     for cls in range(8):
@@ -54,20 +55,20 @@ def test_reads_the_official_layout_with_stratified_splits(tmp_path):
 def test_cache_is_written_and_reused_without_the_images(tmp_path):
     _write(tmp_path, per_class=3)
     first = ISIC2019DataModule(root=str(tmp_path), size=16, num_samples=10, seed=0)
-    x0 = first.arrays("train")[0]
+    x0 = first.arrays("train")["x"]
     cache = tmp_path / "isic2019_16.npz"
     with np.load(cache) as npz:
         assert npz["images"].shape == (10, 16, 16, 3)
     whole = dict(size=16, val_fraction=0.0, test_fraction=0.0)
-    x_full = ISIC2019DataModule(root=str(tmp_path), **whole).arrays("train")[0]  # decodes the 14 missing images
+    x_full = ISIC2019DataModule(root=str(tmp_path), **whole).arrays("train")["x"]  # decodes the 14 missing images
     with np.load(cache) as npz:
         assert len(npz["names"]) == 24
     for p in (tmp_path / "ISIC_2019_Training_Input").iterdir():
         p.unlink()
     (tmp_path / "ISIC_2019_Training_Input").rmdir()
     again = ISIC2019DataModule(root=str(tmp_path), **whole)  # all from the cache
-    assert x_full.shape[0] == 24 and torch.equal(again.arrays("train")[0], x_full)
-    assert torch.equal(ISIC2019DataModule(root=str(tmp_path), size=16, num_samples=10).arrays("train")[0], x0)
+    assert x_full.shape[0] == 24 and torch.equal(again.arrays("train")["x"], x_full)
+    assert torch.equal(ISIC2019DataModule(root=str(tmp_path), size=16, num_samples=10).arrays("train")["x"], x0)
     with pytest.raises(FileNotFoundError, match="ISIC_2019_Training_Input/"):
         ISIC2019DataModule(root=str(tmp_path), size=28).setup()  # no 28px cache, no images
 
@@ -90,8 +91,8 @@ def test_seeds_and_subsets(tmp_path):
     a = ISIC2019DataModule(root=str(tmp_path), size=8, num_samples=20, seed=3, cache=False)
     b = ISIC2019DataModule(root=str(tmp_path), size=8, num_samples=20, seed=3, cache=False)
     c = ISIC2019DataModule(root=str(tmp_path), size=8, num_samples=20, seed=4, cache=False)
-    assert torch.equal(a.arrays("train")[0], b.arrays("train")[0])
-    assert not torch.equal(a.arrays("train")[0], c.arrays("train")[0])
+    assert torch.equal(a.arrays("train")["x"], b.arrays("train")["x"])
+    assert not torch.equal(a.arrays("train")["x"], c.arrays("train")["x"])
     assert sum(len(ds) for ds in a.datasets.values()) == 20
     with pytest.raises(ValueError, match="num_samples must be at most the 32 images listed, got 33"):
         ISIC2019DataModule(root=str(tmp_path), num_samples=33, cache=False).setup()

@@ -77,7 +77,8 @@ def test_bad_flags_name_argument_and_value(tmp_path):
 def test_federated_flags_give_images_in_unit_range_and_int_labels(tmp_path, flag, num_channels, num_classes):
     arrays = _write(tmp_path / f"{flag}.npz", num_channels, 1, num_classes=num_classes)
     dm = MedMNISTDataModule(flag, root=str(tmp_path))
-    x, y = dm.arrays("train")
+    t = dm.arrays("train")
+    x, y = t["x"], t["y"]
     assert x.shape == (12, num_channels, 28, 28) and x.dtype == torch.float32
     assert 0 <= float(x.min()) and float(x.max()) <= 1
     assert y.dtype == torch.int64 and y.tolist() == arrays["train_labels"][:, 0].tolist()
