@@ -69,8 +69,7 @@ def test_root_may_be_the_batch_folder_itself(tmp_path):
 def test_resize_subsets_and_seeds(tmp_path):
     _write(tmp_path, per_batch=10, num_test=8)
     dm = Cifar10DataModule(root=str(tmp_path), size=8, num_train=12, num_test=5, seed=1)
-    _t = dm.arrays("train")
-    x, y = _t["x"], _t["y"]
+    x = dm.arrays("train")["x"]
     assert x.shape == (12, 3, 8, 8) and dm.arrays("test")["x"].shape == (5, 3, 8, 8)
     assert dm.arrays("val")["x"].shape == (5, 3, 8, 8)
     again = Cifar10DataModule(root=str(tmp_path), size=8, num_train=12, num_test=5, seed=1)
