@@ -6,6 +6,7 @@ from lit_repr.data.digits import DigitsDataModule
 from lit_repr.data.latent import InvertibleMLP, LatentVariableDataModule
 from lit_repr.data.medmnist import MedMNISTDataModule
 from lit_repr.data.modular import ModularArithmeticDataModule
+from lit_repr.data.orbits import OrbitsDataModule
 from lit_repr.data.sparse_coding import SparseCodingDataModule
 from lit_repr.data.sprites import SpritesDataModule, render_sprites
 from lit_repr.data.teacher_student import TeacherStudentDataModule
@@ -18,4 +19,5 @@ __all__ = [
     "SpritesDataModule", "render_sprites",
     "SparseCodingDataModule",
     "TeacherStudentDataModule", "ModularArithmeticDataModule",
+    "OrbitsDataModule",
 ]
