@@ -205,11 +205,10 @@ def collect(loader: Any, key: TargetSpec) -> Tensor:
     return t
 
 
-def _trainer(max_epochs: int) -> pl.Trainer:
-    return pl.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-    )
+def _trainer(max_epochs: int, trainer_kwargs: Mapping[str, Any] | None = None) -> pl.Trainer:
+    kw = dict(max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    return pl.Trainer(**{**kw, **(trainer_kwargs or {})})
 
 
 def _shuffled(loader: DataLoader, seed: int) -> DataLoader:
@@ -241,12 +240,13 @@ def fine_tune_scores(
     input_key: TargetSpec = "x",
     target_key: TargetSpec = "latents",
     seed: int = 0,
+    trainer_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """Fine-tune ``network`` (``x -> (B, in_features)``, every weight) with a linear head on the standardised latents.
 
     Trained with a Lightning ``Trainer`` on a shuffled copy of ``loaders[fit_split]``; scored on
     every loader: ``{split: {latent name: {"pearson", "r2"}}}``. ``network`` is trained in place
-    (pass a copy).
+    (pass a copy). ``trainer_kwargs`` override the ``Trainer``'s settings (e.g. ``limit_train_batches``).
 
     Example:
         >>> from torch.utils.data import DataLoader
@@ -258,7 +258,7 @@ def fine_tune_scores(
         True
     """
     return _adapt(network, loaders, names, in_features, (), max_epochs, lr, fit_split, val_split,
-                  input_key, target_key, seed)
+                  input_key, target_key, seed, trainer_kwargs)
 
 
 def mlp_probe_scores(
@@ -272,6 +272,7 @@ def mlp_probe_scores(
     fit_split: str = "train",
     val_split: str | None = "val",
     seed: int = 0,
+    trainer_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """An MLP probe on frozen features: trained on ``feats[fit_split]`` to the standardised latents, scored per split.
 
@@ -286,6 +287,7 @@ def mlp_probe_scores(
         fit_split: the split that trains the probe.
         val_split: the split logged as ``val/loss`` during training (``None``: none).
         seed: seed of the shuffling and of the initial weights.
+        trainer_kwargs: override the ``Trainer``'s settings (e.g. ``limit_train_batches``).
 
     Example:
         >>> f = {"train": torch.randn(128, 4)}; lat = {"train": f["train"][:, :1] ** 2}
@@ -304,13 +306,13 @@ def mlp_probe_scores(
         loaders[s] = DataLoader(ds, batch_size=batch_size)
     width = next(iter(feats.values())).shape[1]
     return _adapt(nn.Identity(), loaders, names, width, hidden, max_epochs, lr, fit_split, val_split, "x",
-                  "latents", seed)
+                  "latents", seed, trainer_kwargs)
 
 
 def _adapt(
     body: nn.Module, loaders: Mapping[str, Any], names: Sequence[str], in_features: int, hidden: Sequence[int],
     max_epochs: int, lr: float, fit_split: str, val_split: str | None, input_key: TargetSpec,
-    target_key: TargetSpec, seed: int,
+    target_key: TargetSpec, seed: int, trainer_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     _check_loaders(loaders, fit_split)
     if val_split is not None and val_split not in loaders:
@@ -328,7 +330,7 @@ def _adapt(
         torch.manual_seed(seed)
         model = LatentRegressor(body, in_features, y.shape[1], y.mean(0), std, hidden=hidden, lr=lr,
                                 input_key=input_key, target_key=target_key)
-        _trainer(max_epochs).fit(model, _shuffled(loaders[fit_split], seed),
+        _trainer(max_epochs, trainer_kwargs).fit(model, _shuffled(loaders[fit_split], seed),
                                  loaders[val_split] if val_split is not None else None)
     return {s: regression_scores(_predict(model, dl, input_key), targets[s], names) for s, dl in loaders.items()}
 
@@ -353,8 +355,8 @@ def format_table(
         >>> r = {"frozen_linear": {"test": {"E": {"pearson": 0.99, "r2": 0.98}},
         ...                        "ood": {"E": {"pearson": 0.9, "r2": 0.5}}}}
         >>> print(format_table(r, ["E"], paper=None))  # doctest: +NORMALIZE_WHITESPACE
-        quantity  method         rho ID  rho OOD  R2 ID   R2 OOD
-        E         frozen_linear  0.990   0.900    0.980   0.500
+        quantity  method         rho ID   rho OOD  R2 ID     R2 OOD
+        E         frozen_linear  0.990    0.900    0.980     0.500
     """
     def f(v: float | None) -> str:
         return "  n/a" if v is None else ("  nan" if v != v else f"{v:.3f}")
@@ -365,15 +367,15 @@ def format_table(
     methods = [m for m in METHODS if m in results] + [m for m in results if m not in METHODS]
     width = max([len("quantity")] + [len(n) for n in names]) + 2
     mwidth = max([len("method")] + [len(m) for m in methods]) + 2
-    head = f"{'quantity':<{width}}{'method':<{mwidth}}{'rho ID':<8}{'rho OOD':<9}{'R2 ID':<8}{'R2 OOD':<8}"
+    head = f"{'quantity':<{width}}{'method':<{mwidth}}{'rho ID':<9}{'rho OOD':<9}{'R2 ID':<10}{'R2 OOD':<10}"
     if paper:
         head += "paper"
     lines = [head.rstrip()]
     for q in names:
         for m in methods:
-            line = (f"{q:<{width}}{m:<{mwidth}}{f(get(m, id_split, q, 'pearson')):<8}"
-                    f"{f(get(m, ood_split, q, 'pearson')):<9}{f(get(m, id_split, q, 'r2')):<8}"
-                    f"{f(get(m, ood_split, q, 'r2')):<8}")
+            line = (f"{q:<{width}}{m:<{mwidth}}{f(get(m, id_split, q, 'pearson')):<9}"
+                    f"{f(get(m, ood_split, q, 'pearson')):<9}{f(get(m, id_split, q, 'r2')):<10}"
+                    f"{f(get(m, ood_split, q, 'r2')):<10}")
             if paper:
                 line += paper.get(m, "")
             lines.append(line.rstrip())

@@ -38,7 +38,8 @@ class PhyIPReport(Callback):
     During training it records, at every epoch the probe measures, the SSL loss (``monitor``, by
     default ``val/loss``) and the probe's Pearson ρ and R² per latent on every split (read from
     the probe's readout, one value per output). When training ends it runs the adaptation-based
-    evaluations on the same splits, each with its own Lightning ``Trainer`` (single process):
+    evaluations on the same splits, each with its own Lightning ``Trainer`` (single process, with the
+    run's ``limit_train_batches`` and ``limit_val_batches``):
 
     - ``mlp_probe``: an MLP (``mlp_hidden``) trained on the frozen features of ``site``;
     - ``fine_tuned``: the model's representation network (``representation_network()``, e.g.
@@ -57,8 +58,8 @@ class PhyIPReport(Callback):
         probe: the ``name`` of the frozen ``LinearProbe`` among the trainer's callbacks.
         site: the probe's site to read (default: its first site).
         target: the probe's target holding the latents (default: its first target).
-        latent_names: one name per latent (default: the datamodule's ``latent_names``, else
-            ``latent0``, ``latent1``, ...).
+        latent_names: one name per latent (default: the datamodule's ``latent_names`` or
+            ``factor_names``, else ``latent0``, ``latent1``, ...).
         id_split: the in-distribution evaluation split.
         ood_split: the out-of-distribution split.
         monitor: the logged SSL loss recorded against ρ.
@@ -188,7 +189,8 @@ class PhyIPReport(Callback):
     def _names(self, trainer: pl.Trainer, width: int) -> list[str]:
         names = self.latent_names
         if names is None:
-            dm_names = getattr(getattr(trainer, "datamodule", None), "latent_names", None)
+            dm = getattr(trainer, "datamodule", None)
+            dm_names = getattr(dm, "latent_names", None) or getattr(dm, "factor_names", None)
             names = list(dm_names) if dm_names is not None else None
         if names is None:
             return [f"latent{i}" for i in range(width)]
@@ -259,13 +261,15 @@ class PhyIPReport(Callback):
         latents = {s: collect(dl, spec) for s, dl in loaders.items()}
         feats = frozen_features(pl_module, self._site(), loaders)
         val = "val" if "val" in loaders else None
+        # a reduced run (limit_train_batches / limit_val_batches) reduces the adaptation runs alike
+        limits = {"limit_train_batches": trainer.limit_train_batches, "limit_val_batches": trainer.limit_val_batches}
         mlp = mlp_probe_scores(feats, latents, names, hidden=self.mlp_hidden, max_epochs=self.mlp_epochs,
-                               lr=self.mlp_lr, fit_split=fit, val_split=val, seed=self.seed)
+                               lr=self.mlp_lr, fit_split=fit, val_split=val, seed=self.seed, trainer_kwargs=limits)
         network: nn.Module = pl_module.representation_network()  # type: ignore[operator]
         # the loaders' batches carry the target under the probe's spec; fine-tuning reads it there too
         tuned = fine_tune_scores(network, loaders, names, feats[fit].shape[1], max_epochs=self.finetune_epochs,
                                  lr=self.finetune_lr, fit_split=fit, val_split=val, target_key=spec,
-                                 input_key=self._probe.input_key or "x", seed=self.seed)
+                                 input_key=self._probe.input_key or "x", seed=self.seed, trainer_kwargs=limits)
         return {"mlp_probe": mlp, "fine_tuned": tuned}
 
     def run_dir(self, trainer: pl.Trainer) -> str:

@@ -37,6 +37,7 @@ __all__ = [
 ]
 
 SEQUENCE_ENCODERS = ("mlp", "conv1d", "gru", "conv2d")
+POOLS = ("mean", "first", "last")
 
 
 def variance_loss(z: Tensor, target_std: float = 1.0, eps: float = 1e-4) -> Tensor:
@@ -251,7 +252,8 @@ class TemporalPool(nn.Module):
     """A per-sample representation from a sequence of states: ``(B, T, D)`` -> ``(B, D)``.
 
     Args:
-        mode: ``"mean"`` over the steps from ``skip`` on, or ``"last"`` (the final state).
+        mode: ``"mean"`` over the steps from ``skip`` on, ``"first"`` (the state at step ``skip``,
+            the first that sees a full window from ``t = 0``) or ``"last"`` (the final state).
         skip: leading steps left out of the mean (those that see less than a full window).
 
     Example:
@@ -259,15 +261,16 @@ class TemporalPool(nn.Module):
         tensor([[3., 4.]])
     """
 
-    def __init__(self, mode: Literal["mean", "last"] = "mean", skip: int = 0) -> None:
+    def __init__(self, mode: Literal["mean", "first", "last"] = "mean", skip: int = 0) -> None:
         super().__init__()
-        self.mode = check_choice("pool", mode, ("mean", "last"))
+        self.mode = check_choice("pool", mode, POOLS)
         self.skip = check_int("skip", skip, low=0)
 
     def forward(self, h: Tensor) -> Tensor:
         if self.mode == "last":
             return h[:, -1]
-        return h[:, min(self.skip, h.shape[1] - 1):].mean(1)
+        start = min(self.skip, h.shape[1] - 1)
+        return h[:, start] if self.mode == "first" else h[:, start:].mean(1)
 
 
 class WorldModel(pl.LightningModule):
@@ -295,7 +298,8 @@ class WorldModel(pl.LightningModule):
         hidden: the encoder's hidden widths (channels for convolutions).
         context: steps each state sees (window of the MLP and convolutional encoders).
         predictor_hidden: hidden width of the predictor MLP.
-        pool: ``"mean"`` (over steps that see a full window) or ``"last"``.
+        pool: ``"mean"`` (over steps that see a full window), ``"first"`` (the first such step) or
+            ``"last"``.
         ema_decay: decay of the target encoder's moving average, in ``[0, 1)`` (latent objective).
         variance_weight: weight of the variance penalty (latent objective).
         covariance_weight: weight of the covariance penalty (latent objective).
@@ -322,7 +326,7 @@ class WorldModel(pl.LightningModule):
         hidden: Sequence[int] = (64, 64),
         context: int = 8,
         predictor_hidden: int = 64,
-        pool: Literal["mean", "last"] = "mean",
+        pool: Literal["mean", "first", "last"] = "mean",
         ema_decay: float = 0.99,
         variance_weight: float = 1.0,
         covariance_weight: float = 0.04,
@@ -342,7 +346,7 @@ class WorldModel(pl.LightningModule):
             raise ValueError(f"hidden must be a list of widths, got {hidden!r}")
         check_int("context", context)
         check_int("predictor_hidden", predictor_hidden)
-        check_choice("pool", pool, ("mean", "last"))
+        check_choice("pool", pool, POOLS)
         check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
         check_number("variance_weight", variance_weight, low=0)
         check_number("covariance_weight", covariance_weight, low=0)
