@@ -401,10 +401,11 @@ def rho_vs_loss_figure(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator
 
     if not history:
         raise ValueError("history is empty: the probe recorded no epoch (run at least one validation epoch)")
-    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(splits), figsize=(4.5 * len(splits) + 1.5, 3.6), squeeze=False)
     losses = [float(h["ssl_loss"]) for h in history]
     for ax, split in zip(axes[0], splits):
         for q in names:
@@ -412,9 +413,13 @@ def rho_vs_loss_figure(
             ax.plot(losses, rho, marker="o", ms=3, lw=1, label=q)
         first = [float(h["scores"].get(split, {}).get(names[0], {}).get("pearson", float("nan"))) for h in history]
         for i in sorted({0, len(history) - 1}):
-            ax.annotate(f"epoch {history[i]['epoch']}", (losses[i], first[i]), fontsize=7, alpha=0.7)
+            ax.annotate(f"epoch {history[i]['epoch']}", (losses[i], first[i]), xytext=(0, -12),
+                        textcoords="offset points", ha="center", fontsize=7, alpha=0.7)
         if min(losses) > 0 and max(losses) / min(losses) > 20:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(5))
+            ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
         ax.invert_xaxis()  # training runs left to right: the loss decreases
         ax.set_ylim(-1.05, 1.05)
         ax.axhline(0.9, color="grey", ls=":", lw=0.8)
@@ -422,7 +427,7 @@ def rho_vs_loss_figure(
         ax.set_ylabel(f"Pearson rho ({split})")
         ax.set_title(split, fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
