@@ -3,6 +3,7 @@
 from lit_repr.data.activations import ActivationsDataModule, ChunkedActivationsDataset
 from lit_repr.data.base import ArrayDataModule, EpochSeededSampler, TensorDictDataset, split_indices
 from lit_repr.data.digits import DigitsDataModule
+from lit_repr.data.fluids import FluidsDataModule
 from lit_repr.data.latent import InvertibleMLP, LatentVariableDataModule
 from lit_repr.data.medmnist import MedMNISTDataModule
 from lit_repr.data.modular import ModularArithmeticDataModule
@@ -19,5 +20,5 @@ __all__ = [
     "SpritesDataModule", "render_sprites",
     "SparseCodingDataModule",
     "TeacherStudentDataModule", "ModularArithmeticDataModule",
-    "OrbitsDataModule",
+    "OrbitsDataModule", "FluidsDataModule",
 ]
