@@ -262,7 +262,8 @@ class PhyIPReport(Callback):
         feats = frozen_features(pl_module, self._site(), loaders)
         val = "val" if "val" in loaders else None
         # a reduced run (limit_train_batches / limit_val_batches) reduces the adaptation runs alike
-        limits = {"limit_train_batches": trainer.limit_train_batches, "limit_val_batches": trainer.limit_val_batches}
+        limits = {k: v for k, v in (("limit_train_batches", trainer.limit_train_batches),
+                                    ("limit_val_batches", trainer.limit_val_batches)) if v != 1.0}
         mlp = mlp_probe_scores(feats, latents, names, hidden=self.mlp_hidden, max_epochs=self.mlp_epochs,
                                lr=self.mlp_lr, fit_split=fit, val_split=val, seed=self.seed, trainer_kwargs=limits)
         network: nn.Module = pl_module.representation_network()  # type: ignore[operator]
