@@ -14,8 +14,15 @@ with a linear head) on the same splits. It prints rho and R² per quantity, in d
 (``test``) and out of distribution (``ood``), with the paper's figures beside ours, and writes
 ``phyip.json``, ``phyip_rho_vs_loss.png`` and TensorBoard logs under ``runs/phyip``.
 
-Run: ``python examples/phyip.py`` (orbits, a few minutes on 2 CPU cores), ``--data fluids``,
+Run: ``python examples/phyip.py`` (orbits, a few minutes on 2 idle CPU cores), ``--data fluids``,
 ``--quick`` for a smoke run.
+
+Measured (``--num-train 2048 --epochs 20``, orbits, seed 0; conv1d encoder, latent objective), OOD
+Pearson rho: frozen linear: angular momentum 0.940, semi-major axis 0.420, eccentricity 0.250,
+force 0.218, mu 0.125, energy -0.045 (ID rho 0.70-1.00); MLP probe: mean 0.461; fine-tuned: mean 0.444.
+The paper's frozen-linear OOD rho > 0.90 for energy and force is not reproduced here (angular momentum
+alone passes), and adaptation does not collapse rho in our runs: it is higher OOD than the frozen
+linear probe for most quantities.
 """
 
 from __future__ import annotations
