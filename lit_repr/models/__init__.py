@@ -24,6 +24,7 @@ from lit_repr.models.sae import (
 )
 from lit_repr.models.two_layer import TwoLayerNetwork
 from lit_repr.models.whitening import WHITENING_KINDS, PCAWhitening, fold_whitening
+from lit_repr.models.world_model import SEQUENCE_ENCODERS, WorldModel
 
 __all__ = [
     "MLP", "build_backbone", "Classifier", "DIET",
@@ -33,4 +34,5 @@ __all__ = [
     "ENCODERS",
     "TwoLayerNetwork",
     "PCAWhitening", "WHITENING_KINDS", "fold_whitening",
+    "WorldModel", "SEQUENCE_ENCODERS",
 ]
