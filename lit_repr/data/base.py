@@ -237,6 +237,19 @@ class ArrayDataModule(pl.LightningDataModule):
         return {name: self._loader(name, False, self.eval_batch_size) for name in self._splits()}
 
     # -------------------------------------------------------------- info
+    def arrays(self, split: str = "train", keys: tuple[str, ...] = ("x", "y")) -> tuple[Tensor, ...]:
+        """The whole of one split as tensors, one per key (default ``(images, labels)``); sets the data up if needed.
+
+        The tensors are those the loaders serve (not copies): do not modify them in place.
+        """
+        if split not in self._splits():
+            raise ValueError(self._missing(split, "asked for"))
+        tensors = self.datasets[split].tensors
+        missing = [k for k in keys if k not in tensors]
+        if missing:
+            raise ValueError(f"keys {missing} are not in the {split!r} split, which has {sorted(tensors)}")
+        return tuple(tensors[k] for k in keys)
+
     @property
     def in_features(self) -> int:
         """Flattened dimension of ``x``: the ``in_features`` of a model that reads it (sets the data up if needed)."""

@@ -140,3 +140,15 @@ def test_a_subclass_collate_fn_builds_every_loaders_batches():
     loaders = [dm.train_dataloader(), dm.val_dataloader(), *dm.probe_dataloaders().values()]
     assert all("size" in next(iter(loader)) for loader in loaders)
     assert "size" not in next(iter(Splits(("train",)).train_dataloader()))
+
+
+def test_arrays_give_a_whole_split():
+    dm = Splits(batch_size=4)
+    (x,) = dm.arrays("val", keys=("x",))
+    assert x.shape == (4, 2) and float(x[0, 0]) == 1.0
+    x, index = dm.arrays("train", keys=("x", "index"))
+    assert x.shape == (8, 2) and index.tolist() == list(range(8))
+    with pytest.raises(ValueError, match=r"keys \['y'\] are not in the 'train' split, which has \['index', 'x'\]"):
+        dm.arrays("train")
+    with pytest.raises(ValueError, match=r"no 'ood' split"):
+        dm.arrays("ood", keys=("x",))
