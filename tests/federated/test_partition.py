@@ -121,8 +121,14 @@ def test_dirichlet_impossible_min_size_gives_up_with_a_clear_error():
         dirichlet(y, 20, alpha=1.0, min_size=6)
 
 
-@pytest.mark.parametrize("name,kwargs", [("silos", {}), ("classes_per_client", {"num_clients": 6, "k": 3}),
-                                         ("dirichlet", {"num_clients": 6, "alpha": 0.5})])
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("silos", {}),
+        ("classes_per_client", {"num_clients": 6, "k": 3}),
+        ("dirichlet", {"num_clients": 6, "alpha": 0.5}),
+    ],
+)
 def test_deterministic_per_seed(name, kwargs):
     y = _labels()
     fn = PARTITIONERS[name]
