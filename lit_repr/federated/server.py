@@ -17,21 +17,18 @@ federation in which those modules were never received: every random draw is seed
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lit_repr.federated.engine import check_images, module_seed
+from lit_repr.federated.engine import check_images, module_seed, quiet_lightning
 from lit_repr.federated.exchange import ExchangeError, ModulePayload, verify
 from lit_repr.federated.report import evaluate
 
-__all__ = ["FederatedServer", "DEFAULT_CLASSIFIER_TRAINER", "train_classifier", "predict_proba", "quiet_lightning"]
+__all__ = ["FederatedServer", "DEFAULT_CLASSIFIER_TRAINER", "train_classifier", "predict_proba"]
 
 #: Trainer settings of the server's classifiers (``trainer`` overrides them).
 DEFAULT_CLASSIFIER_TRAINER: dict[str, Any] = dict(
@@ -48,26 +45,6 @@ DEFAULT_CLASSIFIER_TRAINER: dict[str, Any] = dict(
 MODES = ("server", "local")
 
 
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-fit banners ("GPU available: ...") while many small models are trained."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
-            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _inputs(images: Tensor, classifier: Mapping[str, Any]) -> Tensor:
     return images.flatten(1) if classifier.get("backbone", "mlp") == "mlp" else images
 
@@ -81,6 +58,7 @@ def train_classifier(
     trainer: Mapping[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    num_threads: int | None = 1,
 ) -> Any:
     """Train a :class:`~lit_repr.models.classifier.Classifier` on images with a Lightning Trainer, reproducibly.
 
@@ -95,6 +73,9 @@ def train_classifier(
         trainer: ``Trainer`` kwargs over :data:`DEFAULT_CLASSIFIER_TRAINER`.
         seed: the seed of the whole fit.
         batch_size: training batch size.
+        num_threads: torch intra-op threads during the fit (``None``: leave as is). Small models train
+            many times faster on one thread than on busy shared cores, and the weights are bit-for-bit
+            reproducible only for a fixed thread count.
 
     Example:
         >>> x, y = torch.rand(16, 1, 2, 2), torch.arange(16) % 2
@@ -107,6 +88,7 @@ def train_classifier(
 
     from lit_repr.data.base import TensorDictDataset
     from lit_repr.models.classifier import Classifier
+    from lit_repr.threads import num_threads as threads
 
     config = dict(classifier or {})
     for key in ("num_classes", "in_features", "in_channels"):
@@ -123,7 +105,7 @@ def train_classifier(
         data = TensorDictDataset({"x": _inputs(images, config), "y": labels.long()}, add_index=False)
         loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, generator=order)
         try:
-            with quiet_lightning():
+            with quiet_lightning(), threads(num_threads):
                 pl.Trainer(**kwargs).fit(model, train_dataloaders=loader)
         finally:
             torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
@@ -168,6 +150,7 @@ class FederatedServer:
         seed: federation seed (synthesis and classifier seeds derive from it by name).
         batch_size: classifier batch size.
         progress: show a progress bar during synthesis and local training.
+        num_threads: torch intra-op threads of the classifier fits (``None``: leave as is).
 
     Example:
         >>> server = FederatedServer(num_classes=3, samples_per_class=10)
@@ -185,6 +168,7 @@ class FederatedServer:
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = True,
+        num_threads: int | None = 1,
     ) -> None:
         from lit_repr.checks import check_bool, check_int
 
@@ -202,6 +186,7 @@ class FederatedServer:
         self.seed = check_int("seed", seed, low=0)
         self.batch_size = check_int("batch_size", batch_size)
         self.progress = check_bool("progress", progress)
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)
         self.modules: dict[tuple[int, int], Any] = {}
         self.image_shape: tuple[int, ...] | None = None
         self.models: dict[str, Any] = {}
@@ -293,6 +278,7 @@ class FederatedServer:
         return train_classifier(
             images, labels, self.num_classes, classifier=self.classifier, trainer=self.trainer,
             seed=module_seed(self.seed, "classifier", name), batch_size=self.batch_size,
+            num_threads=self.num_threads,
         )
 
     def run(
