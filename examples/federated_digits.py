@@ -40,8 +40,12 @@ PAPER_CIFAR10 = {"fedavg": 11.36, "FederatedFactory/local": 90.57, "FederatedFac
 
 PRIOR_SETTINGS: dict[str, dict[str, Any]] = {
     "gmm": {"config": {"num_components": 5, "num_pca_components": 16}, "trainer": {"max_epochs": 50}},
-    "vae": {"config": {}, "trainer": {"max_epochs": 60}},
-    "diffusion": {"config": {}, "trainer": {"max_epochs": 60}},
+    "vae": {"config": {"latent_dim": 8, "hidden_channels": 16}, "trainer": {"max_epochs": 60}},
+    "diffusion": {
+        "config": {"block_out_channels": [16, 32], "norm_num_groups": 8, "num_train_timesteps": 200,
+                   "num_inference_steps": 20, "batch_size": 32},
+        "trainer": {"max_epochs": 80},
+    },
 }
 CLASSIFIER = {"hidden": [128], "lr": 0.003}
 

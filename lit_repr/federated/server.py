@@ -194,6 +194,7 @@ class FederatedServer:
         self.results: dict[str, Any] = {}
         self._run_args: dict[str, Any] | None = None
         self._predictions: dict[str, Tensor] = {}
+        self._synthetic: dict[tuple, Tensor] = {}
 
     # ------------------------------------------------------------------ receiving
     def receive(self, payloads: Iterable[ModulePayload]) -> None:
@@ -220,6 +221,7 @@ class FederatedServer:
             shape = got
             new[key] = prior
         self.modules.update(new)
+        self._synthetic.clear()
         if shape is not None:
             self.image_shape = tuple(shape)
         self.timings["verify"] = self.timings.get("verify", 0.0) + time.perf_counter() - start
@@ -251,7 +253,9 @@ class FederatedServer:
             classes: which classes (default: every class with a module). A class without one is an error.
             samples_per_class: overrides the server's count.
         """
-        n = self.samples_per_class if samples_per_class is None else int(samples_per_class)
+        from lit_repr.checks import check_int
+
+        n = self.samples_per_class if samples_per_class is None else check_int("samples_per_class", samples_per_class)
         classes = self.classes() if classes is None else sorted({int(k) for k in classes})
         missing = [k for k in classes if k not in set(self.classes())]
         if missing:
@@ -262,15 +266,19 @@ class FederatedServer:
 
         xs, ys = [], []
         for k in tqdm(classes, desc="synthesis", unit="class", disable=not self.progress, leave=False):
-            holders = sorted(c for c, kk in self.modules if kk == k)
-            base, extra = divmod(n, len(holders))
-            for j, client in enumerate(holders):
-                count = base + (1 if j < extra else 0)
-                if count == 0:
-                    continue
-                g = torch.Generator().manual_seed(module_seed(self.seed, "synthesis", k, client))
-                xs.append(self.modules[(client, k)].sample(count, g))
-                ys.append(torch.full((count,), k, dtype=torch.long))
+            holders = tuple(sorted(c for c, kk in self.modules if kk == k))
+            key = (k, holders, n)
+            if key not in self._synthetic:  # the same seeds give the same images: draw each set once
+                base, extra = divmod(n, len(holders))
+                parts = []
+                for j, client in enumerate(holders):
+                    count = base + (1 if j < extra else 0)
+                    if count:
+                        g = torch.Generator().manual_seed(module_seed(self.seed, "synthesis", k, client))
+                        parts.append(self.modules[(client, k)].sample(count, g))
+                self._synthetic[key] = torch.cat(parts)
+            xs.append(self._synthetic[key])
+            ys.append(torch.full((n,), k, dtype=torch.long))
         return torch.cat(xs), torch.cat(ys)
 
     # ------------------------------------------------------------------ training and evaluation
@@ -402,6 +410,7 @@ class FederatedServer:
         before = forgotten_accuracy()
         for k in removed:
             del self.modules[k]
+        self._synthetic.clear()
         data = self._run_args["client_data"]
         if data:
             for c in [c for c in data if client is None or c == client]:
