@@ -277,6 +277,8 @@ class LocalEngine:
         seed: federation seed.
         payload_dir: where to write the payloads (``None``: keep them in memory).
         progress: show a progress bar over clients and classes.
+        logger: optional Lightning logger given to every prior's fit (a TensorBoard logger receives a grid
+            of samples per prior).
 
     Example:
         >>> import numpy as np
@@ -297,6 +299,7 @@ class LocalEngine:
         seed: int = 0,
         payload_dir: str | None = None,
         progress: bool = True,
+        logger: Any = None,
     ) -> None:
         self.images, self.labels = check_images(images, labels)
         indices = getattr(partition, "indices", None)
@@ -314,6 +317,7 @@ class LocalEngine:
         self.seed = seed
         self.payload_dir = payload_dir
         self.progress = bool(progress)
+        self.logger = logger
         self.tasks()  # validates prior/prior_config/trainer/seed now
         self.timings: dict[str, float] = {}
 
@@ -345,7 +349,9 @@ class LocalEngine:
             for task in tasks:
                 bar.set_postfix_str(f"client {task.client}")
                 images, labels = self.client_data(task.client)
-                payloads.extend(client_step(task, images, labels, progress=lambda _: bar.update(1)))
+                payloads.extend(
+                    client_step(task, images, labels, logger=self.logger, progress=lambda _: bar.update(1))
+                )
         finally:
             bar.close()
         self.timings["client_training"] = time.perf_counter() - start

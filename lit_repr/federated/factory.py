@@ -209,7 +209,7 @@ class FederatedFactory:
         logger = TensorBoardLogger(save_dir=str(self.run_dir), name="", version="")
         engine = LocalEngine(x, y, partition, prior=self.prior, prior_config=self.prior_config,
                              trainer=self.prior_trainer, seed=self.seed, payload_dir=str(self.run_dir / "modules"),
-                             progress=self.progress)
+                             progress=self.progress, logger=logger)
         payloads = engine.run_clients()
         timings["client_training"] = engine.timings["client_training"]
         server = FederatedServer(num_classes, classifier=self.classifier, trainer=self.classifier_trainer,

@@ -43,7 +43,13 @@ def test_pipeline_report_table_and_unlearning(tmp_path, capsys):
     assert saved["num_modules"] == 10 and len(list((tmp_path / "run" / "modules").glob("*.json"))) == 10
     forgotten = saved["unlearning"]["forgotten_classes"]
     assert len(forgotten) >= 1
-    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "run"))
+    events.Reload()
+    assert "prior/gmm/samples" in events.Tags()["images"]
+    assert "federated/FederatedFactory/server/accuracy" in events.Tags()["scalars"]
+    assert "federated/time/client_training" in events.Tags()["scalars"]
 
 
 def test_class_held_by_no_client_is_reported(tmp_path, capsys, monkeypatch):
