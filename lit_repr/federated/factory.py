@@ -297,9 +297,13 @@ def federate_main(args: Sequence[str] | None = None) -> dict:
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML config (configs/federated_*.yaml)")
     parser.add_class_arguments(FederatedFactory, fail_untyped=False, sub_configs=True)
     cfg = parser.parse_args(args)
-    init = parser.instantiate_classes(cfg)
-    kwargs = {k: v for k, v in init.items() if k != "config" and not k.startswith("__")}
-    factory = FederatedFactory(**kwargs)
+    try:
+        init = parser.instantiate_classes(cfg)
+        kwargs = {k: v for k, v in init.items() if k != "config" and not k.startswith("__")}
+        factory = FederatedFactory(**kwargs)
+    except ValueError as err:  # a bad value: its cause in one line, before anything is written
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     factory.run_dir.mkdir(parents=True, exist_ok=True)
     (factory.run_dir / "config.yaml").write_text(parser.dump(cfg, skip_none=False, skip_check=True))
     return factory.run()

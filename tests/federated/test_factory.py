@@ -120,3 +120,14 @@ def test_bloodmnist_config_full_size(tmp_path):
           f"--run_dir={tmp_path / 'blood'}", "--progress=false"])
     report = json.loads((tmp_path / "blood" / "report.json").read_text())
     assert report["methods"]["FederatedFactory/server"]["accuracy"] > report["methods"]["fedavg"]["accuracy"]
+
+
+def test_command_line_bad_value_prints_the_cause(tmp_path, capsys):
+    from lit_repr.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["federate", "--config", str(REPO / "configs" / "federated_digits.yaml"), "--prior=flow",
+              f"--run_dir={tmp_path / 'bad'}"])
+    assert info.value.code == 2
+    assert "error: prior must be one of ('gmm', 'vae', 'diffusion'), got 'flow'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
