@@ -50,7 +50,9 @@ class DiffusionPrior(GenerativePrior):
         lr: AdamW learning rate.
         batch_size: training mini-batch size (the whole set if it has fewer images).
         ema_decay: decay of the exponential moving average of the UNet's weights, updated after every
-            optimiser step; the average replaces the weights when training ends (0: keep the last weights).
+            optimiser step with the warm-up ``min(ema_decay, (1 + u) / (10 + u))`` at update ``u`` (so
+            short fits are not dominated by the initial weights); the average replaces the weights when
+            training ends (0: keep the last weights).
 
     Example:
         >>> prior = DiffusionPrior((1, 8, 8), block_out_channels=(8, 16), norm_num_groups=4,
@@ -172,11 +174,17 @@ class DiffusionPrior(GenerativePrior):
 
     def on_train_start(self) -> None:
         self._ema = [p.detach().clone() for p in self.unet.parameters()] if self.ema_decay > 0 else None
+        self._ema_updates = 0
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._ema is not None:
             params = [p.detach() for p in self.unet.parameters()]
-            torch._foreach_lerp_(self._ema, params, 1.0 - self.ema_decay)
+            torch._foreach_lerp_(self._ema, params, 1.0 - self.ema_weight(self._ema_updates))
+            self._ema_updates += 1
+
+    def ema_weight(self, update: int) -> float:
+        """Weight of the average at its ``update``-th update (from 0): ``min(ema_decay, (1 + u) / (10 + u))``."""
+        return min(self.ema_decay, (1.0 + update) / (10.0 + update))
 
     def _finish_fit(self) -> None:
         if self._ema is not None:

@@ -35,19 +35,33 @@ def test_a_real_digit_classifier_recognises_the_samples(accuracy_on_samples):
 
 
 def test_the_weight_average_replaces_the_weights_at_the_end():
+    import lightning.pytorch as pl
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.weights = []
+
+        def on_train_start(self, trainer, module):
+            self.weights.append(module.unet.conv_in.weight.detach().clone())
+
+        def on_train_batch_end(self, trainer, module, *args):
+            self.weights.append(module.unet.conv_in.weight.detach().clone())
+
     images = torch.rand(8, 1, 8, 8)
-    fits = {}
-    for decay in (0.0, 0.5, 0.999999):
-        prior = DiffusionPrior((1, 8, 8), **TINY, ema_decay=decay)
-        prior.fit_data(images, seed=0, trainer_kwargs={"max_steps": 3})
-        fits[decay] = prior.tensors()
-    initial = DiffusionPrior((1, 8, 8), **TINY)
-    initial.fit_data(images, seed=0, trainer_kwargs={"max_steps": 0})
-    name = "unet.conv_in.weight"
-    assert not torch.equal(fits[0.0][name], fits[0.5][name])
-    # a decay close to 1 keeps (nearly) the seeded initial weights
-    assert torch.allclose(fits[0.999999][name], initial.tensors()[name], atol=1e-4)
-    assert not torch.allclose(fits[0.0][name], initial.tensors()[name], atol=1e-4)
+    record = Record()
+    prior = DiffusionPrior((1, 8, 8), **TINY, ema_decay=0.15, batch_size=4)
+    prior.fit_data(images, seed=0, trainer_kwargs={"max_steps": 4, "callbacks": [record]})
+    expected = record.weights[0]
+    for step, weights in enumerate(record.weights[1:]):
+        decay = min(0.15, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * weights
+    assert len(record.weights) == 5
+    assert [prior.ema_weight(u) for u in range(3)] == [0.1, 0.15, 0.15]
+    assert torch.allclose(prior.unet.conv_in.weight, expected, atol=1e-6)
+    assert not torch.allclose(prior.unet.conv_in.weight, record.weights[-1], atol=1e-6)
+    last = DiffusionPrior((1, 8, 8), **TINY, ema_decay=0.0, batch_size=4)
+    last.fit_data(images, seed=0, trainer_kwargs={"max_steps": 4})
+    assert torch.equal(last.unet.conv_in.weight, record.weights[-1])
 
 
 @pytest.mark.parametrize(
