@@ -274,6 +274,7 @@ class GenerativePrior(pl.LightningModule):
             _quiet_trainer(),
             num_threads(self.fit_threads),
         ):
+            trainer = pl.Trainer(**kwargs)  # a bad Trainer argument fails here, before the prior changes
             torch.manual_seed(derived_seed(seed, 1))
             self.fitted.fill_(False)
             self._fit_seed = seed
@@ -281,7 +282,6 @@ class GenerativePrior(pl.LightningModule):
             self._reset()
             self._setup_fit(images)
             self.train()
-            trainer = pl.Trainer(**kwargs)
             trainer.fit(self, train_dataloaders=self._train_loader(images, seed))
             self.cpu()
             self._finish_fit()

@@ -49,6 +49,10 @@ class DiffusionPrior(GenerativePrior):
         num_inference_steps: DDIM steps per sample (at most ``num_train_timesteps``).
         lr: AdamW learning rate.
         batch_size: training mini-batch size (the whole set if it has fewer images).
+        ema_decay: decay of the exponential moving average of the UNet's weights, updated after every
+            optimiser step with the warm-up ``min(ema_decay, (1 + u) / (10 + u))`` at update ``u`` (so
+            short fits are not dominated by the initial weights); the average replaces the weights when
+            training ends (0: keep the last weights).
 
     Example:
         >>> prior = DiffusionPrior((1, 8, 8), block_out_channels=(8, 16), norm_num_groups=4,
@@ -64,7 +68,7 @@ class DiffusionPrior(GenerativePrior):
     def __init__(
         self,
         image_shape: tuple[int, int, int],
-        block_out_channels: tuple[int, ...] = (32, 64),
+        block_out_channels: tuple[int, ...] = (16, 32),
         layers_per_block: int = 1,
         norm_num_groups: int = 8,
         attention: bool = False,
@@ -73,6 +77,7 @@ class DiffusionPrior(GenerativePrior):
         num_inference_steps: int = 50,
         lr: float = 2e-3,
         batch_size: int = 32,
+        ema_decay: float = 0.995,
     ) -> None:
         if (
             not isinstance(block_out_channels, (tuple, list))
@@ -102,6 +107,7 @@ class DiffusionPrior(GenerativePrior):
             )
         lr = check_number("lr", lr, low=0, low_open=True)
         batch_size = check_int("batch_size", batch_size)
+        ema_decay = check_number("ema_decay", ema_decay, low=0, high=1, high_open=True)
         super().__init__(
             image_shape,
             block_out_channels=block_out_channels,
@@ -113,7 +119,10 @@ class DiffusionPrior(GenerativePrior):
             num_inference_steps=num_inference_steps,
             lr=lr,
             batch_size=batch_size,
+            ema_decay=ema_decay,
         )
+        self.ema_decay = ema_decay
+        self._ema: list[Tensor] | None = None
         self.block_out_channels = tuple(block_out_channels)
         self.layers_per_block = layers_per_block
         self.norm_num_groups = norm_num_groups
@@ -162,6 +171,27 @@ class DiffusionPrior(GenerativePrior):
         loss = F.mse_loss(self.unet(noisy, timesteps).sample, noise)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=x.shape[0])
         return loss
+
+    def on_train_start(self) -> None:
+        self._ema = [p.detach().clone() for p in self.unet.parameters()] if self.ema_decay > 0 else None
+        self._ema_updates = 0
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._ema is not None:
+            params = [p.detach() for p in self.unet.parameters()]
+            torch._foreach_lerp_(self._ema, params, 1.0 - self.ema_weight(self._ema_updates))
+            self._ema_updates += 1
+
+    def ema_weight(self, update: int) -> float:
+        """Weight of the average at its ``update``-th update (from 0): ``min(ema_decay, (1 + u) / (10 + u))``."""
+        return min(self.ema_decay, (1.0 + update) / (10.0 + update))
+
+    def _finish_fit(self) -> None:
+        if self._ema is not None:
+            with torch.no_grad():
+                for p, avg in zip(self.unet.parameters(), self._ema):
+                    p.copy_(avg)
+        self._ema = None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.0)

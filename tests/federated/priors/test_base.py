@@ -116,6 +116,10 @@ def test_bad_images_are_refused_before_anything_changes(kind, class_images):
         prior.fit_data(class_images, seed=-1)
     with pytest.raises(ValueError, match="logger"):
         prior.fit_data(class_images, seed=0, trainer_kwargs={"logger": False})
+    with pytest.raises(ValueError, match="trainer_kwargs must be a dict"):
+        prior.fit_data(class_images, seed=0, trainer_kwargs=[("max_epochs", 1)])
+    with pytest.raises(Exception, match="precision"):  # refused by the Trainer itself
+        prior.fit_data(class_images, seed=0, trainer_kwargs={"precision": "13-bit"})
     after = prior.tensors()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert bool(prior.fitted)

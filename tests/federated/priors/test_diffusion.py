@@ -8,7 +8,7 @@ TINY = dict(block_out_channels=(8, 16), norm_num_groups=4, num_train_timesteps=1
 
 def test_a_short_fit_already_moves_samples_towards_the_class(digits, mean_distances):
     images, labels, _ = digits
-    prior = DiffusionPrior((1, 8, 8), **{**TINY, "block_out_channels": (16, 32)}, lr=5e-3)
+    prior = DiffusionPrior((1, 8, 8), **{**TINY, "block_out_channels": (16, 32)}, lr=5e-3, ema_decay=0.0)
     prior.fit_data(images[labels == 0], seed=0, trainer_kwargs={"max_steps": 60})
     samples = prior.sample(100, torch.Generator().manual_seed(1))
     assert samples.shape == (100, 1, 8, 8) and samples.dtype == torch.float32
@@ -27,6 +27,41 @@ def test_a_longer_fit_gives_class_like_samples(digits, mean_distances):
     dist = mean_distances(samples)
     assert dist.argmin() == 0 and dist[0] < 0.3 * dist[1:].min(), dist
     assert samples.std(0).mean() > 0.5 * images[labels == 0].std(0).mean()
+
+
+@pytest.mark.slow
+def test_a_real_digit_classifier_recognises_the_samples(accuracy_on_samples):
+    assert accuracy_on_samples(lambda: DiffusionPrior((1, 8, 8)), classes=(1, 4, 8)) > 0.8
+
+
+def test_the_weight_average_replaces_the_weights_at_the_end():
+    import lightning.pytorch as pl
+
+    class Record(pl.Callback):
+        def __init__(self):
+            self.weights = []
+
+        def on_train_start(self, trainer, module):
+            self.weights.append(module.unet.conv_in.weight.detach().clone())
+
+        def on_train_batch_end(self, trainer, module, *args):
+            self.weights.append(module.unet.conv_in.weight.detach().clone())
+
+    images = torch.rand(8, 1, 8, 8)
+    record = Record()
+    prior = DiffusionPrior((1, 8, 8), **TINY, ema_decay=0.15, batch_size=4)
+    prior.fit_data(images, seed=0, trainer_kwargs={"max_steps": 4, "callbacks": [record]})
+    expected = record.weights[0]
+    for step, weights in enumerate(record.weights[1:]):
+        decay = min(0.15, (1 + step) / (10 + step))
+        expected = decay * expected + (1 - decay) * weights
+    assert len(record.weights) == 5
+    assert [prior.ema_weight(u) for u in range(3)] == [0.1, 0.15, 0.15]
+    assert torch.allclose(prior.unet.conv_in.weight, expected, atol=1e-6)
+    assert not torch.allclose(prior.unet.conv_in.weight, record.weights[-1], atol=1e-6)
+    last = DiffusionPrior((1, 8, 8), **TINY, ema_decay=0.0, batch_size=4)
+    last.fit_data(images, seed=0, trainer_kwargs={"max_steps": 4})
+    assert torch.equal(last.unet.conv_in.weight, record.weights[-1])
 
 
 @pytest.mark.parametrize(
@@ -60,6 +95,7 @@ def test_attention_in_the_middle_block_trains():
         ({"num_inference_steps": 2000}, "num_inference_steps must be at most"),
         ({"lr": -1}, "lr"),
         ({"batch_size": 0}, "batch_size"),
+        ({"ema_decay": 1.0}, "ema_decay"),
     ],
 )
 def test_bad_arguments(kwargs, match):

@@ -67,3 +67,7 @@ def test_one_image_gives_that_image():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GaussianMixturePrior((1, 8, 8), **kwargs)
+
+
+def test_a_real_digit_classifier_recognises_the_samples(accuracy_on_samples):
+    assert accuracy_on_samples(lambda: GaussianMixturePrior((1, 8, 8))) > 0.95

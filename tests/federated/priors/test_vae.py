@@ -63,3 +63,8 @@ def test_kl_weight_rises_over_the_warmup():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         VAEPrior((1, 8, 8), **kwargs)
+
+
+@pytest.mark.slow
+def test_a_real_digit_classifier_recognises_the_samples(accuracy_on_samples):
+    assert accuracy_on_samples(lambda: VAEPrior((1, 8, 8))) > 0.9
