@@ -24,6 +24,7 @@ import argparse
 import math
 import time
 from collections import defaultdict
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +58,8 @@ def run_seed(seed: int, priors: list[str], args: argparse.Namespace, out: Path) 
 
     dm = DigitsDataModule(layout="image", val_fraction=0.0, test_fraction=0.2, seed=seed)
     dm.setup("fit")
-    x, y = dm.arrays("train")
-    tx, ty = dm.arrays("test")
+    x, y = itemgetter("x", "y")(dm.arrays("train"))
+    tx, ty = itemgetter("x", "y")(dm.arrays("test"))
     start = time.perf_counter()
     partition = silos(y.numpy(), seed=seed)
     t_partition = time.perf_counter() - start

@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +153,8 @@ class FederatedFactory:
     def _load(self) -> tuple[torch.Tensor, ...]:
         self.data.prepare_data()
         self.data.setup("fit")
-        x, y = self.data.arrays("train")
-        tx, ty = self.data.arrays(self.eval_split)
+        x, y = itemgetter("x", "y")(self.data.arrays("train"))
+        tx, ty = itemgetter("x", "y")(self.data.arrays(self.eval_split))
         for name, images in (("train", x), (self.eval_split, tx)):
             if images.ndim != 4:
                 raise ValueError(

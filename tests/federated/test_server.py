@@ -1,4 +1,5 @@
 import math
+from operator import itemgetter
 
 import pytest
 import torch
@@ -190,8 +191,8 @@ def test_gmm_on_digit_silos_unlearning_equals_never_having_the_client(tmp_path):
 
     dm = DigitsDataModule(layout="image", seed=0)
     dm.setup("fit")
-    x, y = dm.arrays("train")
-    tx, ty = dm.arrays("val")
+    x, y = itemgetter("x", "y")(dm.arrays("train"))
+    tx, ty = itemgetter("x", "y")(dm.arrays("val"))
     part = silos(y.numpy())
     prior_config = {"num_components": 2, "num_pca_components": 6}
     kw = dict(prior="gmm", prior_config=prior_config, trainer={"max_epochs": 5}, seed=3, progress=False)
