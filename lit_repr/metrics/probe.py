@@ -333,7 +333,7 @@ class ProbeReadout(nn.Module):
             else:
                 d = self.stats.dim
                 with _threads_for(x.shape[0] * (self.in_features + d) * d, x.device):
-                    self.stats.update(x, self._design(y))
+                    self.stats.update(x, self._design(y), checked=True)  # every batch was checked on arrival
         for split in list(self._eval_buf):
             self._flush_eval(split)
 
@@ -399,7 +399,7 @@ class ProbeReadout(nn.Module):
         """Accumulate a batch of the split used to choose the penalty (``selection="heldout"``)."""
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
-        self.heldout.update(x, self._design(y))
+        self.heldout.update(x, self._design(y), checked=True)
 
     def fit(self) -> None:
         """Solve for the probe from the accumulated statistics (synchronised under DDP)."""

@@ -256,7 +256,9 @@ class StreamingRidge(ShiftedMoments):
             elementwise={"yy": ("y", "y")},
         )
 
-    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _prepare(self, x: Tensor, y: Tensor, checked: bool = False) -> tuple[Tensor, Tensor]:
+        """Features and ``(B, K)`` float64 targets, shapes and values checked (values not again if ``checked``:
+        the caller checked every batch of the block already)."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}")
         if y.ndim == 1:
@@ -267,16 +269,22 @@ class StreamingRidge(ShiftedMoments):
                 f"{tuple(x.shape)}, got {tuple(y.shape)}"
             )
         y = y.to(torch.float64)
-        for t, what in ((x, "features"), (y, "targets")):
+        for t, what in () if checked else ((x, "features"), (y, "targets")):
             if not all_finite(t):
                 raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
             x = x.to(torch.float64) @ self.projection.to(x.device)
         return x, y  # converted to float64 as their reference is subtracted (unless float32_products)
 
-    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
-        """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``."""
-        x, y = self._prepare(x, y)
+    def update(self, x: Tensor, y: Tensor, *, checked: bool = False) -> None:  # type: ignore[override]
+        """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``.
+
+        ``checked=True``: the values were checked finite already, batch by batch (as
+        :class:`~lit_repr.metrics.ProbeReadout` does on arrival): only the shapes are checked here.
+        """
+        self._accumulate(*self._prepare(x, y, checked=checked))
+
+    def _accumulate(self, x: Tensor, y: Tensor) -> None:
         self.accumulate(return_centred=False, x=x, y=y)
 
     # ------------------------------------------------------------------ solving

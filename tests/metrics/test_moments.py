@@ -124,3 +124,15 @@ def test_two_processes_with_different_references_equal_one(run_ddp_script):
     out = run_ddp_script(pathlib.Path(__file__).parent / "ddp_moments_script.py")
     for name, (one, two) in out.items():
         torch.testing.assert_close(two, one, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("width", [3, 64, 130])
+def test_add_gram_is_the_exactly_symmetric_full_product(width):
+    from lit_repr.metrics.moments import add_gram
+
+    u = torch.randn(37, width, dtype=torch.float64)
+    start = torch.randn(width, width, dtype=torch.float64)
+    start = start + start.T
+    out = add_gram(start.clone(), u)
+    torch.testing.assert_close(out, start + u.T @ u, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out, out.T)
