@@ -38,6 +38,8 @@ __all__ = ["ShiftedMoments", "CentredR2Score", "add_gram"]
 
 States = dict[str, Tensor]
 _REFERENCE_ROWS = 1024
+#: elements per variable of the row blocks a large batch is accumulated in (8 MiB of float64)
+_CHUNK_ELEMENTS = 2**20
 
 
 def add_gram(out: Tensor, u: Tensor) -> Tensor:
@@ -140,8 +142,9 @@ class ShiftedMoments(Metric):
         references, in float64 (an empty dict with ``return_centred=False``).
 
         The first non-empty batch of a process (``n == 0``) sets the references to the means of its first
-        rows (up to 1024). A batch that
-        is not float64 yet is converted once and its reference subtracted in place.
+        rows (up to 1024). A batch that is not float64 yet is converted once and its reference subtracted
+        in place; with ``return_centred=False`` a large batch is taken in blocks of rows (about 2²⁰
+        elements per variable), each converted and multiplied while it is in cache.
 
         With ``float32_products`` (off by default) a float32 batch stays float32: its reference is
         rounded to float32, so ``x − r`` is the correctly rounded difference; its sums and the products
@@ -153,6 +156,13 @@ class ShiftedMoments(Metric):
         b = next(iter(batches.values())).shape[0]
         if b == 0:
             return {v: x.to(torch.float64) for v, x in batches.items()} if return_centred else {}
+        rows = max(_REFERENCE_ROWS, _CHUNK_ELEMENTS // max(x.shape[1] if x.ndim == 2 else 1 for x in batches.values()))
+        if not return_centred and b > rows:
+            # a large batch goes in blocks of rows: each block is converted, centred and multiplied while it
+            # is in cache (no full-size float64 copy); the same sums, added in another order
+            for start in range(0, b, rows):
+                self.accumulate(return_centred=False, **{v: x[start : start + rows] for v, x in batches.items()})
+            return {}
         empty = bool(self.n == 0)
         centred, low = {}, {}
         for v, x in batches.items():
