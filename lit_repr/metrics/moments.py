@@ -51,11 +51,9 @@ def add_gram(out: Tensor, u: Tensor) -> Tensor:
     """
     d = u.shape[1]
     k = 4 if d >= 128 else 2 if d >= 64 else 1
-    if k == 1:
-        return out.addmm_(u.T, u)
     edges = [i * d // k for i in range(k + 1)]
-    upper = torch.zeros_like(out)
-    for a, b in zip(edges[:-1], edges[1:]):
+    upper = torch.zeros_like(out) if k > 1 else u.T @ u
+    for a, b in zip(edges[:-1], edges[1:]) if k > 1 else ():
         upper[a:b, a:].addmm_(u[:, a:b].T, u[:, a:])
     return out.add_(upper.triu_()).add_(upper.triu(1).T)
 
