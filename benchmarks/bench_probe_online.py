@@ -88,11 +88,11 @@ class StepTimer(pl.Callback):
 
 
 class UpdateTimer:
-    """Wall time inside ``StreamingRidge.update`` (the accumulation of the buffered training rows)."""
+    """Wall time inside ``StreamingRidge._accumulate`` (the accumulation of the buffered training rows)."""
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._update = StreamingRidge.update
+        self._update = StreamingRidge._accumulate
         timer = self
 
         def update(self, x, y):
@@ -102,10 +102,10 @@ class UpdateTimer:
             finally:
                 timer.seconds += time.perf_counter() - t0
 
-        StreamingRidge.update = update
+        StreamingRidge._accumulate = update
 
     def remove(self) -> None:
-        StreamingRidge.update = self._update
+        StreamingRidge._accumulate = self._update
 
 
 def run(callbacks, hidden, epochs) -> tuple[float, pl.Trainer]:

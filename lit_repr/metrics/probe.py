@@ -154,7 +154,7 @@ def ovr_auroc(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return torch.where((pos > 0) & (neg > 0), u / (pos * neg).clamp_min(1), float("nan")).to(preds.dtype)
 
 
-def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
+def evaluation_metrics(task: str, num_outputs: int, validate_args: bool = True) -> MetricCollection:
     """The streamed torchmetrics a probe is scored with: R²/Pearson/MSE or accuracy/AUROC.
 
     R² is :class:`~lit_repr.metrics.moments.CentredR2Score` (its total sum of squares is taken about
@@ -162,6 +162,8 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
     torchmetrics'. (Spearman needs global ranks: :class:`ProbeReadout` computes it on its bounded
     sample.) A score without its definition (R² of fewer than two samples, accuracy of none, AUROC of
     fewer than two classes present) is NaN; AUROC averages one-vs-rest over the classes present.
+    ``validate_args=False`` skips torchmetrics' checks of every classification batch (for callers that
+    checked the class indices already, as :class:`ProbeReadout` does).
     """
     if task == "regression":
         return MetricCollection(
@@ -173,8 +175,8 @@ def evaluation_metrics(task: str, num_outputs: int) -> MetricCollection:
         ).set_dtype(torch.float64)  # sums of squares in float64: scores do not depend on batching
     return MetricCollection(
         {
-            "acc": _Accuracy(num_classes=num_outputs, average="micro"),
-            "auroc": _AUROC(num_classes=num_outputs),
+            "acc": _Accuracy(num_classes=num_outputs, average="micro", validate_args=validate_args),
+            "auroc": _AUROC(num_classes=num_outputs, validate_args=validate_args),
         }
     )
 
@@ -333,7 +335,7 @@ class ProbeReadout(nn.Module):
             else:
                 d = self.stats.dim
                 with _threads_for(x.shape[0] * (self.in_features + d) * d, x.device):
-                    self.stats.update(x, self._design(y))
+                    self.stats.update(x, self._design(y), checked=True)  # every batch was checked on arrival
         for split in list(self._eval_buf):
             self._flush_eval(split)
 
@@ -399,7 +401,7 @@ class ProbeReadout(nn.Module):
         """Accumulate a batch of the split used to choose the penalty (``selection="heldout"``)."""
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
-        self.heldout.update(x, self._design(y))
+        self.heldout.update(x, self._design(y), checked=True)
 
     def fit(self) -> None:
         """Solve for the probe from the accumulated statistics (synchronised under DDP)."""
@@ -452,7 +454,8 @@ class ProbeReadout(nn.Module):
     # ---------------------------------------------------------------- evaluation
     def _eval(self, split: str) -> MetricCollection:
         if split not in self.evals:
-            self.evals[split] = evaluation_metrics(self.task, self.num_outputs).to(self.weight.device)
+            metrics = evaluation_metrics(self.task, self.num_outputs, validate_args=False)  # indices checked here
+            self.evals[split] = metrics.to(self.weight.device)
             if self.task == "regression":
                 self.samples[split] = SampleBuffer(self.max_samples).to(self.weight.device)
             if self.local:

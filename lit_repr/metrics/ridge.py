@@ -160,6 +160,80 @@ def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
         return torch.linalg.eigh(a)
 
 
+def _gcv_tridiagonal(
+    sxx: Tensor, sxy: Tensor, syy: Tensor, alphas: Tensor, n: float, df0: float, noise: float
+) -> tuple[Tensor, Tensor, int] | None:
+    """Ridge over the penalty grid, chosen by GCV, from one Householder tridiagonalisation ``S = Q T Qᵀ``.
+
+    For every penalty ``α``, ``(T + αI) z = Qᵀ Sxy`` is one tridiagonal solve (all penalties in a single
+    block-diagonal system); ``RSS(α) = Σyy − zᵀQᵀSxy − α‖z‖²``, ``df(α) = Σ_i s_i/(s_i + α)`` from the
+    eigenvalues of ``T`` alone, and the chosen weights are ``Q z``. The same fit as the eigendecomposition
+    without its eigenvectors (measured on one core, 128 features: 0.4 ms against 0.9 ms; 512: 8 ms
+    against 30 ms). Returns ``(weight, scores, best)``, or ``None`` where it does not apply (not a CPU
+    float64 matrix of 32 to 1024 rows, or an eigenvalue at the rounding level, whose direction the
+    eigendecomposition drops): the caller then solves through :func:`_eigh`.
+    """
+    d = sxx.shape[0]
+    if sxx.device.type != "cpu" or sxx.dtype != torch.float64 or d > 1024 or d < 32:
+        return None
+    from scipy.linalg import lapack
+
+    a = alphas.numel()
+    with _one_blas_thread():
+        c, diag, off, tau, info = lapack.dsytrd(sxx.numpy(), lower=1)
+        evals, info_e = lapack.dsterf(diag, off)
+        if info != 0 or info_e != 0 or evals[0] <= noise or evals[-1] <= 1e-12 * max(n, 1.0):
+            return None
+        reflectors, tau_t = torch.from_numpy(c)[1:, :-1], torch.from_numpy(tau)
+        b = sxy.clone()
+        b[1:] = torch.ormqr(reflectors, tau_t, sxy[1:], left=True, transpose=True)  # Qᵀ Sxy (Q = diag(1, Q'))
+        coupling = torch.zeros(a, d, dtype=torch.float64)
+        coupling[:, :-1] = torch.from_numpy(off)
+        rhs = b.T.repeat(1, a).T  # (A·D, K) in column-major order, as LAPACK takes it
+        *_, z, info_z = lapack.dptsv(
+            (torch.from_numpy(diag)[None, :] + alphas[:, None]).reshape(-1).numpy(),
+            coupling.reshape(-1)[:-1].numpy(),
+            rhs.numpy(),
+            overwrite_b=1,
+        )
+    if info_z != 0:
+        return None
+    z = torch.from_numpy(z).reshape(a, d, -1)
+    rss = (syy[None, :] - (z * b).sum(1) - alphas[:, None] * (z * z).sum(1)).clamp_min(0)  # (A, K)
+    s = torch.from_numpy(evals)
+    df = (s[None, :] / (s[None, :] + alphas[:, None])).sum(1) + df0
+    scores = (rss / n).mean(1) / (1 - df / n).clamp_min(1e-12) ** 2
+    best = int(torch.argmin(torch.nan_to_num(scores, nan=float("inf"))))
+    w = z[best].clone()
+    w[1:] = torch.ormqr(reflectors, tau_t, z[best, 1:], left=True, transpose=False)
+    return w, scores, best
+
+
+_BLAS_LIBRARIES: list = []
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """scipy's BLAS and LAPACK on one thread for the block (small factorisations stall on busy cores); the
+    thread counts are restored afterwards, also on exceptions."""
+    if not _BLAS_LIBRARIES:
+        try:
+            from threadpoolctl import ThreadpoolController  # comes with scikit-learn
+        except ImportError:  # pragma: no cover
+            _BLAS_LIBRARIES.append([])
+        else:  # called after scipy.linalg is imported: its BLAS is listed
+            _BLAS_LIBRARIES.append(ThreadpoolController().select(user_api="blas").lib_controllers)
+    libraries = _BLAS_LIBRARIES[0]
+    before = [lib.get_num_threads() for lib in libraries]
+    for lib in libraries:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, count in zip(libraries, before):
+            lib.set_num_threads(count)
+
+
 class StreamingRidge(ShiftedMoments):
     """Ridge regression fitted in closed form from streamed sufficient statistics.
 
@@ -256,7 +330,9 @@ class StreamingRidge(ShiftedMoments):
             elementwise={"yy": ("y", "y")},
         )
 
-    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def _prepare(self, x: Tensor, y: Tensor, checked: bool = False) -> tuple[Tensor, Tensor]:
+        """Features and ``(B, K)`` float64 targets, shapes and values checked (values not again if ``checked``:
+        the caller checked every batch of the block already)."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}")
         if y.ndim == 1:
@@ -267,16 +343,22 @@ class StreamingRidge(ShiftedMoments):
                 f"{tuple(x.shape)}, got {tuple(y.shape)}"
             )
         y = y.to(torch.float64)
-        for t, what in ((x, "features"), (y, "targets")):
+        for t, what in () if checked else ((x, "features"), (y, "targets")):
             if not all_finite(t):
                 raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
             x = x.to(torch.float64) @ self.projection.to(x.device)
         return x, y  # converted to float64 as their reference is subtracted (unless float32_products)
 
-    def update(self, x: Tensor, y: Tensor) -> None:  # type: ignore[override]
-        """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``."""
-        x, y = self._prepare(x, y)
+    def update(self, x: Tensor, y: Tensor, *, checked: bool = False) -> None:  # type: ignore[override]
+        """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``.
+
+        ``checked=True``: the values were checked finite already, batch by batch (as
+        :class:`~lit_repr.metrics.ProbeReadout` does on arrival): only the shapes are checked here.
+        """
+        self._accumulate(*self._prepare(x, y, checked=checked))
+
+    def _accumulate(self, x: Tensor, y: Tensor) -> None:
         self.accumulate(return_centred=False, x=x, y=y)
 
     # ------------------------------------------------------------------ solving
@@ -324,11 +406,17 @@ class StreamingRidge(ShiftedMoments):
                 stacklevel=2,
             )
         mx, my, sxx, sxy, syy = self._centred()
-        evals, evecs = _eigh(sxx)
         # directions whose variance is at the rounding level of the accumulated moments (e.g. constant
         # features, whose centred XᵀX is rounding noise) carry no signal: drop them exactly
         scale = torch.diagonal(self.xtx if self.fit_intercept else sxx).abs().max()
         noise = 1e-11 * float(scale.clamp_min(torch.finfo(torch.float64).tiny))
+        if heldout is None and self.max_components is None:
+            gcv = _gcv_tridiagonal(sxx, sxy, syy, self.alphas, n, 1.0 if self.fit_intercept else 0.0, noise)
+            if gcv is not None:
+                w, scores, best = gcv
+                fit = RidgeFit(w, my - mx @ w, float(self.alphas[best]), self.alphas, scores, self.projection)
+                return fit
+        evals, evecs = _eigh(sxx)
         evals = torch.where(evals > noise, evals, torch.zeros_like(evals))
         if self.max_components is not None and self.max_components < evals.numel():
             evals, evecs = evals[-self.max_components :], evecs[:, -self.max_components :]

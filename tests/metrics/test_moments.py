@@ -124,3 +124,30 @@ def test_two_processes_with_different_references_equal_one(run_ddp_script):
     out = run_ddp_script(pathlib.Path(__file__).parent / "ddp_moments_script.py")
     for name, (one, two) in out.items():
         torch.testing.assert_close(two, one, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("width", [3, 64, 130])
+def test_add_gram_is_the_exactly_symmetric_full_product(width):
+    from lit_repr.metrics.moments import add_gram
+
+    u = torch.randn(37, width, dtype=torch.float64)
+    start = torch.randn(width, width, dtype=torch.float64)
+    start = start + start.T
+    out = add_gram(start.clone(), u)
+    torch.testing.assert_close(out, start + u.T @ u, rtol=1e-12, atol=1e-12)
+    assert torch.equal(out, out.T)
+
+
+def test_a_large_batch_accumulated_in_row_blocks_equals_small_batches(monkeypatch):
+    from lit_repr.metrics import moments
+
+    x, y = _data(n=600, offset=1e3)
+    whole = StreamingRidge(5, 3)
+    monkeypatch.setattr(moments, "_CHUNK_ELEMENTS", 8)  # blocks of 1,024 rows would hold it whole: force 3 blocks
+    monkeypatch.setattr(moments, "_REFERENCE_ROWS", 250)
+    whole.update(x.float(), y)
+    parts = StreamingRidge(5, 3)
+    for xb, yb in zip(x.float().split(250), y.split(250)):
+        parts.update(xb, yb)
+    for name in ("n", "sum_x", "sum_y", "xtx", "xty", "yy", "x_ref", "y_ref"):
+        torch.testing.assert_close(getattr(whole, name), getattr(parts, name), rtol=1e-12, atol=1e-9)

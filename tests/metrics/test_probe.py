@@ -215,13 +215,13 @@ def test_small_probes_run_on_one_thread_and_restore_the_thread_count(monkeypatch
     from lit_repr.metrics import probe as probe_module
 
     seen = []
-    real_update = probe_module.StreamingRidge.update
+    real_update = probe_module.StreamingRidge._accumulate
 
     def spy(self, x, y):
         seen.append(torch.get_num_threads())
         return real_update(self, x, y)
 
-    monkeypatch.setattr(probe_module.StreamingRidge, "update", spy)
+    monkeypatch.setattr(probe_module.StreamingRidge, "_accumulate", spy)
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

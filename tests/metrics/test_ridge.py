@@ -181,3 +181,51 @@ def test_float32_products_match_float64_to_float32_rounding():
     torch.testing.assert_close(r64.compute().weight, whole.compute().weight, rtol=1e-9, atol=1e-9)
     with pytest.raises(ValueError, match="float32_products"):
         StreamingRidge(40, 2, float32_products=1)
+
+
+def _wide(n=300, d=40, k=3, seed=1):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)) @ rng.normal(size=(d, d)) + 2.0
+    y = x @ rng.normal(size=(d, k)) + 20 * rng.normal(size=(n, k)) - 1.0
+    return x, y
+
+
+def test_tridiagonal_gcv_equals_the_eigendecomposition_and_sklearn(monkeypatch):
+    from lit_repr.metrics import ridge
+
+    x, y = _wide()
+    stats = StreamingRidge(40, 3)
+    stats.update(torch.tensor(x), torch.tensor(y))
+    calls = []
+    real = ridge._gcv_tridiagonal
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(1) or real(*a))
+    fast = stats.compute()
+    assert calls == [1]
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
+    slow = stats.compute()
+    assert fast.alpha == slow.alpha
+    torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=0)
+    torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(fast.bias, slow.bias, rtol=1e-8, atol=1e-8)
+    sk = RidgeCV(alphas=list(stats.alphas.tolist())).fit(x, y)
+    assert fast.alpha == pytest.approx(sk.alpha_)
+    ref = Ridge(alpha=fast.alpha).fit(x, y)
+    np.testing.assert_allclose(fast.weight.numpy(), ref.coef_.T, rtol=1e-6, atol=1e-8)
+
+
+def test_tridiagonal_gcv_leaves_rank_deficient_statistics_to_the_eigendecomposition():
+    from threadpoolctl import threadpool_info
+
+    from lit_repr.metrics import ridge
+
+    x, y = _wide()
+    x[:, 5] = 3.0  # a constant feature: its direction is dropped exactly by the eigendecomposition
+    stats = StreamingRidge(40, 3)
+    stats.update(torch.tensor(x), torch.tensor(y))
+    mx, my, sxx, sxy, syy = stats._centred()
+    before = [lib["num_threads"] for lib in threadpool_info()]
+    assert ridge._gcv_tridiagonal(sxx, sxy, syy, stats.alphas, 300.0, 1.0, 1e-11 * float(sxx.diag().max())) is None
+    assert [lib["num_threads"] for lib in threadpool_info()] == before  # BLAS thread counts restored
+    fit = stats.compute()
+    assert bool(torch.isfinite(fit.weight).all())
+    assert float(fit.weight[5].abs().max()) < 1e-10 * float(fit.weight.abs().max())  # the dropped direction
