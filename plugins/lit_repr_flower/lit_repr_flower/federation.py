@@ -1,0 +1,278 @@
+"""The settings both Flower apps read, and the data each side builds from them.
+
+One :class:`FlowerFederation` describes a FederatedFactory run: the data set and its partition (which the
+clients build locally, with the same partitioner and seed as the core's ``LocalEngine``), the prior the
+clients fit, the server's classifier, and the failure policy (``min_clients``, ``min_classes``, time
+limits). Under ``flwr run`` it comes from the app's run config (``[tool.flwr.app.config]`` in the plugin's
+``pyproject.toml``, overridden with ``--run-config``): keys are the field names with ``-`` for ``_``, and
+dict- or list-valued fields are JSON text. In Python it is passed to :func:`~lit_repr_flower.server_app.make_server_app`
+and :func:`~lit_repr_flower.client_app.make_client_app`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lit_repr.checks import check_int, check_number
+
+__all__ = ["FlowerFederation", "load_splits", "client_shard"]
+
+_DICT_FIELDS = ("data_args", "partition_args", "prior_config", "prior_trainer", "classifier", "classifier_trainer")
+
+
+@dataclass(frozen=True)
+class FlowerFederation:
+    """What a FederatedFactory run on Flower does: data, partition, prior, server classifier, failure policy.
+
+    Args:
+        data: a lit_repr ``ArrayDataModule`` with images, by class name in :mod:`lit_repr.data`
+            (``"DigitsDataModule"``) or dotted path; its ``train`` split is partitioned, ``test`` evaluates.
+        data_args: its constructor kwargs (``DigitsDataModule`` gets ``layout="image"`` by default).
+        classes: keep only the classes ``0 .. classes - 1`` (``None``: all), for small runs.
+        partitioner: ``"silos"``, ``"classes_per_client"`` or ``"dirichlet"`` (:mod:`lit_repr.federated.partition`).
+        partition_args: its kwargs besides ``labels``, ``num_clients`` and ``seed`` (e.g. ``{"k": 2}``).
+        num_clients: number of clients (``None``: the partitioner's default; under Flower, the nodes'
+            ``num-partitions`` must agree).
+        seed: the partition seed and the federation seed (module, synthesis and classifier seeds derive from it).
+        prior: the prior kind each client fits per class (``"gmm"``, ``"vae"``, ``"diffusion"``).
+        prior_config: the prior's constructor kwargs.
+        prior_trainer: Trainer kwargs of each prior's fit.
+        classifier: the server classifier's kwargs (``Classifier``).
+        classifier_trainer: its Trainer kwargs.
+        samples_per_class: synthetic images per class.
+        batch_size: the classifier's batch size.
+        min_clients: fewer clients answering with valid modules stops the run (no model is trained).
+        min_classes: fewer classes covered by valid modules stops the run (``None``: every class is needed).
+        connect_timeout: seconds the server waits for ``num_clients`` nodes (at least ``min_clients``) to connect.
+        reply_timeout: seconds the server waits for replies in each step (``None``: no limit).
+        forget_clients: clients to forget after the run: their modules are removed and the classifier
+            retrained (the core's exact unlearning); the report gives both results.
+        run_dir: where the server writes ``report.json``, the classifier and the received modules.
+
+    Example:
+        >>> f = FlowerFederation(classes=4, prior_config={"num_components": 2})
+        >>> FlowerFederation.from_run_config(f.to_run_config()) == f
+        True
+        >>> FlowerFederation(partitioner="ring")
+        Traceback (most recent call last):
+        ...
+        ValueError: partitioner must be one of ['classes_per_client', 'dirichlet', 'silos'], got 'ring'
+    """
+
+    data: str = "DigitsDataModule"
+    data_args: dict = field(default_factory=dict)
+    classes: int | None = None
+    partitioner: str = "silos"
+    partition_args: dict = field(default_factory=dict)
+    num_clients: int | None = None
+    seed: int = 0
+    prior: str = "gmm"
+    prior_config: dict = field(default_factory=dict)
+    prior_trainer: dict = field(default_factory=dict)
+    classifier: dict = field(default_factory=lambda: {"hidden": [128]})
+    classifier_trainer: dict = field(default_factory=dict)
+    samples_per_class: int = 200
+    batch_size: int = 64
+    min_clients: int = 1
+    min_classes: int | None = None
+    connect_timeout: float = 120.0
+    reply_timeout: float | None = None
+    forget_clients: tuple[int, ...] = ()
+    run_dir: str = "runs/federated_flower"
+
+    def __post_init__(self) -> None:
+        from lit_repr.federated.partition import PARTITIONERS
+        from lit_repr.federated.priors import PRIORS
+
+        if not isinstance(self.data, str) or not self.data:
+            raise ValueError(f"data must be a DataModule class name, got {self.data!r}")
+        for name in _DICT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ValueError(f"{name} must be a dict, got {type(value).__name__}")
+            try:
+                json.dumps(dict(value))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{name} must be JSON-serialisable: {err}") from None
+            object.__setattr__(self, name, dict(value))
+        if self.classes is not None:
+            check_int("classes", self.classes, low=2)
+        if self.partitioner not in PARTITIONERS:
+            raise ValueError(f"partitioner must be one of {sorted(PARTITIONERS)}, got {self.partitioner!r}")
+        clash = sorted({"labels", "num_clients", "seed"} & set(self.partition_args))
+        if clash:
+            raise ValueError(f"partition_args must not set {clash}: they are fields of their own")
+        if self.num_clients is not None:
+            check_int("num_clients", self.num_clients)
+        check_int("seed", self.seed, low=0)
+        if self.prior not in PRIORS:
+            raise ValueError(f"prior must be one of {sorted(PRIORS)}, got {self.prior!r}")
+        check_int("samples_per_class", self.samples_per_class)
+        check_int("batch_size", self.batch_size)
+        check_int("min_clients", self.min_clients)
+        if self.num_clients is not None and self.min_clients > self.num_clients:
+            raise ValueError(f"min_clients ({self.min_clients}) must be <= num_clients ({self.num_clients})")
+        if self.min_classes is not None:
+            check_int("min_classes", self.min_classes)
+            if self.classes is not None and self.min_classes > self.classes:
+                raise ValueError(f"min_classes ({self.min_classes}) must be <= classes ({self.classes})")
+        check_number("connect_timeout", self.connect_timeout, low=0, low_open=True)
+        if self.reply_timeout is not None:
+            check_number("reply_timeout", self.reply_timeout, low=0, low_open=True)
+        forget = tuple(self.forget_clients)
+        for c in forget:
+            check_int("forget_clients[...]", c, low=0)
+        object.__setattr__(self, "forget_clients", forget)
+        if not isinstance(self.run_dir, str) or not self.run_dir:
+            raise ValueError(f"run_dir must be a path, got {self.run_dir!r}")
+
+    # ------------------------------------------------------------------ Flower run config
+    def to_run_config(self) -> dict[str, Any]:
+        """Flat ``{key: scalar}`` as Flower's run config holds it (dicts and lists as JSON, ``None`` as ``""``)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (dict, tuple, list)):
+                value = json.dumps(list(value) if isinstance(value, tuple) else value, sort_keys=True)
+            elif value is None:
+                value = ""
+            out[f.name.replace("_", "-")] = value
+        return out
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> FlowerFederation:
+        """The federation a Flower run config describes (unknown keys are an error; missing ones take defaults).
+
+        Args:
+            run_config: ``context.run_config`` (keys with ``-`` or ``_``).
+        """
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in dict(run_config).items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                allowed = sorted(n.replace("_", "-") for n in names)
+                raise ValueError(f"unknown run config key {key!r}; allowed: {allowed}")
+            if name in _DICT_FIELDS or name == "forget_clients":
+                if isinstance(value, str):
+                    try:
+                        value = json.loads(value) if value.strip() else ({} if name != "forget_clients" else [])
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"run config {key!r} must be JSON text, got {value!r}: {err}") from None
+                if name == "forget_clients":
+                    if not isinstance(value, list):
+                        raise ValueError(f"run config {key!r} must be a JSON list of client ids, got {value!r}")
+                    value = tuple(value)
+            elif value == "" and name in ("classes", "num_clients", "min_classes", "reply_timeout"):
+                value = None
+            kwargs[name] = value
+        return cls(**kwargs)
+
+
+def _datamodule(fed: FlowerFederation) -> Any:
+    name = fed.data
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        target = getattr(importlib.import_module(module), attr, None)
+    else:
+        import lit_repr.data as data_pkg
+
+        target = getattr(data_pkg, name, None)
+    if target is None:
+        raise ValueError(f"data {name!r} is neither a class of lit_repr.data nor an importable dotted path")
+    args = dict(fed.data_args)
+    if name.endswith("DigitsDataModule"):
+        args.setdefault("layout", "image")
+    dm = target(**args)
+    if not hasattr(dm, "build_splits"):
+        raise ValueError(f"data {name!r} must be an ArrayDataModule (with build_splits), got {type(dm).__name__}")
+    return dm
+
+
+def load_splits(fed: FlowerFederation, splits: tuple[str, ...] = ("train", "test")) -> dict[str, tuple[Tensor, Tensor]]:
+    """``{split: (images, labels)}`` of the federation's data set, restricted to its ``classes``.
+
+    Images are ``(N, C, H, W)`` floats in ``[0, 1]`` (what the priors and the server expect).
+
+    Args:
+        fed: the federation.
+        splits: which splits.
+
+    Example:
+        >>> x, y = load_splits(FlowerFederation(classes=3), ("test",))["test"]
+        >>> x.shape[1:], sorted(set(y.tolist()))
+        (torch.Size([1, 8, 8]), [0, 1, 2])
+    """
+    built = _datamodule(fed).build_splits()
+    out = {}
+    for split in splits:
+        if split not in built:
+            raise ValueError(f"data {fed.data!r} has no {split!r} split (splits: {sorted(built)})")
+        x, y = built[split]["x"], torch.as_tensor(built[split]["y"]).long()
+        if x.ndim != 4:
+            raise ValueError(
+                f"data {fed.data!r} gives {split} inputs of shape {tuple(x.shape)}; images (N, C, H, W) are needed"
+            )
+        if fed.classes is not None:
+            keep = y < fed.classes
+            x, y = x[keep], y[keep]
+        out[split] = (x.float().contiguous(), y)
+    return out
+
+
+def num_classes(fed: FlowerFederation, labels: Tensor | None = None) -> int:
+    """The number of classes of the task: ``classes`` if set, else the data module's (or ``max(labels) + 1``)."""
+    if fed.classes is not None:
+        return fed.classes
+    n = getattr(_datamodule(fed), "num_classes", None)
+    if isinstance(n, int):
+        return n
+    if labels is None:
+        raise ValueError(f"data {fed.data!r} has no num_classes attribute; set classes")
+    return int(labels.max()) + 1
+
+
+def partition(fed: FlowerFederation, labels: Tensor) -> Any:
+    """The partition of the training labels (the same call the core's local engine is given)."""
+    from lit_repr.federated.partition import PARTITIONERS
+
+    kwargs = dict(fed.partition_args)
+    if fed.num_clients is not None:
+        kwargs["num_clients"] = fed.num_clients
+    return PARTITIONERS[fed.partitioner](np.asarray(labels), seed=fed.seed, **kwargs)
+
+
+def client_shard(fed: FlowerFederation, client: int, num_partitions: int | None = None) -> tuple[Tensor, Tensor]:
+    """The training images and labels of one client, as the local engine would give them to it.
+
+    Args:
+        fed: the federation.
+        client: the client's partition id.
+        num_partitions: the number of partitions the node was told (checked against the partition).
+
+    Example:
+        >>> x, y = client_shard(FlowerFederation(classes=3), 2)
+        >>> sorted(set(y.tolist()))
+        [2]
+    """
+    x, y = load_splits(fed, ("train",))["train"]
+    part = partition(fed, y)
+    n = len(part.indices)
+    if num_partitions is not None and int(num_partitions) != n:
+        raise ValueError(
+            f"the node says num-partitions={num_partitions} but the {fed.partitioner!r} partition has {n} clients; "
+            f"set num_clients={num_partitions} or start {n} nodes"
+        )
+    if not 0 <= int(client) < n:
+        raise ValueError(f"partition-id {client} is outside [0, {n}) for the {fed.partitioner!r} partition")
+    idx = torch.from_numpy(np.array(part.indices[int(client)], dtype=np.int64))
+    return x[idx], y[idx]

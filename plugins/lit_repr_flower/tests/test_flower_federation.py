@@ -1,0 +1,63 @@
+"""The settings both apps read, and the client shards: the same partition the core's local engine is given."""
+
+import dataclasses
+
+import pytest
+import torch
+from lit_repr_flower import FlowerFederation, client_shard, load_splits
+from lit_repr_flower.federation import partition
+
+from lit_repr.federated.engine import LocalEngine
+
+
+def test_run_config_round_trip_and_flower_types():
+    fed = FlowerFederation(classes=4, partition_args={}, prior_config={"num_components": 2}, forget_clients=(1, 2),
+                           reply_timeout=30.0)
+    flat = fed.to_run_config()
+    assert all(isinstance(v, (str, int, float, bool)) for v in flat.values())  # what Flower's UserConfig holds
+    assert flat["prior-config"] == '{"num_components": 2}' and flat["min-classes"] == ""
+    assert FlowerFederation.from_run_config(flat) == fed
+    assert FlowerFederation.from_run_config({"forget-clients": "[3]", "classes": 5}).forget_clients == (3,)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"partitioner": "ring"}, "partitioner must be one of"),
+        ({"prior": "flow"}, "prior must be one of"),
+        ({"prior_config": [1]}, "prior_config must be a dict"),
+        ({"partition_args": {"seed": 1}}, "must not set \\['seed'\\]"),
+        ({"num_clients": 2, "min_clients": 3}, "min_clients \\(3\\) must be <= num_clients"),
+        ({"classes": 3, "min_classes": 4}, "min_classes \\(4\\) must be <= classes"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"forget_clients": (-1,)}, "forget_clients"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FlowerFederation(**kwargs)
+
+
+def test_unknown_run_config_key_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown run config key 'prior_cfg'.*'prior-config'"):
+        FlowerFederation.from_run_config({"prior_cfg": "{}"})
+    with pytest.raises(ValueError, match="must be JSON text"):
+        FlowerFederation.from_run_config({"prior-config": "{num: 2}"})
+
+
+def test_client_shards_are_the_local_engines_client_data(federation):
+    x, y = load_splits(federation, ("train",))["train"]
+    engine = LocalEngine(x, y, partition(federation, y), prior="gmm", progress=False)
+    for client in range(4):
+        cx, cy = client_shard(federation, client, num_partitions=4)
+        ex, ey = engine.client_data(client)
+        assert torch.equal(cx, ex) and torch.equal(cy, ey) and cy.unique().tolist() == [client]
+
+
+def test_shard_checks_the_node_config(federation):
+    with pytest.raises(ValueError, match="num-partitions=3 but the 'silos' partition has 4 clients"):
+        client_shard(federation, 0, num_partitions=3)
+    with pytest.raises(ValueError, match="partition-id 4 is outside"):
+        client_shard(federation, 4)
+    with pytest.raises(ValueError, match="neither a class of lit_repr.data"):
+        load_splits(dataclasses.replace(federation, data="NoSuchDataModule"))
