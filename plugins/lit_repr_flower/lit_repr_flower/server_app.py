@@ -22,6 +22,7 @@ Steps (:func:`run_federation`):
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -92,12 +93,15 @@ def _wait_for_nodes(grid: Grid, fed: FlowerFederation) -> list[int]:
 
 
 def _reason(reply: Message) -> str:
-    reason = str(reply.error.reason)
+    """The cause of an error reply in one line: the remote exception's message, without Ray's wrapping."""
+    reason = re.sub(r"\x1b\[[0-9;]*m", "", str(reply.error.reason))
+    found = re.search(r"ClientAppException occurred\. Message: (.+)", reason)
+    if found:
+        message = found.group(1).strip()
+        return (message[:-2] if message.endswith("'>") else message)[:500]  # the end of Ray's repr wrapper
     lines = [ln.strip() for ln in reason.splitlines() if ln.strip()]
-    for ln in reversed(lines):  # the last "Type: message" line of a remote traceback is the cause
-        if ":" in ln and not ln.startswith(("File ", "^", "The above")) and "ClientAppException" not in ln:
-            return ln[:500]
-    return (lines[-1] if lines else f"error code {reply.error.code}")[:500]
+    causes = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b.*: ", ln)]
+    return (causes[-1] if causes else lines[-1] if lines else f"error code {reply.error.code}")[:500]
 
 
 def _send(

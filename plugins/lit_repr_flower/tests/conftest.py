@@ -16,3 +16,9 @@ def tiny(tmp_path, **overrides) -> FlowerFederation:
 @pytest.fixture
 def federation(tmp_path):
     return tiny(tmp_path)
+
+
+@pytest.fixture
+def make_federation(tmp_path):
+    """``make_federation(**overrides)``: the tiny federation with some settings changed."""
+    return lambda **overrides: tiny(tmp_path, **overrides)
