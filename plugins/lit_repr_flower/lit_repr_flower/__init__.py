@@ -8,7 +8,7 @@ a manifest, :mod:`lit_repr.federated.exchange`) and the server step
 """
 
 from lit_repr_flower.client_app import make_client_app, node_partition
-from lit_repr_flower.faults import FailingClient, TamperedReply
+from lit_repr_flower.faults import FailingClient, SlowClient, TamperedReply
 from lit_repr_flower.federation import FlowerFederation, client_shard, load_splits
 from lit_repr_flower.messages import ReplyError, decode_reply, decode_task, encode_reply, encode_task
 from lit_repr_flower.server_app import FederationStopped, FlowerRun, make_server_app, run_federation
@@ -20,6 +20,7 @@ __all__ = [
     "FederationStopped",
     "ReplyError",
     "FailingClient",
+    "SlowClient",
     "TamperedReply",
     "make_client_app",
     "make_server_app",

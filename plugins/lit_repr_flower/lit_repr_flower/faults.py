@@ -4,6 +4,7 @@ A Flower mod wraps a ``ClientApp``'s handling of each message (``mod(message, co
 These act only on the clients (partition ids) they are given and only on ``train`` messages:
 
 - :class:`FailingClient`: the client raises instead of fitting its modules;
+- :class:`SlowClient`: the client answers only after a delay (to exceed the server's ``reply_timeout``);
 - :class:`TamperedReply`: the client's reply is altered after the modules were packed: the manifest's
   SHA-256, a tensor shape in the manifest, or a byte of the safetensors data (the server must reject it).
 """
@@ -11,13 +12,14 @@ These act only on the clients (partition ids) they are given and only on ``train
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterable
 
 from flwr.app import ConfigRecord, Context, Message
 
-from lit_repr.checks import check_choice, check_int
+from lit_repr.checks import check_choice, check_int, check_number
 
-__all__ = ["FailingClient", "TamperedReply", "TAMPERINGS"]
+__all__ = ["FailingClient", "SlowClient", "TamperedReply", "TAMPERINGS"]
 
 TAMPERINGS = ("hash", "shape", "bytes")
 
@@ -51,6 +53,28 @@ class FailingClient:
         pid = _partition_id(context)
         if msg.metadata.message_type.startswith("train") and pid in self.clients:
             raise RuntimeError(f"client {pid} failed while fitting its modules (injected fault)")
+        return call_next(msg, context)
+
+
+class SlowClient:
+    """A mod under which the given clients wait ``seconds`` before handling ``train`` messages.
+
+    Args:
+        seconds: the delay.
+        clients: the partition ids that are slow.
+
+    Example:
+        >>> SlowClient(30, [2]).seconds
+        30.0
+    """
+
+    def __init__(self, seconds: float, clients: Iterable[int]) -> None:
+        self.seconds = float(check_number("seconds", seconds, low=0, low_open=True))
+        self.clients = _clients(clients)
+
+    def __call__(self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        if msg.metadata.message_type.startswith("train") and _partition_id(context) in self.clients:
+            time.sleep(self.seconds)
         return call_next(msg, context)
 
 

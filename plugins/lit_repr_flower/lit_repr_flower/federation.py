@@ -26,7 +26,8 @@ from lit_repr.checks import check_int, check_number
 
 __all__ = ["FlowerFederation", "load_splits", "client_shard"]
 
-_DICT_FIELDS = ("data_args", "partition_args", "prior_config", "prior_trainer", "classifier", "classifier_trainer")
+_DICT_FIELDS = ("data_args", "partition_args", "prior_config", "prior_trainer", "classifier", "classifier_trainer",
+                "unlearn")
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,10 @@ class FlowerFederation:
             (``"DigitsDataModule"``) or dotted path; its ``train`` split is partitioned, ``test`` evaluates.
         data_args: its constructor kwargs (``DigitsDataModule`` gets ``layout="image"`` by default).
         classes: keep only the classes ``0 .. classes - 1`` (``None``: all), for small runs.
-        partitioner: ``"silos"``, ``"classes_per_client"`` or ``"dirichlet"`` (:mod:`lit_repr.federated.partition`).
-        partition_args: its kwargs besides ``labels``, ``num_clients`` and ``seed`` (e.g. ``{"k": 2}``).
-        num_clients: number of clients (``None``: the partitioner's default; under Flower, the nodes'
-            ``num-partitions`` must agree).
+        partition: the partitioner, ``"silos"``, ``"classes_per_client"`` or ``"dirichlet"``
+            (:mod:`lit_repr.federated.partition`).
+        partition_args: its kwargs besides ``labels`` and ``seed`` (e.g. ``{"num_clients": 5, "k": 2}``);
+            under Flower, the nodes' ``num-partitions`` must equal the partition's number of clients.
         seed: the partition seed and the federation seed (module, synthesis and classifier seeds derive from it).
         prior: the prior kind each client fits per class (``"gmm"``, ``"vae"``, ``"diffusion"``).
         prior_config: the prior's constructor kwargs.
@@ -52,28 +53,29 @@ class FlowerFederation:
         batch_size: the classifier's batch size.
         min_clients: fewer clients answering with valid modules stops the run (no model is trained).
         min_classes: fewer classes covered by valid modules stops the run (``None``: every class is needed).
-        connect_timeout: seconds the server waits for ``num_clients`` nodes (at least ``min_clients``) to connect.
-        reply_timeout: seconds the server waits for replies in each step (``None``: no limit).
-        forget_clients: clients to forget after the run: their modules are removed and the classifier
-            retrained (the core's exact unlearning); the report gives both results.
+        connect_timeout: seconds the server waits for ``num_clients`` nodes (at least ``min_clients``) to
+            connect, and then for them to say which client they are.
+        reply_timeout: seconds the server waits for the clients' modules (``None``: no limit); a client
+            that has not answered by then is reported as failed.
+        unlearn: ``{"client": c}`` and/or ``{"cls": k}``: after the run, delete those modules and retrain
+            (the core's exact unlearning); the report gives the results before and after.
         run_dir: where the server writes ``report.json``, the classifier and the received modules.
 
     Example:
-        >>> f = FlowerFederation(classes=4, prior_config={"num_components": 2})
+        >>> f = FlowerFederation(classes=4, prior_config={"num_components": 2}, unlearn={"client": 3})
         >>> FlowerFederation.from_run_config(f.to_run_config()) == f
         True
-        >>> FlowerFederation(partitioner="ring")
+        >>> FlowerFederation(partition="ring")
         Traceback (most recent call last):
         ...
-        ValueError: partitioner must be one of ['classes_per_client', 'dirichlet', 'silos'], got 'ring'
+        ValueError: partition must be one of ['classes_per_client', 'dirichlet', 'silos'], got 'ring'
     """
 
     data: str = "DigitsDataModule"
     data_args: dict = field(default_factory=dict)
     classes: int | None = None
-    partitioner: str = "silos"
+    partition: str = "silos"
     partition_args: dict = field(default_factory=dict)
-    num_clients: int | None = None
     seed: int = 0
     prior: str = "gmm"
     prior_config: dict = field(default_factory=dict)
@@ -86,7 +88,7 @@ class FlowerFederation:
     min_classes: int | None = None
     connect_timeout: float = 120.0
     reply_timeout: float | None = None
-    forget_clients: tuple[int, ...] = ()
+    unlearn: dict = field(default_factory=dict)
     run_dir: str = "runs/federated_flower"
 
     def __post_init__(self) -> None:
@@ -106,13 +108,13 @@ class FlowerFederation:
             object.__setattr__(self, name, dict(value))
         if self.classes is not None:
             check_int("classes", self.classes, low=2)
-        if self.partitioner not in PARTITIONERS:
-            raise ValueError(f"partitioner must be one of {sorted(PARTITIONERS)}, got {self.partitioner!r}")
-        clash = sorted({"labels", "num_clients", "seed"} & set(self.partition_args))
+        if self.partition not in PARTITIONERS:
+            raise ValueError(f"partition must be one of {sorted(PARTITIONERS)}, got {self.partition!r}")
+        clash = sorted({"labels", "seed"} & set(self.partition_args))
         if clash:
-            raise ValueError(f"partition_args must not set {clash}: they are fields of their own")
-        if self.num_clients is not None:
-            check_int("num_clients", self.num_clients)
+            raise ValueError(f"partition_args must not set {clash}: the labels come from the data, the seed is `seed`")
+        if "num_clients" in self.partition_args:
+            check_int("partition_args['num_clients']", self.partition_args["num_clients"])
         check_int("seed", self.seed, low=0)
         if self.prior not in PRIORS:
             raise ValueError(f"prior must be one of {sorted(PRIORS)}, got {self.prior!r}")
@@ -120,7 +122,7 @@ class FlowerFederation:
         check_int("batch_size", self.batch_size)
         check_int("min_clients", self.min_clients)
         if self.num_clients is not None and self.min_clients > self.num_clients:
-            raise ValueError(f"min_clients ({self.min_clients}) must be <= num_clients ({self.num_clients})")
+            raise ValueError(f"min_clients ({self.min_clients}) must be <= the number of clients ({self.num_clients})")
         if self.min_classes is not None:
             check_int("min_classes", self.min_classes)
             if self.classes is not None and self.min_classes > self.classes:
@@ -128,21 +130,30 @@ class FlowerFederation:
         check_number("connect_timeout", self.connect_timeout, low=0, low_open=True)
         if self.reply_timeout is not None:
             check_number("reply_timeout", self.reply_timeout, low=0, low_open=True)
-        forget = tuple(self.forget_clients)
-        for c in forget:
-            check_int("forget_clients[...]", c, low=0)
-        object.__setattr__(self, "forget_clients", forget)
+        if not set(self.unlearn) <= {"client", "cls"}:
+            raise ValueError(f"unlearn takes 'client' and/or 'cls', got keys {sorted(self.unlearn)}")
+        for key, value in self.unlearn.items():
+            check_int(f"unlearn[{key!r}]", value, low=0)
         if not isinstance(self.run_dir, str) or not self.run_dir:
             raise ValueError(f"run_dir must be a path, got {self.run_dir!r}")
 
     # ------------------------------------------------------------------ Flower run config
+    @property
+    def num_clients(self) -> int | None:
+        """The number of clients if the settings fix it (``partition_args``, or silos over ``classes``)."""
+        if "num_clients" in self.partition_args:
+            return int(self.partition_args["num_clients"])
+        if self.partition == "silos" and self.classes is not None:
+            return self.classes
+        return None
+
     def to_run_config(self) -> dict[str, Any]:
-        """Flat ``{key: scalar}`` as Flower's run config holds it (dicts and lists as JSON, ``None`` as ``""``)."""
+        """Flat ``{key: scalar}`` as Flower's run config holds it (dicts as JSON text, ``None`` as ``""``)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, (dict, tuple, list)):
-                value = json.dumps(list(value) if isinstance(value, tuple) else value, sort_keys=True)
+            if isinstance(value, dict):
+                value = json.dumps(value, sort_keys=True)
             elif value is None:
                 value = ""
             out[f.name.replace("_", "-")] = value
@@ -162,17 +173,12 @@ class FlowerFederation:
             if name not in names:
                 allowed = sorted(n.replace("_", "-") for n in names)
                 raise ValueError(f"unknown run config key {key!r}; allowed: {allowed}")
-            if name in _DICT_FIELDS or name == "forget_clients":
-                if isinstance(value, str):
-                    try:
-                        value = json.loads(value) if value.strip() else ({} if name != "forget_clients" else [])
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"run config {key!r} must be JSON text, got {value!r}: {err}") from None
-                if name == "forget_clients":
-                    if not isinstance(value, list):
-                        raise ValueError(f"run config {key!r} must be a JSON list of client ids, got {value!r}")
-                    value = tuple(value)
-            elif value == "" and name in ("classes", "num_clients", "min_classes", "reply_timeout"):
+            if name in _DICT_FIELDS and isinstance(value, str):
+                try:
+                    value = json.loads(value) if value.strip() else {}
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"run config {key!r} must be JSON text, got {value!r}: {err}") from None
+            elif value == "" and name in ("classes", "min_classes", "reply_timeout"):
                 value = None
             kwargs[name] = value
         return cls(**kwargs)
@@ -193,8 +199,8 @@ def _datamodule(fed: FlowerFederation) -> Any:
     if name.endswith("DigitsDataModule"):
         args.setdefault("layout", "image")
     dm = target(**args)
-    if not hasattr(dm, "build_splits"):
-        raise ValueError(f"data {name!r} must be an ArrayDataModule (with build_splits), got {type(dm).__name__}")
+    if not callable(getattr(dm, "arrays", None)):
+        raise ValueError(f"data {name!r} must be an ArrayDataModule (with arrays(split)), got {type(dm).__name__}")
     return dm
 
 
@@ -212,12 +218,13 @@ def load_splits(fed: FlowerFederation, splits: tuple[str, ...] = ("train", "test
         >>> x.shape[1:], sorted(set(y.tolist()))
         (torch.Size([1, 8, 8]), [0, 1, 2])
     """
-    built = _datamodule(fed).build_splits()
+    dm = _datamodule(fed)
+    dm.prepare_data()
+    dm.setup("fit")
     out = {}
     for split in splits:
-        if split not in built:
-            raise ValueError(f"data {fed.data!r} has no {split!r} split (splits: {sorted(built)})")
-        x, y = built[split]["x"], torch.as_tensor(built[split]["y"]).long()
+        x, y = dm.arrays(split)  # as the core's FederatedFactory reads them
+        y = torch.as_tensor(y).long()
         if x.ndim != 4:
             raise ValueError(
                 f"data {fed.data!r} gives {split} inputs of shape {tuple(x.shape)}; images (N, C, H, W) are needed"
@@ -245,10 +252,7 @@ def partition(fed: FlowerFederation, labels: Tensor) -> Any:
     """The partition of the training labels (the same call the core's local engine is given)."""
     from lit_repr.federated.partition import PARTITIONERS
 
-    kwargs = dict(fed.partition_args)
-    if fed.num_clients is not None:
-        kwargs["num_clients"] = fed.num_clients
-    return PARTITIONERS[fed.partitioner](np.asarray(labels), seed=fed.seed, **kwargs)
+    return PARTITIONERS[fed.partition](np.asarray(labels), seed=fed.seed, **fed.partition_args)
 
 
 def client_shard(fed: FlowerFederation, client: int, num_partitions: int | None = None) -> tuple[Tensor, Tensor]:
@@ -269,10 +273,10 @@ def client_shard(fed: FlowerFederation, client: int, num_partitions: int | None 
     n = len(part.indices)
     if num_partitions is not None and int(num_partitions) != n:
         raise ValueError(
-            f"the node says num-partitions={num_partitions} but the {fed.partitioner!r} partition has {n} clients; "
-            f"set num_clients={num_partitions} or start {n} nodes"
+            f"the node says num-partitions={num_partitions} but the {fed.partition!r} partition has {n} clients; "
+            f"set partition_args num_clients={num_partitions} or start {n} nodes"
         )
     if not 0 <= int(client) < n:
-        raise ValueError(f"partition-id {client} is outside [0, {n}) for the {fed.partitioner!r} partition")
+        raise ValueError(f"partition-id {client} is outside [0, {n}) for the {fed.partition!r} partition")
     idx = torch.from_numpy(np.array(part.indices[int(client)], dtype=np.int64))
     return x[idx], y[idx]

@@ -3,7 +3,8 @@
 Steps (:func:`run_federation`):
 
 1. wait for the nodes (``num_clients`` of them, at least ``min_clients``, within ``connect_timeout``);
-2. ``query.identify``: each node says which client it is and which classes it holds;
+2. ``query.identify``: each node says which client it is and which classes it holds (within
+   ``connect_timeout``: a node's first answer includes starting its ClientApp and loading its data);
 3. ``train``: each client gets the core's :class:`~lit_repr.federated.engine.ClientTask` (the same task
    the core's ``LocalEngine`` builds) and replies with its modules;
 4. each client's reply goes through the core's
@@ -14,9 +15,11 @@ Steps (:func:`run_federation`):
 5. failures (a client that raised, did not answer in time, or was rejected) are listed with the classes
    that are therefore missing. Fewer than ``min_clients`` clients or ``min_classes`` classes stops the
    run: ``report.json`` says why and no classifier is trained. Otherwise the server synthesises, trains,
-   evaluates (the core's ``FederatedServer.run``) and, for ``forget_clients``, unlearns exactly;
-6. ``report.json`` (the core's ``write_report``), the classifier's weights and the received modules go to
-   ``run_dir``.
+   evaluates (the core's ``FederatedServer.run``) and, if asked (``unlearn``), unlearns exactly;
+6. ``run_dir`` receives ``report.json`` (the core's ``write_report``, with the keys of the core's
+   ``FederatedFactory`` report plus the Flower-side ``clients``, ``failures`` and ``status``), the
+   TensorBoard scalars (the core's ``log_report``), the accepted modules (``modules/``) and the
+   classifier's weights (``classifier.safetensors``, ``classifier_after_unlearning.safetensors``).
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class FlowerRun:
         server: the core's ``FederatedServer`` (``None`` if the run stopped before receiving).
         report: the ``report.json`` content.
         report_path: where it was written.
-        unlearned: ``{client: the core's unlearn result}`` for each forgotten client, in order.
+        unlearned: the core's ``unlearn`` result when the run unlearned (``{}`` otherwise).
         classifier_state: the server classifier's ``state_dict`` before any unlearning (a copy).
     """
 
@@ -147,7 +150,8 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
         num_classes=n_classes, classifier=fed.classifier, trainer=fed.classifier_trainer,
         samples_per_class=fed.samples_per_class, seed=fed.seed, batch_size=fed.batch_size, progress=False,
     )
-    report: dict[str, Any] = {"engine": "flower", "federation": asdict(fed), "num_classes": n_classes}
+    report: dict[str, Any] = {"engine": "flower", "federation": asdict(fed), "num_classes": n_classes,
+                              "prior": {"kind": fed.prior, **fed.prior_config}, "seed": fed.seed}
     failures: dict[str, dict[str, Any]] = {}  # client id (or "node <id>") -> {"reason", "classes"}
 
     t = time.perf_counter()
@@ -157,14 +161,14 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
     # -- who is who
     t = time.perf_counter()
     identify = _send(grid, {n: RecordDict({"identify": ConfigRecord({})}) for n in nodes}, "query.identify",
-                     fed.reply_timeout)
+                     fed.connect_timeout)
     holds: dict[int, tuple[int, ...]] = {}
     node_of: dict[int, int] = {}
     for node in nodes:
         reply = identify.get(node)
         if reply is None:
-            failures[f"node {node}"] = {"reason": f"no answer to identify within reply_timeout={fed.reply_timeout}s",
-                                        "classes": None}
+            failures[f"node {node}"] = {
+                "reason": f"no answer to identify within connect_timeout={fed.connect_timeout}s", "classes": None}
         elif reply.has_error():
             failures[f"node {node}"] = {"reason": _reason(reply), "classes": None}
         else:
@@ -213,11 +217,13 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
             continue
         accepted.append(c)
         received.extend(payloads)
-    timings["verify"] = time.perf_counter() - t
+    timings["exchange"] = time.perf_counter() - t  # decoding and verifying the replies
 
     missing = server.missing_classes()
     report["clients"] = {str(c): {"node": node_of[c], "classes": list(holds[c]), "accepted": c in accepted}
                          for c in sorted(holds)}
+    report["partition"] = {"name": fed.partition, **fed.partition_args,
+                           "classes_per_client": {str(c): list(holds[c]) for c in sorted(holds)}}
     report["failures"] = failures
     report["missing_classes"] = missing
     report["timings"] = timings
@@ -235,36 +241,56 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
         _log.warning("continuing without class(es) %s (min_classes=%d): they are not synthesised", missing, min_classes)
 
     results = server.run(test_x, test_y, modes=("server",))
-    timings.update({k: v for k, v in results["timings"].items() if k != "verify"})
-    report["status"] = "completed" if not missing else "completed without classes " + str(missing)
-    report["methods"] = {"server": results["server"]}
+    for phase in ("synthesis", "classifier", "evaluation"):
+        timings[phase] = results["timings"][phase]
+    report["status"] = "completed" if not missing else f"completed without class(es) {missing}"
+    methods = {"FederatedFactory/server": results["server"]}
+    report["methods"] = methods
+    report["num_modules"] = len(received)
+    report["module_bytes"] = sum(p.manifest["num_bytes"] for p in received)
+    if missing:
+        report["cannot_synthesise"] = f"class(es) {missing} have no valid module: no synthetic images"
+
     from safetensors.torch import save_file
 
     run = FlowerRun(server=server, report=report)
     run.classifier_state = {k: v.detach().clone().contiguous() for k, v in server.models["server"].state_dict().items()}
     run_dir = Path(fed.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_file(run.classifier_state, str(run_dir / "classifier.safetensors"))
-    for client in fed.forget_clients:
-        if client not in server.clients():
-            raise _report_stop(fed, report, f"forget_clients names client {client}, which sent no module "
-                               f"(clients with modules: {server.clients()})")
-        t = time.perf_counter()
-        result = server.unlearn(client=client)
-        timings[f"unlearn_{client}"] = time.perf_counter() - t
-        run.unlearned[client] = result
-        state = {k: v.contiguous() for k, v in server.models["server"].state_dict().items()}
-        save_file(state, str(run_dir / f"classifier_without_{client}.safetensors"))
-        report.setdefault("unlearning", []).append(
-            {"client": client, "removed": result["removed"], "forgotten_classes": result["forgotten_classes"],
-             "accuracy_on_forgotten_before": result["before"], "accuracy_on_forgotten_after": result["after"],
-             "server": result["results"]["server"]})
-    timings["total"] = time.perf_counter() - start
     save_payloads(received, run_dir / "modules")
+    save_file(run.classifier_state, str(run_dir / "classifier.safetensors"))
+    if fed.unlearn:
+        held = [k for k in sorted(server.modules) if all(k[i] == fed.unlearn.get(n, k[i])
+                                                          for i, n in enumerate(("client", "cls")))]
+        if not held:  # e.g. the client to forget failed: the model never had its modules
+            report["unlearning"] = {"request": fed.unlearn, "removed": [],
+                                    "note": "no received module matches: the model already has none of them"}
+        else:
+            t = time.perf_counter()
+            out = server.unlearn(**fed.unlearn)
+            timings["unlearning"] = time.perf_counter() - t
+            run.unlearned = out
+            report["unlearning"] = {"request": fed.unlearn,
+                                    **{k: out[k] for k in ("removed", "forgotten_classes", "before", "after")}}
+            methods["FederatedFactory/server/after_unlearning"] = out["results"]["server"]
+            state = {k: v.contiguous() for k, v in server.models["server"].state_dict().items()}
+            save_file(state, str(run_dir / "classifier_after_unlearning.safetensors"))
+    timings["total"] = time.perf_counter() - start
     run.report_path = write_report(report, run_dir)
-    print(format_table(report["methods"], timings))
+    _log_to_tensorboard(run_dir, methods, timings)
+    print(format_table(methods, timings))
     print(f"report: {run.report_path}")
     return run
+
+
+def _log_to_tensorboard(run_dir: Path, methods: Mapping[str, Any], timings: Mapping[str, float]) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from lit_repr.federated.report import log_report
+
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="", version="")
+    log_report(logger, methods, timings)
+    logger.finalize("success")
 
 
 def make_server_app(federation: FlowerFederation | None = None, result: FlowerRun | None = None) -> ServerApp:

@@ -20,7 +20,7 @@ __all__ = ["simulate", "default_num_nodes"]
 
 def default_num_nodes(federation: FlowerFederation) -> int:
     """The number of clients of the federation's partition (one virtual node each)."""
-    if federation.num_clients is not None:
+    if federation.num_clients is not None:  # fixed by the settings: no need to load the data
         return federation.num_clients
     _, y = load_splits(federation, ("train",))["train"]
     return len(partition(federation, y).indices)
@@ -54,7 +54,7 @@ def simulate(
         >>> simulate(FlowerFederation(classes=3), num_nodes=0)
         Traceback (most recent call last):
         ...
-        ValueError: num_nodes must be an int >= 1, got 0
+        ValueError: num_nodes must be a positive int, got 0
     """
     from flwr.simulation import run_simulation
 

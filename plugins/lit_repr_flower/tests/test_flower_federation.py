@@ -11,26 +11,28 @@ from lit_repr.federated.engine import LocalEngine
 
 
 def test_run_config_round_trip_and_flower_types():
-    fed = FlowerFederation(classes=4, partition_args={}, prior_config={"num_components": 2}, forget_clients=(1, 2),
-                           reply_timeout=30.0)
+    fed = FlowerFederation(classes=4, partition_args={"num_clients": 6}, prior_config={"num_components": 2},
+                           unlearn={"client": 1}, reply_timeout=30.0)
     flat = fed.to_run_config()
     assert all(isinstance(v, (str, int, float, bool)) for v in flat.values())  # what Flower's UserConfig holds
     assert flat["prior-config"] == '{"num_components": 2}' and flat["min-classes"] == ""
     assert FlowerFederation.from_run_config(flat) == fed
-    assert FlowerFederation.from_run_config({"forget-clients": "[3]", "classes": 5}).forget_clients == (3,)
+    assert FlowerFederation.from_run_config({"unlearn": '{"cls": 3}', "classes": 5}).unlearn == {"cls": 3}
+    assert fed.num_clients == 6 and FlowerFederation(classes=4).num_clients == 4
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"partitioner": "ring"}, "partitioner must be one of"),
+        ({"partition": "ring"}, "partition must be one of"),
         ({"prior": "flow"}, "prior must be one of"),
         ({"prior_config": [1]}, "prior_config must be a dict"),
         ({"partition_args": {"seed": 1}}, "must not set \\['seed'\\]"),
-        ({"num_clients": 2, "min_clients": 3}, "min_clients \\(3\\) must be <= num_clients"),
+        ({"partition_args": {"num_clients": 2}, "min_clients": 3}, "min_clients \\(3\\) must be <= the number of"),
         ({"classes": 3, "min_classes": 4}, "min_classes \\(4\\) must be <= classes"),
         ({"connect_timeout": 0}, "connect_timeout"),
-        ({"forget_clients": (-1,)}, "forget_clients"),
+        ({"unlearn": {"client": -1}}, "unlearn\\['client'\\]"),
+        ({"unlearn": {"clients": 1}}, "unlearn takes 'client' and/or 'cls'"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs, match):

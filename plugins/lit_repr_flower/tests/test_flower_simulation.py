@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from lit_repr_flower import FailingClient, FederationStopped, TamperedReply, load_splits, simulate
+from lit_repr_flower import FailingClient, FederationStopped, SlowClient, TamperedReply, load_splits, simulate
 from lit_repr_flower.federation import partition
 
 from lit_repr.federated.engine import LocalEngine
@@ -33,7 +33,7 @@ def _equal(a, b):
 
 
 def test_simulation_equals_the_local_engine_bit_for_bit_and_unlearns_exactly(tmp_path, make_federation):
-    fed = make_federation(forget_clients=(3,))
+    fed = make_federation(unlearn={"client": 3})
     run = simulate(fed)
     report = json.loads(run.report_path.read_text())
     assert report["status"] == "completed" and report["engine"] == "flower" and report["failures"] == {}
@@ -46,7 +46,8 @@ def test_simulation_equals_the_local_engine_bit_for_bit_and_unlearns_exactly(tmp
     flower_hashes = {(c, k): m.manifest["sha256"] for c, k, m in _modules(tmp_path / "run" / "modules")}
     assert flower_hashes == {(p.client, p.cls): p.manifest["sha256"] for p in payloads}
     assert _equal(run.classifier_state, local.models["server"].state_dict())
-    assert report["methods"]["server"]["accuracy"] == pytest.approx(results["server"]["accuracy"], abs=0)
+    assert report["methods"]["FederatedFactory/server"]["accuracy"] == results["server"]["accuracy"]
+    assert report["num_modules"] == 4 and report["partition"]["classes_per_client"] == {str(c): [c] for c in range(4)}
 
     # unlearning through the plugin = the core's unlearning = a federation that never had client 3
     local.unlearn(client=3)
@@ -54,9 +55,11 @@ def test_simulation_equals_the_local_engine_bit_for_bit_and_unlearns_exactly(tmp
     assert _equal(forgotten, local.models["server"].state_dict())
     never, _, _ = _local(fed, without=(3,))
     assert _equal(forgotten, never.models["server"].state_dict())
-    (entry,) = report["unlearning"]
-    assert entry["client"] == 3 and entry["removed"] == [[3, 3]] and entry["forgotten_classes"] == [3]
-    assert entry["accuracy_on_forgotten_after"]["server"] == 0.0  # class 3 cannot be predicted any more
+    entry = report["unlearning"]
+    assert entry["request"] == {"client": 3} and entry["removed"] == [[3, 3]] and entry["forgotten_classes"] == [3]
+    assert entry["after"]["server"] == 0.0 < entry["before"]["server"]  # class 3 cannot be predicted any more
+    assert report["methods"]["FederatedFactory/server/after_unlearning"]["per_class_accuracy"][3] is None
+    assert (tmp_path / "run" / "classifier_after_unlearning.safetensors").exists()
 
 
 def _modules(directory):
@@ -86,6 +89,17 @@ def test_tampered_replies_are_rejected_and_the_run_goes_on_above_the_minimum(tmp
     assert "rejected" in failures["0"]["reason"] and "sha256 mismatch" in failures["0"]["reason"]
     assert "rejected" in failures["1"]["reason"] and "shape" in failures["1"]["reason"]
     assert "rejected" in failures["2"]["reason"] and "sha256 mismatch" in failures["2"]["reason"]
-    assert run.server.clients() == [3] and report["status"] == "completed without classes [0, 1, 2]"
-    assert report["methods"]["server"]["missing_classes"] == [0, 1, 2]
+    assert run.server.clients() == [3] and report["status"] == "completed without class(es) [0, 1, 2]"
+    assert report["methods"]["FederatedFactory/server"]["missing_classes"] == [0, 1, 2]
     assert [c for c, _, _ in _modules(tmp_path / "run" / "modules")] == [3]  # nothing of a rejected reply is kept
+
+
+def test_a_client_that_times_out_is_reported_and_the_run_goes_on_above_the_minimum(tmp_path, make_federation):
+    fed = make_federation(reply_timeout=25.0, min_classes=3)  # the other clients answer within seconds
+    run = simulate(fed, mods=[SlowClient(45, [2])])
+    report = json.loads(run.report_path.read_text())
+    assert list(report["failures"]) == ["2"] and report["failures"]["2"]["classes"] == [2]
+    assert "no reply within reply_timeout=25.0s" in report["failures"]["2"]["reason"]
+    assert report["missing_classes"] == [2] and run.server.clients() == [0, 1, 3]
+    assert report["methods"]["FederatedFactory/server"]["per_class_accuracy"][2] is None  # marked, not a silent 0
+    assert "cannot_synthesise" in report
