@@ -14,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,12 @@ __all__ = ["FlowerFederation", "load_splits", "client_shard"]
 
 _DICT_FIELDS = ("data_args", "partition_args", "prior_config", "prior_trainer", "classifier", "classifier_trainer",
                 "unlearn")
+
+_FACTORY_FIELDS = ("partition", "partition_args", "prior", "prior_config", "prior_trainer", "classifier",
+                   "classifier_trainer", "samples_per_class", "seed", "batch_size", "run_dir", "unlearn")
+_FACTORY_ONLY = ("modes", "baselines", "baseline_args", "eval_split", "progress")  # the local pipeline's
+_FACTORY_KEYS = ("data", *_FACTORY_FIELDS, *_FACTORY_ONLY)
+_FLOWER_ONLY = ("classes", "min_clients", "min_classes", "connect_timeout", "reply_timeout")
 
 
 @dataclass(frozen=True)
@@ -160,15 +168,71 @@ class FlowerFederation:
         return out
 
     @classmethod
+    def from_factory_config(cls, path: str | os.PathLike, **overrides: Any) -> FlowerFederation:
+        """The federation of a core ``FederatedFactory`` YAML config (``configs/federated_*.yaml``).
+
+        The same data, partition, prior, classifier, seed, run directory and unlearning request; the
+        baselines, ``eval_split`` (``test`` only here) and ``progress`` are the local pipeline's and are
+        not used; Flower runs the ``server`` mode.
+
+        Args:
+            path: the YAML file.
+            **overrides: fields to set besides (e.g. ``min_classes=8``, ``classes=4``).
+
+        Example:
+            >>> import tempfile, pathlib
+            >>> p = pathlib.Path(tempfile.mkdtemp()) / "f.yaml"
+            >>> _ = p.write_text("data: {class_path: DigitsDataModule, init_args: {layout: image}}\\nseed: 3")
+            >>> f = FlowerFederation.from_factory_config(p, classes=4)
+            >>> f.data, f.data_args, f.seed, f.classes
+            ('DigitsDataModule', {'layout': 'image'}, 3, 4)
+        """
+        import yaml
+
+        text = Path(path).read_text() if Path(path).is_file() else None
+        if text is None:
+            raise ValueError(f"config {str(path)!r} is not a file (a configs/federated_*.yaml of lit_repr)")
+        config = yaml.safe_load(text) or {}
+        if not isinstance(config, Mapping):
+            raise ValueError(f"config {str(path)!r} must hold a YAML mapping, got {type(config).__name__}")
+        kwargs: dict[str, Any] = {}
+        for key, value in config.items():
+            if key == "data":
+                if isinstance(value, Mapping):
+                    kwargs["data"] = value.get("class_path")
+                    kwargs["data_args"] = dict(value.get("init_args") or {})
+                else:
+                    kwargs["data"] = value
+            elif key in _FACTORY_ONLY:
+                if key == "eval_split" and value != "test":
+                    raise ValueError(f"config {str(path)!r}: eval_split must be 'test' on Flower, got {value!r}")
+            elif key in _FACTORY_FIELDS:
+                kwargs[key] = {} if value is None and key in _DICT_FIELDS else value
+            else:
+                raise ValueError(f"config {str(path)!r} has unknown key {key!r}; known: {sorted(_FACTORY_KEYS)}")
+        return cls(**{**kwargs, **overrides})
+
+    @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> FlowerFederation:
         """The federation a Flower run config describes (unknown keys are an error; missing ones take defaults).
+
+        With a non-empty ``config`` key (a core ``FederatedFactory`` YAML file, present on every machine),
+        that file gives the federation (:meth:`from_factory_config`) and only the Flower-side keys
+        (``classes``, ``min-clients``, ``min-classes``, ``connect-timeout``, ``reply-timeout``) are taken
+        from the run config.
 
         Args:
             run_config: ``context.run_config`` (keys with ``-`` or ``_``).
         """
+        run_config = dict(run_config)
+        path = run_config.pop("config", "")
+        if path:
+            flower_side = cls.from_run_config({k: v for k, v in run_config.items()
+                                               if str(k).replace("-", "_") in _FLOWER_ONLY})
+            return cls.from_factory_config(path, **{n: getattr(flower_side, n) for n in _FLOWER_ONLY})
         names = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
-        for key, value in dict(run_config).items():
+        for key, value in run_config.items():
             name = str(key).replace("-", "_")
             if name not in names:
                 allowed = sorted(n.replace("_", "-") for n in names)

@@ -63,3 +63,40 @@ def test_shard_checks_the_node_config(federation):
         client_shard(federation, 4)
     with pytest.raises(ValueError, match="neither a class of lit_repr.data"):
         load_splits(dataclasses.replace(federation, data="NoSuchDataModule"))
+
+
+FACTORY_YAML = """\
+data:
+  class_path: DigitsDataModule
+  init_args: {layout: image, test_fraction: 0.2, val_fraction: 0.0}
+partition: silos
+prior: gmm
+prior_config: {num_components: 5, num_pca_components: 16}
+prior_trainer: {max_epochs: 50}
+classifier: {hidden: [128], lr: 0.003}
+classifier_trainer: {max_epochs: 30}
+modes: [server, local]
+samples_per_class: 200
+baselines: [fedavg, fedprox, centralized]
+baseline_args: {rounds: 10, local_epochs: 2, mu: 0.01, epochs: 30}
+unlearn: {client: 3}
+seed: 0
+run_dir: runs/federated_digits
+"""
+
+
+def test_a_core_factory_config_gives_the_same_federation(tmp_path):
+    path = tmp_path / "federated_digits.yaml"
+    path.write_text(FACTORY_YAML)
+    fed = FlowerFederation.from_factory_config(path)
+    assert (fed.data, fed.data_args["layout"], fed.partition) == ("DigitsDataModule", "image", "silos")
+    assert fed.prior_config == {"num_components": 5, "num_pca_components": 16} and fed.unlearn == {"client": 3}
+    assert fed.classifier_trainer == {"max_epochs": 30} and fed.run_dir == "runs/federated_digits"
+    # under flwr run: the file gives the federation, the run config only the Flower-side keys
+    run_config = {**FlowerFederation().to_run_config(), "config": str(path), "min-classes": 8, "seed": 5}
+    assert FlowerFederation.from_run_config(run_config) == FlowerFederation.from_factory_config(path, min_classes=8)
+    path.write_text(FACTORY_YAML + "rounds: 3\n")
+    with pytest.raises(ValueError, match="unknown key 'rounds'"):
+        FlowerFederation.from_factory_config(path)
+    with pytest.raises(ValueError, match="is not a file"):
+        FlowerFederation.from_factory_config(tmp_path / "nope.yaml")
