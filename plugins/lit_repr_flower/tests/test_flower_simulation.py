@@ -68,38 +68,31 @@ def _modules(directory):
     return [(p.client, p.cls, p) for p in load_payloads(directory)]
 
 
-def test_a_client_that_raises_stops_the_run_and_names_its_classes(tmp_path, federation):
-    fed = federation  # min_classes defaults to every class: no silent partial model
-    with pytest.raises(FederationStopped, match=r"3 of 4 classes have a valid module \(missing: \[1\]\)"):
-        simulate(fed, mods=[FailingClient([1])])
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert report["status"] == "stopped" and report["missing_classes"] == [1]
-    assert report["failures"]["1"]["classes"] == [1]
-    assert "client 1 failed while fitting its modules" in report["failures"]["1"]["reason"]
-    assert not (tmp_path / "run" / "classifier.safetensors").exists()
-
-
-def test_tampered_replies_are_rejected_and_the_run_goes_on_above_the_minimum(tmp_path, make_federation):
-    fed = make_federation(min_classes=1, min_clients=1)
-    mods = [TamperedReply("hash", [0]), TamperedReply("shape", [1]), TamperedReply("bytes", [2])]
+def test_failing_and_tampered_clients_are_reported_and_the_run_goes_on_above_the_minimum(tmp_path, make_federation):
+    fed = make_federation(classes=5, min_classes=1, min_clients=1)  # 5 silos
+    mods = [TamperedReply("hash", [0]), TamperedReply("shape", [1]), TamperedReply("bytes", [2]), FailingClient([3])]
     run = simulate(fed, mods=mods)
     report = json.loads(run.report_path.read_text())
     failures = report["failures"]
-    assert sorted(failures) == ["0", "1", "2"] and report["missing_classes"] == [0, 1, 2]
+    assert sorted(failures) == ["0", "1", "2", "3"] and report["missing_classes"] == [0, 1, 2, 3]
+    assert {c: f["classes"] for c, f in failures.items()} == {"0": [0], "1": [1], "2": [2], "3": [3]}
     assert "rejected" in failures["0"]["reason"] and "sha256 mismatch" in failures["0"]["reason"]
     assert "rejected" in failures["1"]["reason"] and "shape" in failures["1"]["reason"]
     assert "rejected" in failures["2"]["reason"] and "sha256 mismatch" in failures["2"]["reason"]
-    assert run.server.clients() == [3] and report["status"] == "completed without class(es) [0, 1, 2]"
-    assert report["methods"]["FederatedFactory/server"]["missing_classes"] == [0, 1, 2]
-    assert [c for c, _, _ in _modules(tmp_path / "run" / "modules")] == [3]  # nothing of a rejected reply is kept
-
-
-def test_a_client_that_times_out_is_reported_and_the_run_goes_on_above_the_minimum(tmp_path, make_federation):
-    fed = make_federation(reply_timeout=25.0, min_classes=3)  # the other clients answer within seconds
-    run = simulate(fed, mods=[SlowClient(45, [2])])
-    report = json.loads(run.report_path.read_text())
-    assert list(report["failures"]) == ["2"] and report["failures"]["2"]["classes"] == [2]
-    assert "no reply within reply_timeout=25.0s" in report["failures"]["2"]["reason"]
-    assert report["missing_classes"] == [2] and run.server.clients() == [0, 1, 3]
-    assert report["methods"]["FederatedFactory/server"]["per_class_accuracy"][2] is None  # marked, not a silent 0
+    assert failures["3"]["reason"] == "client 3 failed while fitting its modules (injected fault)"
+    assert run.server.clients() == [4] and report["status"] == "completed without class(es) [0, 1, 2, 3]"
+    server = report["methods"]["FederatedFactory/server"]
+    assert server["missing_classes"] == [0, 1, 2, 3] and server["per_class_accuracy"][:4] == [None] * 4
     assert "cannot_synthesise" in report
+    assert [c for c, _, _ in _modules(tmp_path / "run" / "modules")] == [4]  # nothing of a rejected reply is kept
+
+
+def test_a_client_that_times_out_stops_the_run_below_the_minimum_and_names_its_classes(tmp_path, make_federation):
+    fed = make_federation(reply_timeout=25.0)  # min_classes defaults to every class: no silent partial model
+    with pytest.raises(FederationStopped, match=r"3 of 4 classes have a valid module \(missing: \[2\]\)"):
+        simulate(fed, mods=[SlowClient(45, [2])])  # the other clients answer within seconds
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["status"] == "stopped" and report["missing_classes"] == [2]
+    assert list(report["failures"]) == ["2"] and report["failures"]["2"]["classes"] == [2]
+    assert report["failures"]["2"]["reason"] == "no reply within reply_timeout=25.0s"
+    assert "methods" not in report and not (tmp_path / "run" / "classifier.safetensors").exists()
