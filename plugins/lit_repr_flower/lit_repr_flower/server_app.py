@@ -107,6 +107,19 @@ def _reason(reply: Message) -> str:
     return (causes[-1] if causes else lines[-1] if lines else f"error code {reply.error.code}")[:500]
 
 
+def _identity(reply: Message, num_classes: int) -> tuple[int, tuple[int, ...]]:
+    """``(client, classes)`` from a node's answer to ``query.identify``; :class:`ReplyError` if malformed."""
+    record = reply.content.get("identity") if "identity" in reply.content else None
+    if not isinstance(record, ConfigRecord):
+        raise ReplyError(f"the answer to identify holds no 'identity' record (records: {sorted(reply.content)})")
+    client, classes = record.get("client"), record.get("classes")
+    if isinstance(client, bool) or not isinstance(client, int) or client < 0:
+        raise ReplyError(f"the identity's client must be an int >= 0, got {client!r}")
+    if not isinstance(classes, list) or not all(isinstance(k, int) and 0 <= k < num_classes for k in classes):
+        raise ReplyError(f"client {client}: classes must be a list of ints in [0, {num_classes}), got {classes!r}")
+    return client, tuple(sorted(set(classes)))
+
+
 def _send(
     grid: Grid, contents: Mapping[int, RecordDict], message_type: str, timeout: float | None
 ) -> dict[int, Message]:
@@ -172,8 +185,11 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
         elif reply.has_error():
             failures[f"node {node}"] = {"reason": _reason(reply), "classes": None}
         else:
-            ident = reply.content["identity"]
-            client, classes = int(ident["client"]), tuple(int(c) for c in ident["classes"])
+            try:
+                client, classes = _identity(reply, n_classes)
+            except ReplyError as err:
+                failures[f"node {node}"] = {"reason": f"rejected: {err}", "classes": None}
+                continue
             if client in node_of:
                 failures[f"node {node}"] = {"reason": f"claims partition-id {client}, already taken by node "
                                             f"{node_of[client]}", "classes": list(classes)}
@@ -182,12 +198,12 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
             holds[client] = classes
     timings["identify"] = time.perf_counter() - t
 
-    # -- one round: tasks down, modules up
+    # -- one round: tasks down, modules up (a client without data gets no task, as in the local engine)
     t = time.perf_counter()
     tasks = {
         c: ClientTask(client=c, prior=fed.prior, prior_config=fed.prior_config, trainer=fed.prior_trainer,
                       seed=fed.seed, classes=holds[c])
-        for c in sorted(holds)
+        for c in sorted(holds) if holds[c]
     }
     replies = _send(grid, {node_of[c]: encode_task(task) for c, task in tasks.items()}, "train", fed.reply_timeout)
     timings["client_training"] = time.perf_counter() - t
@@ -224,6 +240,8 @@ def run_federation(grid: Grid, fed: FlowerFederation) -> FlowerRun:
                          for c in sorted(holds)}
     report["partition"] = {"name": fed.partition, **fed.partition_args,
                            "classes_per_client": {str(c): list(holds[c]) for c in sorted(holds)}}
+    if fed.num_clients is not None:
+        report["absent_clients"] = [c for c in range(fed.num_clients) if c not in holds]
     report["failures"] = failures
     report["missing_classes"] = missing
     report["timings"] = timings
