@@ -223,5 +223,15 @@ class LitReprCLI(LightningCLI):
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``python -m lit_repr`` and the ``lit-repr`` console script."""
+    """Entry point of ``python -m lit_repr`` and the ``lit-repr`` console script.
+
+    ``fit``/``validate``/``test``/``predict`` go to :class:`LitReprCLI`; ``federate`` runs a whole
+    federation (:class:`~lit_repr.federated.factory.FederatedFactory`) from its config.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv[:1] == ["federate"]:
+        from lit_repr.federated.factory import federate_main
+
+        federate_main(argv[1:])
+        return
     LitReprCLI(args=args)  # None: Lightning reads sys.argv itself

@@ -5,6 +5,8 @@ The official archive ``cifar-10-python.tar.gz`` extracts to ``cifar-10-batches-p
 ``b"data"`` (``uint8``, ``(N, 3072)``, the red, green then blue 32×32 planes of each image) and
 ``b"labels"``. Reading them unpickles them, as ``torchvision`` does, but through an unpickler that
 only rebuilds numpy arrays and plain containers: a file asking for anything else is refused.
+(``torchvision.datasets.CIFAR10`` is not reused: it insists on the official files' md5 sums, which
+rules out subsets and re-saved copies.)
 """
 
 from __future__ import annotations

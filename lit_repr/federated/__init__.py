@@ -1,5 +1,6 @@
 """FederatedFactory (Moleri et al., 2026, arXiv 2603.16370): federated learning from generative modules exchanged
 once, one per (client, class); the server synthesises a class-balanced set from those modules alone.
+
 Engine-agnostic core: :mod:`~lit_repr.federated.exchange` (safetensors payloads and their verification),
 :mod:`~lit_repr.federated.engine` (the client step and the local engine),
 :mod:`~lit_repr.federated.server` (synthesis, classifiers, unlearning),

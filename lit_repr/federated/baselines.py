@@ -12,6 +12,13 @@ Every run is deterministic for a fixed ``seed``: the initial model is drawn from
 local run of client ``c`` in round ``r`` (its shuffling and dropout) from ``(seed, r, c)``; the
 caller's random states are left untouched.
 
+Measured on scikit-learn's digits (1,257 training / 540 test images, MLP 64-64-10, AdamW lr 1e-2,
+5 rounds of 2 local epochs; test accuracy, mean over seeds 0-2; ``pytest -m slow``
+``tests/federated/test_baselines.py``): centralized 0.959; FedAvg on an IID split of 5 clients
+0.923; with 2 classes per client 0.347 (FedProx ``mu=0.1``: 0.519); with one class per client (10
+silos) 0.097, chance level (FedProx ``mu=0.1``: 0.158). Averaging models trained on disjoint label
+sets collapses.
+
 Example:
     >>> import numpy as np
     >>> x, y = torch.rand(40, 8), torch.arange(40) % 2
@@ -568,7 +575,7 @@ def fedavg(
                 row[f"{method}/val_acc"] = accuracy(model, *val, batch_size=max(batch_size, 256))
             logger.log_metrics(row, step=r)
     if logger is not None:
-        logger.finalize("success")
+        logger.save()
     return model.eval()
 
 

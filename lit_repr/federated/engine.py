@@ -30,17 +30,41 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lit_repr.federated.exchange import ModulePayload, pack
 
-__all__ = ["ClientTask", "client_step", "module_seed", "check_images", "LocalEngine"]
+__all__ = ["ClientTask", "client_step", "module_seed", "check_images", "LocalEngine", "quiet_lightning"]
+
+
+@contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's per-fit banners ("GPU available: ...") while many small models are trained."""
+    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*does not have many workers.*")
+            warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
+            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
+            warnings.filterwarnings("ignore", ".*LeafSpec.*")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _build_prior(kind: str, image_shape: tuple[int, ...], **config: Any) -> Any:
@@ -218,16 +242,22 @@ def client_step(
     payloads = []
     for cls in classes:
         prior = _build_prior(task.prior, image_shape, **task.prior_config)
-        prior.fit_data(
-            images[labels == cls].contiguous(),
-            seed=module_seed(task.seed, task.client, cls),
-            trainer_kwargs=dict(task.trainer),
-            logger=logger,
-        )
+        with quiet_lightning():
+            prior.fit_data(
+                images[labels == cls].contiguous(),
+                seed=module_seed(task.seed, task.client, cls),
+                trainer_kwargs=dict(task.trainer),
+                logger=logger,
+            )
         payloads.append(pack(prior, task.client, cls))
         if progress is not None:
             progress(cls)
     return payloads
+
+
+def _index_tensor(idx: Any) -> Tensor:
+    """Indices as a long tensor (a copy: partitions hold read-only arrays)."""
+    return torch.tensor(np.asarray(idx), dtype=torch.long)
 
 
 class LocalEngine:
@@ -247,6 +277,8 @@ class LocalEngine:
         seed: federation seed.
         payload_dir: where to write the payloads (``None``: keep them in memory).
         progress: show a progress bar over clients and classes.
+        logger: optional Lightning logger given to every prior's fit (a TensorBoard logger receives a grid
+            of samples per prior).
 
     Example:
         >>> import numpy as np
@@ -267,6 +299,7 @@ class LocalEngine:
         seed: int = 0,
         payload_dir: str | None = None,
         progress: bool = True,
+        logger: Any = None,
     ) -> None:
         self.images, self.labels = check_images(images, labels)
         indices = getattr(partition, "indices", None)
@@ -274,7 +307,7 @@ class LocalEngine:
             raise ValueError("partition must be a Partition with per-client `indices`")
         n = len(self.labels)
         for c, idx in enumerate(indices):
-            idx = torch.as_tensor(idx)
+            idx = _index_tensor(idx)
             if idx.ndim != 1 or (idx.numel() and (idx.min() < 0 or idx.max() >= n)):
                 raise ValueError(f"partition indices of client {c} must be 1-D indices into {n} samples")
         self.partition = partition
@@ -284,12 +317,13 @@ class LocalEngine:
         self.seed = seed
         self.payload_dir = payload_dir
         self.progress = bool(progress)
+        self.logger = logger
         self.tasks()  # validates prior/prior_config/trainer/seed now
         self.timings: dict[str, float] = {}
 
     def client_data(self, client: int) -> tuple[Tensor, Tensor]:
         """The images and labels of one client."""
-        idx = torch.as_tensor(self.partition.indices[client]).long()
+        idx = _index_tensor(self.partition.indices[client])
         return self.images[idx], self.labels[idx]
 
     def tasks(self) -> list[ClientTask]:
@@ -298,7 +332,7 @@ class LocalEngine:
         for c, idx in enumerate(self.partition.indices):
             if len(idx) == 0:
                 continue
-            held = tuple(sorted(int(v) for v in torch.unique(self.labels[torch.as_tensor(idx).long()]).tolist()))
+            held = tuple(sorted(int(v) for v in torch.unique(self.labels[_index_tensor(idx)]).tolist()))
             tasks.append(ClientTask(c, self.prior, self.prior_config, self.trainer, self.seed, held))
         return tasks
 
@@ -315,7 +349,9 @@ class LocalEngine:
             for task in tasks:
                 bar.set_postfix_str(f"client {task.client}")
                 images, labels = self.client_data(task.client)
-                payloads.extend(client_step(task, images, labels, progress=lambda _: bar.update(1)))
+                payloads.extend(
+                    client_step(task, images, labels, logger=self.logger, progress=lambda _: bar.update(1))
+                )
         finally:
             bar.close()
         self.timings["client_training"] = time.perf_counter() - start

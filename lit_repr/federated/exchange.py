@@ -23,7 +23,7 @@ Example:
     >>> verify(ModulePayload(manifest=m, data=b"\\x80\\x04K."))
     Traceback (most recent call last):
     ...
-    lit_repr.federated.exchange.ExchangeError: module of client 0, class 1: the data is a pickle ...
+    lit_repr.federated.exchange.ExchangeError: module of client 0, class 1: the data is a pickle or a zip archive; ...
 """
 
 from __future__ import annotations
@@ -135,9 +135,13 @@ def pack(prior: Any, client: int, cls: int) -> ModulePayload:
 
     Example:
         >>> from lit_repr.federated.priors import build_prior
-        >>> prior = build_prior("gmm", (1, 2, 2)).fit_data(torch.rand(8, 1, 2, 2), seed=0)  # doctest: +SKIP
-        >>> pack(prior, client=0, cls=3).manifest["cls"]  # doctest: +SKIP
-        3
+        >>> prior = build_prior("gmm", (1, 4, 4), num_components=2, num_pca_components=3)
+        >>> prior = prior.fit_data(torch.rand(20, 1, 4, 4), seed=0, trainer_kwargs={"max_epochs": 2})
+        >>> payload = pack(prior, client=0, cls=3)
+        >>> payload.manifest["kind"], payload.manifest["num_bytes"] == len(payload.data)
+        ('gmm', True)
+        >>> type(verify(payload)).__name__
+        'GaussianMixturePrior'
     """
     if not _is_index(client):
         raise ValueError(f"client must be an int >= 0, got {client!r}")

@@ -180,6 +180,18 @@ class Partition:
         return "\n".join(lines)
 
 
+def _num_classes(labels: np.ndarray, num_classes: int | None) -> int:
+    """``num_classes`` if given (checked against the labels), else the largest label + 1."""
+    if num_classes is None:
+        return int(labels.max()) + 1
+    num_classes = check_int("num_classes", num_classes)
+    if labels.max() >= num_classes:
+        raise ValueError(
+            f"num_classes must exceed every label, got {num_classes} with a label {int(labels.max())}"
+        )
+    return num_classes
+
+
 def _split(indices: np.ndarray, parts: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Shuffle ``indices`` and cut them into ``parts`` near-equal pieces."""
     return np.array_split(rng.permutation(indices), parts)
@@ -199,11 +211,11 @@ def _check_enough(labels: np.ndarray, cls: int, holders: int, what: str) -> None
         )
 
 
-def silos(labels: Any, num_clients: int | None = None, seed: int = 0) -> Partition:
+def silos(labels: Any, num_clients: int | None = None, seed: int = 0, *, num_classes: int | None = None) -> Partition:
     """One class per client: clients hold mutually exclusive label sets.
 
     With ``num_clients`` equal to the number of classes present (the default), client ``i`` holds every
-    sample of the ``i``-th class present. With more clients, clients ``num_classes, ...`` are given
+    sample of the ``i``-th class present. With more clients, the extra clients are given
     the classes of a seeded permutation in turn, and the samples of a class are split at random
     into near-equal parts among its clients.
 
@@ -211,6 +223,8 @@ def silos(labels: Any, num_clients: int | None = None, seed: int = 0) -> Partiti
         labels: training labels, 1-D integer class indices.
         num_clients: number of clients, at least the number of classes present (default: that number).
         seed: seed of the assignment of extra clients and of the splits.
+        num_classes: classes of the task (default: the largest label + 1); give it when the last
+            classes may be missing from ``labels``.
 
     Example:
         >>> p = silos([0, 1, 0, 1, 0, 1], num_clients=3, seed=0)
@@ -219,7 +233,7 @@ def silos(labels: Any, num_clients: int | None = None, seed: int = 0) -> Partiti
     """
     arr = as_labels(labels)
     present = np.unique(arr)
-    num_classes = int(arr.max()) + 1
+    num_classes = _num_classes(arr, num_classes)
     if num_clients is None:
         num_clients = present.size
     num_clients = check_int("num_clients", num_clients)
@@ -242,13 +256,15 @@ def silos(labels: Any, num_clients: int | None = None, seed: int = 0) -> Partiti
     return _finish(pieces, num_classes)
 
 
-def classes_per_client(labels: Any, num_clients: int, k: int, seed: int = 0) -> Partition:
+def classes_per_client(
+    labels: Any, num_clients: int, k: int, seed: int = 0, *, num_classes: int | None = None
+) -> Partition:
     """Every client holds ``k`` classes; the samples of a class are shared among the clients holding it.
 
     The classes present are put in a seeded random order and client ``i`` takes the ``k`` classes at
     positions ``i*k, ..., i*k + k - 1`` (cyclically). Hence each client holds ``k`` distinct classes,
-    each class is held by ``floor`` or ``ceil`` of ``num_clients * k / num_classes`` clients, and
-    every class is held by at least one client when ``num_clients * k >= num_classes`` (otherwise the
+    each class is held by ``floor`` or ``ceil`` of ``num_clients * k / C`` clients (``C``: the number of
+    classes present), and every class is held by at least one client when ``num_clients * k >= C`` (otherwise the
     samples of the classes nobody holds are left out of the partition). The samples of a class are
     split at random into near-equal parts among its holders.
 
@@ -257,6 +273,8 @@ def classes_per_client(labels: Any, num_clients: int, k: int, seed: int = 0) -> 
         num_clients: number of clients (>= 1).
         k: classes per client, in ``[1, number of classes present]``.
         seed: seed of the class order and of the splits.
+        num_classes: classes of the task (default: the largest label + 1); give it when the last
+            classes may be missing from ``labels``.
 
     Example:
         >>> y = np.repeat(np.arange(4), 6)
@@ -270,6 +288,7 @@ def classes_per_client(labels: Any, num_clients: int, k: int, seed: int = 0) -> 
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= present.size:
         raise ValueError(f"k must be an int in [1, {present.size}] (the number of classes present), got {k!r}")
     seed = check_int("seed", seed, low=0)
+    num_classes = _num_classes(arr, num_classes)
     rng = np.random.default_rng(seed)
     order = rng.permutation(present)
     held = [order[(i * k + np.arange(k)) % present.size] for i in range(num_clients)]
@@ -281,11 +300,18 @@ def classes_per_client(labels: Any, num_clients: int, k: int, seed: int = 0) -> 
         _check_enough(arr, int(cls), len(holders), f"k={k} classes per client")
         for client, part in zip(holders, _split(np.flatnonzero(arr == cls), len(holders), rng)):
             pieces[client].append(part)
-    return _finish(pieces, int(arr.max()) + 1)
+    return _finish(pieces, num_classes)
 
 
 def dirichlet(
-    labels: Any, num_clients: int, alpha: float, seed: int = 0, min_size: int = 10, max_attempts: int = 1000
+    labels: Any,
+    num_clients: int,
+    alpha: float,
+    seed: int = 0,
+    min_size: int = 10,
+    max_attempts: int = 1000,
+    *,
+    num_classes: int | None = None,
 ) -> Partition:
     """Label-skewed partition: for each class, proportions across clients drawn from ``Dir(alpha)``.
 
@@ -302,6 +328,8 @@ def dirichlet(
         min_size: smallest client size accepted (>= 0); ``num_clients * min_size`` must not exceed
             the number of samples.
         max_attempts: draws tried before giving up with ``ValueError``.
+        num_classes: classes of the task (default: the largest label + 1); give it when the last
+            classes may be missing from ``labels``.
 
     Example:
         >>> y = np.repeat(np.arange(3), 20)
@@ -315,6 +343,7 @@ def dirichlet(
     seed = check_int("seed", seed, low=0)
     min_size = check_int("min_size", min_size, low=0)
     max_attempts = check_int("max_attempts", max_attempts)
+    num_classes = _num_classes(arr, num_classes)
     if num_clients * min_size > arr.size:
         raise ValueError(
             f"min_size must be at most len(labels) / num_clients = {arr.size} / {num_clients}, got {min_size}"
@@ -333,7 +362,7 @@ def dirichlet(
         sizes = [sum(part.size for part in p) for p in pieces]
         smallest = max(smallest, min(sizes))
         if min(sizes) >= min_size:
-            return _finish(pieces, int(arr.max()) + 1)
+            return _finish(pieces, num_classes)
     raise ValueError(
         f"dirichlet could not give every one of {num_clients} clients min_size={min_size} samples in "
         f"max_attempts={max_attempts} draws with alpha={alpha} (best smallest client: {smallest}); "

@@ -17,21 +17,18 @@ federation in which those modules were never received: every random draw is seed
 
 from __future__ import annotations
 
-import logging
 import time
-import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from lit_repr.federated.engine import check_images, module_seed
+from lit_repr.federated.engine import check_images, module_seed, quiet_lightning
 from lit_repr.federated.exchange import ExchangeError, ModulePayload, verify
 from lit_repr.federated.report import evaluate
 
-__all__ = ["FederatedServer", "DEFAULT_CLASSIFIER_TRAINER", "train_classifier", "predict_proba", "quiet_lightning"]
+__all__ = ["FederatedServer", "DEFAULT_CLASSIFIER_TRAINER", "train_classifier", "predict_proba"]
 
 #: Trainer settings of the server's classifiers (``trainer`` overrides them).
 DEFAULT_CLASSIFIER_TRAINER: dict[str, Any] = dict(
@@ -48,26 +45,6 @@ DEFAULT_CLASSIFIER_TRAINER: dict[str, Any] = dict(
 MODES = ("server", "local")
 
 
-@contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-fit banners ("GPU available: ...") while many small models are trained."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
-            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _inputs(images: Tensor, classifier: Mapping[str, Any]) -> Tensor:
     return images.flatten(1) if classifier.get("backbone", "mlp") == "mlp" else images
 
@@ -81,6 +58,7 @@ def train_classifier(
     trainer: Mapping[str, Any] | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    num_threads: int | None = 1,
 ) -> Any:
     """Train a :class:`~lit_repr.models.classifier.Classifier` on images with a Lightning Trainer, reproducibly.
 
@@ -95,6 +73,9 @@ def train_classifier(
         trainer: ``Trainer`` kwargs over :data:`DEFAULT_CLASSIFIER_TRAINER`.
         seed: the seed of the whole fit.
         batch_size: training batch size.
+        num_threads: torch intra-op threads during the fit (``None``: leave as is). Small models train
+            many times faster on one thread than on busy shared cores, and the weights are bit-for-bit
+            reproducible only for a fixed thread count.
 
     Example:
         >>> x, y = torch.rand(16, 1, 2, 2), torch.arange(16) % 2
@@ -107,6 +88,7 @@ def train_classifier(
 
     from lit_repr.data.base import TensorDictDataset
     from lit_repr.models.classifier import Classifier
+    from lit_repr.threads import num_threads as threads
 
     config = dict(classifier or {})
     for key in ("num_classes", "in_features", "in_channels"):
@@ -123,7 +105,7 @@ def train_classifier(
         data = TensorDictDataset({"x": _inputs(images, config), "y": labels.long()}, add_index=False)
         loader = DataLoader(data, batch_size=min(batch_size, len(data)), shuffle=True, generator=order)
         try:
-            with quiet_lightning():
+            with quiet_lightning(), threads(num_threads):
                 pl.Trainer(**kwargs).fit(model, train_dataloaders=loader)
         finally:
             torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
@@ -168,6 +150,7 @@ class FederatedServer:
         seed: federation seed (synthesis and classifier seeds derive from it by name).
         batch_size: classifier batch size.
         progress: show a progress bar during synthesis and local training.
+        num_threads: torch intra-op threads of the classifier fits (``None``: leave as is).
 
     Example:
         >>> server = FederatedServer(num_classes=3, samples_per_class=10)
@@ -185,6 +168,7 @@ class FederatedServer:
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = True,
+        num_threads: int | None = 1,
     ) -> None:
         from lit_repr.checks import check_bool, check_int
 
@@ -202,6 +186,7 @@ class FederatedServer:
         self.seed = check_int("seed", seed, low=0)
         self.batch_size = check_int("batch_size", batch_size)
         self.progress = check_bool("progress", progress)
+        self.num_threads = None if num_threads is None else check_int("num_threads", num_threads)
         self.modules: dict[tuple[int, int], Any] = {}
         self.image_shape: tuple[int, ...] | None = None
         self.models: dict[str, Any] = {}
@@ -209,6 +194,7 @@ class FederatedServer:
         self.results: dict[str, Any] = {}
         self._run_args: dict[str, Any] | None = None
         self._predictions: dict[str, Tensor] = {}
+        self._synthetic: dict[tuple, Tensor] = {}
 
     # ------------------------------------------------------------------ receiving
     def receive(self, payloads: Iterable[ModulePayload]) -> None:
@@ -235,6 +221,7 @@ class FederatedServer:
             shape = got
             new[key] = prior
         self.modules.update(new)
+        self._synthetic.clear()
         if shape is not None:
             self.image_shape = tuple(shape)
         self.timings["verify"] = self.timings.get("verify", 0.0) + time.perf_counter() - start
@@ -266,7 +253,9 @@ class FederatedServer:
             classes: which classes (default: every class with a module). A class without one is an error.
             samples_per_class: overrides the server's count.
         """
-        n = self.samples_per_class if samples_per_class is None else int(samples_per_class)
+        from lit_repr.checks import check_int
+
+        n = self.samples_per_class if samples_per_class is None else check_int("samples_per_class", samples_per_class)
         classes = self.classes() if classes is None else sorted({int(k) for k in classes})
         missing = [k for k in classes if k not in set(self.classes())]
         if missing:
@@ -277,15 +266,19 @@ class FederatedServer:
 
         xs, ys = [], []
         for k in tqdm(classes, desc="synthesis", unit="class", disable=not self.progress, leave=False):
-            holders = sorted(c for c, kk in self.modules if kk == k)
-            base, extra = divmod(n, len(holders))
-            for j, client in enumerate(holders):
-                count = base + (1 if j < extra else 0)
-                if count == 0:
-                    continue
-                g = torch.Generator().manual_seed(module_seed(self.seed, "synthesis", k, client))
-                xs.append(self.modules[(client, k)].sample(count, g))
-                ys.append(torch.full((count,), k, dtype=torch.long))
+            holders = tuple(sorted(c for c, kk in self.modules if kk == k))
+            key = (k, holders, n)
+            if key not in self._synthetic:  # the same seeds give the same images: draw each set once
+                base, extra = divmod(n, len(holders))
+                parts = []
+                for j, client in enumerate(holders):
+                    count = base + (1 if j < extra else 0)
+                    if count:
+                        g = torch.Generator().manual_seed(module_seed(self.seed, "synthesis", k, client))
+                        parts.append(self.modules[(client, k)].sample(count, g))
+                self._synthetic[key] = torch.cat(parts)
+            xs.append(self._synthetic[key])
+            ys.append(torch.full((n,), k, dtype=torch.long))
         return torch.cat(xs), torch.cat(ys)
 
     # ------------------------------------------------------------------ training and evaluation
@@ -293,6 +286,7 @@ class FederatedServer:
         return train_classifier(
             images, labels, self.num_classes, classifier=self.classifier, trainer=self.trainer,
             seed=module_seed(self.seed, "classifier", name), batch_size=self.batch_size,
+            num_threads=self.num_threads,
         )
 
     def run(
@@ -416,6 +410,7 @@ class FederatedServer:
         before = forgotten_accuracy()
         for k in removed:
             del self.modules[k]
+        self._synthetic.clear()
         data = self._run_args["client_data"]
         if data:
             for c in [c for c in data if client is None or c == client]:

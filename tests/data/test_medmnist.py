@@ -70,3 +70,15 @@ def test_bad_flags_name_argument_and_value(tmp_path):
         MedMNISTDataModule("pathmnist", root=str(tmp_path), as_rgb="yes")
     with pytest.raises(ValueError, match=r"size must be one of \(28, 64, 128, 224\), got 32"):
         MedMNISTDataModule("pathmnist", root=str(tmp_path), size=32)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("flag,num_channels,num_classes", [("bloodmnist", 3, 8), ("pathmnist", 3, 9),
+                                                           ("dermamnist", 3, 7)])
+def test_federated_flags_give_images_in_unit_range_and_int_labels(tmp_path, flag, num_channels, num_classes):
+    arrays = _write(tmp_path / f"{flag}.npz", num_channels, 1, num_classes=num_classes)
+    dm = MedMNISTDataModule(flag, root=str(tmp_path))
+    x, y = dm.arrays("train")
+    assert x.shape == (12, num_channels, 28, 28) and x.dtype == torch.float32
+    assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert y.dtype == torch.int64 and y.tolist() == arrays["train_labels"][:, 0].tolist()
+    assert dm.num_classes == num_classes

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 
 from lit_repr.data import DigitsDataModule
 from lit_repr.federated.baselines import (
@@ -19,7 +19,7 @@ from lit_repr.federated.baselines import (
     local_update,
     parameter_distance,
 )
-from lit_repr.federated.partition import Partition, dirichlet, silos
+from lit_repr.federated.partition import Partition, classes_per_client, dirichlet, silos
 from lit_repr.models import Classifier
 
 CLF = {"num_classes": 10, "in_features": 64, "hidden": [32], "lr": 1e-2}
@@ -92,6 +92,20 @@ def test_fedavg_with_one_client_and_one_round_is_centralized_training_bit_for_bi
     init = Classifier(**CLF)
     assert same_state(fed, cen)
     assert not same_state(fed, init)  # it did train
+
+
+def test_fedavg_with_one_client_is_plain_lightning_training(small, trainer_kwargs):
+    """The local run is an ordinary Trainer.fit over a shuffled DataLoader: written here from scratch."""
+    x, y, _ = small
+    fed = fedavg(x, y, [np.arange(len(y))], rounds=1, local_epochs=2, classifier=CLF, seed=4, batch_size=32)
+    torch.manual_seed(4)
+    plain = Classifier(**CLF)
+    rows = [{"x": a, "y": b} for a, b in zip(x, y)]
+    shuffle = RandomSampler(rows, generator=torch.Generator().manual_seed(derive_seed(4, 0, 0)))
+    loader = DataLoader(rows, batch_size=32, sampler=shuffle)
+    torch.manual_seed(derive_seed(4, 0, 0))
+    pl.Trainer(max_epochs=2, **trainer_kwargs).fit(plain, loader)
+    assert same_state(fed, plain)
 
 
 def test_fedavg_round_is_the_count_weighted_average_of_local_updates(small):
@@ -297,3 +311,32 @@ def test_local_update_and_proximal_term_check_arguments(small):
     with pytest.raises(ValueError, match="trainer_kwargs may not set \\['logger'\\]"):
         local_update(model, x, y, epochs=1, seed=0, trainer_kwargs={"logger": False})
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.slow
+def test_digits_table_over_partitions_and_seeds(digits, capsys):
+    """The table of the module docstring: test accuracy over three seeds, centralized vs FedAvg / FedProx."""
+    xtr, ytr, xte, yte = digits
+    clf = {**CLF, "hidden": [64]}
+    parts = {
+        "IID (5 clients, dirichlet a=100)": dirichlet(ytr, 5, alpha=100.0, seed=0),
+        "2 classes per client (5 clients)": classes_per_client(ytr, 5, 2, seed=0),
+        "10 silos (1 class per client)": silos(ytr),
+    }
+    central_models = [centralized(xtr, ytr, epochs=10, classifier=clf, seed=s) for s in range(3)]
+    acc = {"centralized": [accuracy(m, xte, yte) for m in central_models]}
+    for name, part in parts.items():
+        for mu in (0.0, 0.1):
+            acc[("FedAvg" if mu == 0 else f"FedProx mu={mu}") + " " + name] = [
+                accuracy(fedavg(xtr, ytr, part, rounds=5, local_epochs=2, classifier=clf, seed=s, mu=mu), xte, yte)
+                for s in range(3)
+            ]
+    with capsys.disabled():
+        for name, values in acc.items():
+            print(f"{name:<48s} {np.mean(values):.3f} ({min(values):.3f}..{max(values):.3f})")
+    central = np.mean(acc["centralized"])
+    assert np.mean(acc["FedAvg IID (5 clients, dirichlet a=100)"]) > central - 0.06
+    assert np.mean(acc["FedAvg 10 silos (1 class per client)"]) < 0.2
+    assert np.mean(acc["FedProx mu=0.1 2 classes per client (5 clients)"]) > np.mean(
+        acc["FedAvg 2 classes per client (5 clients)"]
+    )

@@ -201,3 +201,13 @@ def test_bad_inputs_name_argument_and_allowed_values():
     with pytest.raises(ValueError, match="class 1 has 1 sample.* 2 clients hold it"):
         silos(np.array([0, 0, 1]), num_clients=4)
     assert as_labels(np.array([1, 2], dtype=np.uint8)).dtype == np.int64
+
+
+def test_num_classes_covers_classes_missing_from_the_labels():
+    y = np.array([0, 0, 1, 1, 2, 2])
+    assert silos(y).num_classes == 3
+    for p in (silos(y, num_classes=8), classes_per_client(y, 3, k=1, num_classes=8),
+              dirichlet(y, 2, alpha=1.0, min_size=1, num_classes=8)):
+        assert p.num_classes == 8 and p.counts(y).shape[1] == 8
+    with pytest.raises(ValueError, match="num_classes must exceed every label, got 2 with a label 2"):
+        dirichlet(y, 2, alpha=1.0, min_size=1, num_classes=2)

@@ -178,3 +178,37 @@ def test_unlearning_a_class_and_bad_requests(split):
     never.receive([p for p in payloads if p.cls != 1])
     never.run(tx, ty)
     assert state_equal(s.models["server"], never.models["server"])
+
+
+def test_gmm_on_digit_silos_unlearning_equals_never_having_the_client(tmp_path):
+    """The real pipeline (gmm priors, exchange through files) on digits: exact unlearning of a client."""
+    import numpy as np
+
+    from lit_repr.data.digits import DigitsDataModule
+    from lit_repr.federated.engine import LocalEngine
+    from lit_repr.federated.partition import Partition, silos
+
+    dm = DigitsDataModule(layout="image", seed=0)
+    dm.setup("fit")
+    x, y = dm.arrays("train")
+    tx, ty = dm.arrays("val")
+    part = silos(y.numpy())
+    prior_config = {"num_components": 2, "num_pca_components": 6}
+    kw = dict(prior="gmm", prior_config=prior_config, trainer={"max_epochs": 5}, seed=3, progress=False)
+
+    def federation(partition, payload_dir):
+        engine = LocalEngine(x, y, partition, payload_dir=str(payload_dir), **kw)
+        s = FederatedServer(10, classifier={"hidden": [32], "lr": 0.01}, trainer={"max_epochs": 15},
+                            samples_per_class=30, seed=3, progress=False)
+        s.receive(engine.run_clients())
+        s.run(tx, ty, modes=["server"])
+        return s
+
+    full = federation(part, tmp_path / "all")
+    assert full.results["server"]["accuracy"] > 0.6
+    out = full.unlearn(client=4)
+    assert out["forgotten_classes"] == [4] and out["after"]["server"] == 0.0 < out["before"]["server"]
+    without = Partition(tuple(idx if c != 4 else np.array([], dtype=np.int64) for c, idx in enumerate(part.indices)),
+                        num_classes=10)
+    never = federation(without, tmp_path / "without")
+    assert state_equal(full.models["server"], never.models["server"])

@@ -4,7 +4,7 @@
 
 Example:
     >>> sorted(PRIORS)
-    ['gmm']
+    ['diffusion', 'gmm', 'vae']
     >>> prior = build_prior("gmm", (1, 8, 8), num_components=2)
     >>> type(prior).__name__, prior.config()["image_shape"]
     ('GaussianMixturePrior', [1, 8, 8])
@@ -17,11 +17,13 @@ from __future__ import annotations
 from typing import Any
 
 from .base import GenerativePrior
+from .diffusion import DiffusionPrior
 from .gmm import GaussianMixturePrior
+from .vae import VAEPrior
 
-__all__ = ["GenerativePrior", "GaussianMixturePrior", "PRIORS", "build_prior"]
+__all__ = ["GenerativePrior", "GaussianMixturePrior", "VAEPrior", "DiffusionPrior", "PRIORS", "build_prior"]
 
-PRIORS: dict[str, type[GenerativePrior]] = {cls.kind: cls for cls in (GaussianMixturePrior,)}
+PRIORS: dict[str, type[GenerativePrior]] = {cls.kind: cls for cls in (GaussianMixturePrior, VAEPrior, DiffusionPrior)}
 
 
 def build_prior(kind: str, image_shape: Any, **config: Any) -> GenerativePrior:
@@ -36,7 +38,7 @@ def build_prior(kind: str, image_shape: Any, **config: Any) -> GenerativePrior:
         >>> build_prior("flow", (1, 8, 8))
         Traceback (most recent call last):
         ...
-        ValueError: kind must be one of ['gmm'], got 'flow'
+        ValueError: kind must be one of ['diffusion', 'gmm', 'vae'], got 'flow'
     """
     if not isinstance(kind, str) or kind not in PRIORS:
         raise ValueError(f"kind must be one of {sorted(PRIORS)}, got {kind!r}")

@@ -13,9 +13,11 @@ A :class:`GenerativePrior` is a LightningModule that
   it strictly (missing, extra or mis-shaped tensors are refused), so that it can travel as
   safetensors between parties without pickles.
 
-Bit-for-bit equality is promised for the same seed, data, library versions and intra-op thread
-count on the CPU (floating-point reductions of multi-threaded kernels may be ordered differently on
-another thread count).
+Fitting and sampling run on ``fit_threads`` intra-op threads (1 by default; the caller's count is
+restored after), so that results do not depend on the machine's core count: multi-threaded kernels
+may order floating-point reductions differently. Bit-for-bit equality is promised for the same seed,
+data and library versions on the CPU. (Tiny networks also train faster on one thread than on busy
+shared cores.)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.checks import check_int
+from lit_repr.threads import num_threads
 
 __all__ = ["GenerativePrior", "check_image_shape", "check_images"]
 
@@ -168,7 +171,7 @@ class GenerativePrior(pl.LightningModule):
     optionally ``_setup_fit`` (closed-form steps on the whole data before training, e.g. PCA),
     ``_finish_fit`` and ``_train_loader``. A subclass's ``__init__`` validates its arguments, passes them
     to ``super().__init__`` (which records them for :meth:`config`), sets its attributes and ends by
-    calling ``self._reset()``.
+    calling ``self._initialise()`` (``_reset`` under a fixed seed, leaving the caller's random state alone).
 
     Args:
         image_shape: ``(C, H, W)`` of the images, whose values lie in ``[0, 1]``.
@@ -187,6 +190,8 @@ class GenerativePrior(pl.LightningModule):
     default_max_epochs: ClassVar[int] = 10
     #: fewest training images accepted by :meth:`fit_data`
     min_images: ClassVar[int] = 1
+    #: intra-op threads of :meth:`fit_data` and :meth:`sample` (``None``: the caller's)
+    fit_threads: ClassVar[int | None] = 1
 
     def __init__(self, image_shape: tuple[int, int, int], **hparams: Any) -> None:
         super().__init__()
@@ -200,6 +205,12 @@ class GenerativePrior(pl.LightningModule):
     def _reset(self) -> None:
         """(Re)build the untrained networks and buffers; called in ``__init__`` and under the fit's seed."""
         raise NotImplementedError
+
+    def _initialise(self) -> None:
+        """``_reset`` under a fixed seed, without drawing from the caller's random stream."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self._reset()
 
     def _setup_fit(self, images: Tensor) -> None:
         """Closed-form preparation on all training images before the Trainer runs (default: nothing)."""
@@ -257,7 +268,12 @@ class GenerativePrior(pl.LightningModule):
             kwargs["max_epochs"] = self.default_max_epochs
         kwargs["logger"] = logger if logger is not None else False
 
-        with torch.random.fork_rng(devices=[]), _torch_flags_restored(), _quiet_trainer():
+        with (
+            torch.random.fork_rng(devices=[]),
+            _torch_flags_restored(),
+            _quiet_trainer(),
+            num_threads(self.fit_threads),
+        ):
             torch.manual_seed(derived_seed(seed, 1))
             self.fitted.fill_(False)
             self._fit_seed = seed
@@ -294,7 +310,8 @@ class GenerativePrior(pl.LightningModule):
         was_training = self.training
         self.eval()
         try:
-            out = self._sample(n, generator)
+            with num_threads(self.fit_threads):
+                out = self._sample(n, generator)
         finally:
             self.train(was_training)
         return out.to("cpu", torch.float32).clamp_(0.0, 1.0).reshape(n, *self.image_shape).contiguous()

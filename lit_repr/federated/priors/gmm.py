@@ -87,7 +87,7 @@ class GaussianMixturePrior(GenerativePrior):
         self.reg_covar = reg_covar
         self.tol = tol
         self.automatic_optimization = False
-        self._reset()
+        self._initialise()
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
