@@ -26,14 +26,14 @@ from torch import Tensor
 
 from lit_repr.checks import check_int, check_number
 
-__all__ = ["FlowerFederation", "load_splits", "client_shard"]
+__all__ = ["FlowerFederation", "build_datamodule", "load_splits", "client_shard"]
 
 _DICT_FIELDS = ("data_args", "partition_args", "prior_config", "prior_trainer", "classifier", "classifier_trainer",
                 "unlearn")
 
 _FACTORY_FIELDS = ("partition", "partition_args", "prior", "prior_config", "prior_trainer", "classifier",
                    "classifier_trainer", "samples_per_class", "seed", "batch_size", "run_dir", "unlearn")
-_FACTORY_ONLY = ("modes", "baselines", "baseline_args", "eval_split", "progress")  # the local pipeline's
+_FACTORY_ONLY = ("modes", "baselines", "baseline_args", "eval_split", "progress", "num_threads")  # local pipeline's
 _FACTORY_KEYS = ("data", *_FACTORY_FIELDS, *_FACTORY_ONLY)
 _FLOWER_ONLY = ("classes", "min_clients", "min_classes", "connect_timeout", "reply_timeout")
 
@@ -172,8 +172,9 @@ class FlowerFederation:
         """The federation of a core ``FederatedFactory`` YAML config (``configs/federated_*.yaml``).
 
         The same data, partition, prior, classifier, seed, run directory and unlearning request; the
-        baselines, ``eval_split`` (``test`` only here) and ``progress`` are the local pipeline's and are
-        not used; Flower runs the ``server`` mode.
+        baselines, ``eval_split`` (``test`` only here), ``progress`` and ``num_threads`` are the local
+        pipeline's and are not used (each ClientApp's threads are its node's; the priors and the server's
+        classifier fit on one thread either way); Flower runs the ``server`` mode.
 
         Args:
             path: the YAML file.
@@ -248,7 +249,8 @@ class FlowerFederation:
         return cls(**kwargs)
 
 
-def _datamodule(fed: FlowerFederation) -> Any:
+def build_datamodule(fed: FlowerFederation) -> Any:
+    """The federation's data module (``data`` with ``data_args``), not yet set up."""
     name = fed.data
     if "." in name:
         module, _, attr = name.rpartition(".")
@@ -282,7 +284,7 @@ def load_splits(fed: FlowerFederation, splits: tuple[str, ...] = ("train", "test
         >>> x.shape[1:], sorted(set(y.tolist()))
         (torch.Size([1, 8, 8]), [0, 1, 2])
     """
-    dm = _datamodule(fed)
+    dm = build_datamodule(fed)
     dm.prepare_data()
     dm.setup("fit")
     out = {}
@@ -304,7 +306,7 @@ def num_classes(fed: FlowerFederation, labels: Tensor | None = None) -> int:
     """The number of classes of the task: ``classes`` if set, else the data module's (or ``max(labels) + 1``)."""
     if fed.classes is not None:
         return fed.classes
-    n = getattr(_datamodule(fed), "num_classes", None)
+    n = getattr(build_datamodule(fed), "num_classes", None)
     if isinstance(n, int):
         return n
     if labels is None:

@@ -100,3 +100,12 @@ def test_a_core_factory_config_gives_the_same_federation(tmp_path):
         FlowerFederation.from_factory_config(path)
     with pytest.raises(ValueError, match="is not a file"):
         FlowerFederation.from_factory_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("name", ["federated_digits.yaml", "federated_bloodmnist.yaml"])
+def test_the_repositorys_factory_configs_are_read(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "configs" / name
+    fed = FlowerFederation.from_factory_config(path)
+    assert fed.prior == "gmm" and fed.partition == "silos" and fed.run_dir.startswith("runs/")
