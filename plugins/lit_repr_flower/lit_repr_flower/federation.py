@@ -17,6 +17,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -289,7 +290,7 @@ def load_splits(fed: FlowerFederation, splits: tuple[str, ...] = ("train", "test
     dm.setup("fit")
     out = {}
     for split in splits:
-        x, y = dm.arrays(split)  # as the core's FederatedFactory reads them
+        x, y = itemgetter("x", "y")(dm.arrays(split))  # as the core's FederatedFactory reads them
         y = torch.as_tensor(y).long()
         if x.ndim != 4:
             raise ValueError(
