@@ -16,6 +16,31 @@ AUROC (mean ± std over seeds), the wall time per phase, and the paper's CIFAR-1
 
 Run: ``python examples/federated_digits.py`` (3 seeds, every prior) or ``--quick`` (1 seed, gmm only,
 short training).
+
+Measured (3 seeds, a shared 2-core CPU under heavy load from other jobs, about 16 minutes per seed; wall
+times are per seed, in seconds)::
+
+    method                                  accuracy %   macro AUROC %  paper CIFAR-10 %  wall time per phase (s)
+    -------------------------------------------------------------------------------------------------------------
+    fedavg                               10.12 ±  2.53   61.52 ±  7.25             11.36  training 14.9, evaluation 0.0
+    fedprox                              14.76 ±  5.31   60.66 ±  6.00                 -  training 15.6, evaluation 0.0
+    centralized                          96.94 ±  1.00   99.91 ±  0.03                 -  training 10.1, evaluation 0.0
+    FederatedFactory/server/gmm          95.82 ±  1.69   99.78 ±  0.07             84.30
+        time: partition 0.0, client_training 4.3, exchange 0.1, synthesis 0.0, classifier 7.9, evaluation 0.0
+    FederatedFactory/local/gmm           95.91 ±  1.79   99.77 ±  0.08             90.57
+        time: partition 0.0, client_training 4.3, exchange 0.1, synthesis 0.0, classifier 95.3, evaluation 0.0
+    FederatedFactory/server/vae          93.04 ±  2.41   99.68 ±  0.08             84.30
+        time: partition 0.0, client_training 165.6, exchange 0.2, synthesis 0.1, classifier 7.2, evaluation 0.0
+    FederatedFactory/local/vae           94.43 ±  1.93   99.68 ±  0.12             90.57
+        time: partition 0.0, client_training 165.6, exchange 0.2, synthesis 0.1, classifier 81.7, evaluation 0.0
+    FederatedFactory/server/diffusion    93.31 ±  0.74   99.74 ±  0.03             84.30
+        time: partition 0.0, client_training 475.7, exchange 1.0, synthesis 10.8, classifier 6.8, evaluation 0.0
+    FederatedFactory/local/diffusion     94.24 ±  1.43   99.73 ±  0.06             90.57
+        time: partition 0.0, client_training 475.7, exchange 1.0, synthesis 10.8, classifier 56.8, evaluation 0.0
+    module size per (client, class): gmm 19.6 KiB, vae 111.4 KiB, diffusion 634.4 KiB
+
+FedAvg and FedProx collapse on silos as in the paper; every prior kind brings FederatedFactory within 1-4
+points of centralized training, the local mode slightly above the server mode (as in the paper).
 """
 
 from __future__ import annotations
