@@ -207,8 +207,15 @@ def _base_class(frames: list[_Frame]) -> type | None:
 
 
 def _is_listed(cls: type) -> bool:
-    """Whether a class is lit_repr's or an installed plugin's (the short names worth listing)."""
+    """Whether a class is lit_repr's or an installed plugin's (the short names worth listing).
+
+    A class that sets ``cli_listed = False`` (e.g. the federated generative priors, fitted per client by
+    their own ``fit_data``, not by ``fit``) is left out, so the list does not depend on what was imported.
+    """
     from lit_repr.plugins import load_plugins
+
+    if not getattr(cls, "cli_listed", True):
+        return False
 
     names = ["lit_repr"]
     for obj in load_plugins().values():  # a module, or the callable an entry point named

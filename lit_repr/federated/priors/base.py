@@ -186,6 +186,7 @@ class GenerativePrior(pl.LightningModule):
     """
 
     kind: ClassVar[str] = ""
+    cli_listed: ClassVar[bool] = False  # fitted per client by fit_data, not by `python -m lit_repr fit`
     #: epochs when ``trainer_kwargs`` gives neither ``max_epochs`` nor ``max_steps``
     default_max_epochs: ClassVar[int] = 10
     #: fewest training images accepted by :meth:`fit_data`
