@@ -234,4 +234,12 @@ def main(args: Sequence[str] | None = None) -> None:
 
         federate_main(argv[1:])
         return
+    if argv in (["-h"], ["--help"]):
+        try:
+            LitReprCLI(args=args)
+        finally:  # LightningCLI's help exits; the federation runner is not one of its subcommands
+            print(
+                "\nalso:\n  federate            Run a whole federation (partition, clients, exchange, synthesis,"
+                f" classifier, report) from its config: {_prog()} federate --config configs/federated_digits.yaml"
+            )
     LitReprCLI(args=args)  # None: Lightning reads sys.argv itself

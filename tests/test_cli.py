@@ -234,3 +234,13 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "lit_repr", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert "fit" in out.stdout and "validate" in out.stdout
+
+
+def test_help_names_the_federate_command(capsys):
+    from lit_repr.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "fit" in out and "federate" in out and "federate --config configs/federated_digits.yaml" in out
