@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["check_int", "check_number", "check_choice", "check_bool"]
+__all__ = ["check_int", "check_number", "check_choice", "check_bool", "describe_bounds"]
 
 
 def check_int(name: str, value: Any, low: int = 1) -> int:
@@ -68,16 +68,33 @@ def check_number(
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        if low is not None and high is not None:
-            allowed = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        elif low is not None:
-            allowed = f" {'>' if low_open else '>='} {low:g}"
-        elif high is not None:
-            allowed = f" {'<' if high_open else '<='} {high:g}"
-        else:
-            allowed = ""
+        allowed = describe_bounds(low, high, low_open, high_open)
         raise ValueError(f"{name} must be a finite number{allowed}{why}, got {value!r}")
     return float(value)
+
+
+def describe_bounds(
+    low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
+) -> str:
+    """The bounds of an allowed interval in words, for error messages (empty without bounds).
+
+    Args:
+        low: smallest allowed value (``None``: none).
+        high: largest allowed value (``None``: none).
+        low_open: exclude ``low`` itself.
+        high_open: exclude ``high`` itself.
+
+    Example:
+        >>> describe_bounds(0, 1, high_open=True), describe_bounds(low=0, low_open=True), describe_bounds()
+        (' in [0, 1)', ' > 0', '')
+    """
+    if low is not None and high is not None:
+        return f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f" {'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f" {'<' if high_open else '<='} {high:g}"
+    return ""
 
 
 def check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> Any:

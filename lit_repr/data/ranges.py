@@ -8,13 +8,13 @@ the other.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from lit_repr.checks import check_number, describe_bounds
 
 __all__ = ["check_range", "ranges_overlap", "check_ood_range"]
 
@@ -49,27 +49,16 @@ def check_range(
         ...
         ValueError: eccentricity must be a (low, high) range with low <= high, both in [0, 1), got (0.5, 0.2)
     """
-    if low is not None and high is not None:
-        bounds = f", both in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-    elif low is not None:
-        bounds = f", both {'>' if low_open else '>='} {low:g}"
-    elif high is not None:
-        bounds = f", both {'<' if high_open else '<='} {high:g}"
-    else:
-        bounds = ""
-    message = f"{name} must be a (low, high) range with low <= high{bounds}, got {value!r}"
+    bounds = describe_bounds(low, high, low_open, high_open)
+    message = f"{name} must be a (low, high) range with low <= high{', both' + bounds if bounds else ''}, got {value!r}"
     if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)) or len(value) != 2:
         raise ValueError(message)
     ends = []
     for v in list(value):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v):
-            raise ValueError(message)
-        v = float(v)
-        if low is not None and (v <= low if low_open else v < low):
-            raise ValueError(message)
-        if high is not None and (v >= high if high_open else v > high):
-            raise ValueError(message)
-        ends.append(v)
+        try:
+            ends.append(check_number(name, v, low, high, low_open, high_open))
+        except ValueError:
+            raise ValueError(message) from None
     if ends[0] > ends[1]:
         raise ValueError(message)
     return ends[0], ends[1]
