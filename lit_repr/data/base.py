@@ -26,9 +26,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_repr.checks import check_bool, check_int
+from lit_repr.checks import check_bool, check_int, check_number
 
-__all__ = ["TensorDictDataset", "ArrayDataModule", "EpochSeededSampler", "split_indices"]
+__all__ = ["TensorDictDataset", "ArrayDataModule", "EpochSeededSampler", "split_indices", "check_split_fractions"]
 
 
 class TensorDictDataset(Dataset):
@@ -84,6 +84,31 @@ def split_indices(n: int, fractions: tuple[float, ...], seed: int) -> list[np.nd
         start += k
     out.append(perm[start:])
     return out
+
+
+def check_split_fractions(val_fraction: Any, test_fraction: Any) -> tuple[float, float]:
+    """``(val_fraction, test_fraction)`` as floats, each in ``[0, 1)`` and summing to ``< 1`` (the rest trains).
+
+    Args:
+        val_fraction: share of the samples in the ``val`` split.
+        test_fraction: share of the samples in the ``test`` split.
+
+    Example:
+        >>> check_split_fractions(0.1, 0.2)
+        (0.1, 0.2)
+        >>> check_split_fractions(0.5, 0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: val_fraction + test_fraction must be < 1 (the rest is the training split), got 0.5 + 0.5 = 1.0
+    """
+    val = check_number("val_fraction", val_fraction, low=0, high=1, high_open=True)
+    test = check_number("test_fraction", test_fraction, low=0, high=1, high_open=True)
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"val_fraction + test_fraction must be < 1 (the rest is the training split), got "
+            f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
+        )
+    return val, test
 
 
 class EpochSeededSampler(torch.utils.data.Sampler[int]):

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_repr.checks import check_bool, check_choice, check_number
-from lit_repr.data.base import ArrayDataModule, split_indices
+from lit_repr.checks import check_bool, check_choice
+from lit_repr.data.base import ArrayDataModule, check_split_fractions, split_indices
 
 __all__ = ["DigitsDataModule"]
 
@@ -52,13 +52,7 @@ class DigitsDataModule(ArrayDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
         self.layout = check_choice("layout", layout, ("flat", "image", "image3"))
-        self.val_fraction = check_number("val_fraction", val_fraction, low=0, high=1, high_open=True)
-        self.test_fraction = check_number("test_fraction", test_fraction, low=0, high=1, high_open=True)
-        if val_fraction + test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1 (the rest is the training split), got "
-                f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
-            )
+        self.val_fraction, self.test_fraction = check_split_fractions(val_fraction, test_fraction)
         self.standardize = check_bool("standardize", standardize)
 
     def build_splits(self) -> dict[str, dict[str, Tensor]]:

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lit_repr.checks import check_bool, check_int, check_number
-from lit_repr.data.base import ArrayDataModule
+from lit_repr.checks import check_bool, check_int
+from lit_repr.data.base import ArrayDataModule, check_split_fractions
 
 __all__ = [
     "ISIC2019DataModule",
@@ -182,13 +182,7 @@ class ISIC2019DataModule(ArrayDataModule):
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed, eval_batch_size=eval_batch_size)
         self.root = Path(root).expanduser()
         self.size = check_int("size", size)
-        self.val_fraction = check_number("val_fraction", val_fraction, low=0, high=1, high_open=True)
-        self.test_fraction = check_number("test_fraction", test_fraction, low=0, high=1, high_open=True)
-        if val_fraction + test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction must be < 1 (the rest is the training split), got "
-                f"{val_fraction} + {test_fraction} = {val_fraction + test_fraction}"
-            )
+        self.val_fraction, self.test_fraction = check_split_fractions(val_fraction, test_fraction)
         self.num_samples = None if num_samples is None else check_int("num_samples", num_samples)
         self.cache = check_bool("cache", cache)
 
