@@ -63,6 +63,18 @@ def _key(d: dict, name: str, path: Path) -> Any:
     raise ValueError(f"{path} lacks the entry {name!r}; an official CIFAR-10 batch has b'data' and b'labels'")
 
 
+def _read_dict(path: Path, what: str) -> dict:
+    """The dict pickled in one official CIFAR-10 file, read with :class:`_ArraysOnly`; ``what`` names the file."""
+    with open(path, "rb") as f:
+        try:
+            d = _ArraysOnly(io.BytesIO(f.read()), encoding="bytes").load()
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"{path} is not {what}: {err}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a dict ({what}), got {type(d).__name__}")
+    return d
+
+
 def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """Images ``(N, 3, 32, 32)`` ``uint8`` and labels ``(N,)`` ``int64`` of one official CIFAR-10 batch file.
 
@@ -75,13 +87,7 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         ((2, 3, 32, 32), [3, 7])
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        try:
-            d = _ArraysOnly(io.BytesIO(f.read()), encoding="bytes").load()
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"{path} is not an official CIFAR-10 batch: {err}") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{path} must hold a dict (an official CIFAR-10 batch), got {type(d).__name__}")
+    d = _read_dict(path, "an official CIFAR-10 batch")
     data = np.asarray(_key(d, "data", path))
     labels = np.asarray(_key(d, "labels", path))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
@@ -94,13 +100,7 @@ def load_cifar10_batch(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _class_names(path: Path) -> list[str]:
-    with open(path, "rb") as f:
-        try:
-            meta = _ArraysOnly(io.BytesIO(f.read()), encoding="bytes").load()
-        except pickle.UnpicklingError as err:
-            raise ValueError(f"{path} is not the official CIFAR-10 batches.meta: {err}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} must hold a dict (the official batches.meta), got {type(meta).__name__}")
+    meta = _read_dict(path, "the official CIFAR-10 batches.meta")
     names = [n.decode() if isinstance(n, bytes) else str(n) for n in _key(meta, "label_names", path)]
     if len(names) != 10:
         raise ValueError(f"{path}: b'label_names' must name 10 classes, got {len(names)}")
