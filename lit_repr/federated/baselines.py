@@ -32,11 +32,8 @@ Example:
 from __future__ import annotations
 
 import copy
-import logging
 import numbers
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -49,6 +46,7 @@ from typing_extensions import override
 
 from lit_repr.checks import check_bool, check_int, check_number
 from lit_repr.features import preserved_rng
+from lit_repr.federated.engine import quiet_lightning
 from lit_repr.models.classifier import Classifier
 
 __all__ = [
@@ -354,23 +352,6 @@ def derive_seed(seed: int, *keys: int) -> int:
     return int(np.random.SeedSequence([int(seed), *map(int, keys)]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-@contextmanager
-def _quiet_lightning(quiet: bool) -> Iterator[None]:
-    """Silence Lightning's per-Trainer info lines (accelerator, devices) while many trainers run."""
-    if not quiet:
-        yield
-        return
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
 def _check_seed(seed: Any) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -447,11 +428,7 @@ def local_update(
     kwargs.update(extra)
     kwargs["callbacks"] = [prox, *list(extra.get("callbacks") or [])]
     kwargs.update(max_epochs=epochs, logger=logger if logger is not None else False)
-    with preserved_rng(), _quiet_lightning(not progress), warnings.catch_warnings():
-        # the local runs have no validation loader and read in-memory tensors on purpose
-        warnings.filterwarnings("ignore", ".*`validation_step` but have no `val_dataloader`.*")
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\).*")  # lightning 2.6 on torch 2.14
+    with preserved_rng(), quiet_lightning(banners=not progress):
         torch.manual_seed(seed)
         trainer = pl.Trainer(**kwargs)
         trainer.fit(model, train_dataloaders=_loader(images, labels, model, batch_size, seed))

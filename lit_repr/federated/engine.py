@@ -44,23 +44,42 @@ from torch import Tensor
 
 from lit_repr.federated.exchange import ModulePayload, pack
 
-__all__ = ["ClientTask", "client_step", "module_seed", "check_images", "LocalEngine", "quiet_lightning"]
+__all__ = [
+    "ClientTask", "client_step", "module_seed", "check_images", "LocalEngine", "quiet_lightning", "QUIET_WARNINGS",
+]
+
+
+#: Lightning warnings that many small in-memory fits raise on purpose (no workers, no validation loader,
+#: short epochs, manual optimisation without an optimizer, a deprecation inside Lightning itself).
+QUIET_WARNINGS = (
+    ".*does not have many workers.*",
+    ".*but have no `val_dataloader`.*",
+    ".*smaller than the logging interval.*",
+    ".*returned `None`, this fit will run with no optimizer.*",
+    ".*LeafSpec.*",
+)
 
 
 @contextmanager
-def quiet_lightning() -> Iterator[None]:
-    """Silence Lightning's per-fit banners ("GPU available: ...") while many small models are trained."""
-    names = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
-    loggers = [logging.getLogger(n) for n in names]
+def quiet_lightning(banners: bool = True) -> Iterator[None]:
+    """Ignore :data:`QUIET_WARNINGS` and silence Lightning's per-fit banners ("GPU available: ...", tips)
+    while many small models are trained; other warnings still show.
+
+    Args:
+        banners: also silence the banners (``False`` keeps them, e.g. beside a progress bar).
+
+    Example:
+        >>> with quiet_lightning():
+        ...     pass
+    """
+    loggers = [logging.getLogger(n) for n in ("lightning.pytorch", "lightning.fabric")] if banners else []
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(max(lg.getEffectiveLevel(), logging.WARNING))
     try:
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", ".*does not have many workers.*")
-            warnings.filterwarnings("ignore", ".*but have no `val_dataloader`.*")
-            warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-            warnings.filterwarnings("ignore", ".*LeafSpec.*")
+            for message in QUIET_WARNINGS:
+                warnings.filterwarnings("ignore", message)
             yield
     finally:
         for lg, level in zip(loggers, levels):

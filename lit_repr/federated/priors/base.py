@@ -22,10 +22,8 @@ shared cores.)
 
 from __future__ import annotations
 
-import logging
 import math
 import os
-import warnings
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -35,6 +33,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.checks import check_int
+from lit_repr.federated.engine import quiet_lightning
 from lit_repr.threads import num_threads
 
 __all__ = ["GenerativePrior", "check_image_shape", "check_images"]
@@ -121,28 +120,6 @@ def derived_seed(seed: int, *salt: int) -> int:
         value = (value ^ (int(s) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
         value ^= value >> 31
     return value & 0x7FFFFFFFFFFFFFFF
-
-
-@contextmanager
-def _quiet_trainer():
-    """Keep the Trainer's banners (accelerator lines, tips) out of a prior's fit; warnings still show."""
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        with warnings.catch_warnings():
-            for message in (
-                ".*does not have many workers.*",
-                ".*smaller than the logging interval.*",
-                ".*returned `None`, this fit will run with no optimizer.*",
-                ".*LeafSpec.*",
-            ):
-                warnings.filterwarnings("ignore", message)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
 
 
 @contextmanager
@@ -272,7 +249,7 @@ class GenerativePrior(pl.LightningModule):
         with (
             torch.random.fork_rng(devices=[]),
             _torch_flags_restored(),
-            _quiet_trainer(),
+            quiet_lightning(),
             num_threads(self.fit_threads),
         ):
             trainer = pl.Trainer(**kwargs)  # a bad Trainer argument fails here, before the prior changes
