@@ -49,7 +49,7 @@ def make_data(kind: str, quick: bool, num_train: int | None, seed: int) -> pl.Li
         return OrbitsDataModule(num_train=n, num_val=max(64, n // 8), num_test=max(64, n // 8),
                                 num_ood=max(64, n // 8), num_steps=16 if quick else 32, batch_size=64, seed=seed)
     if kind == "fluids":
-        from lit_repr.data.fluids import FluidsDataModule  # type: ignore[import-not-found]
+        from lit_repr.data.fluids import FluidsDataModule
 
         n = num_train or (64 if quick else 1024)
         return FluidsDataModule(num_train=n, num_val=max(32, n // 8), num_test=max(32, n // 8),

@@ -242,4 +242,5 @@ def main(args: Sequence[str] | None = None) -> None:
                 "\nalso:\n  federate            Run a whole federation (partition, clients, exchange, synthesis,"
                 f" classifier, report) from its config: {_prog()} federate --config configs/federated_digits.yaml"
             )
+        return
     LitReprCLI(args=args)  # None: Lightning reads sys.argv itself

@@ -38,8 +38,8 @@ class FederatedFactory:
     """FederatedFactory (Moleri et al., 2026): generative modules exchanged once, a classifier from their samples.
 
     Args:
-        data: a LightningDataModule with an ``arrays(split)`` method (lit_repr's array data modules) whose
-            images are ``(C, H, W)`` floats in ``[0, 1]`` (e.g. ``DigitsDataModule(layout="image")``).
+        data: a LightningDataModule with an ``arrays(split)`` method giving a dict with ``x`` and ``y``
+            (lit_repr's array data modules), whose images are ``(C, H, W)`` floats in ``[0, 1]`` (e.g. ``DigitsDataModule(layout="image")``).
         partition: partitioner name: ``"silos"``, ``"classes_per_client"`` or ``"dirichlet"``.
         partition_args: its keyword arguments (e.g. ``{"num_clients": 5, "k": 2}``); ``seed`` is ``seed``.
         prior: generative prior kind (``"gmm"``, ``"vae"``, ``"diffusion"``).
