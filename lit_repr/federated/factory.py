@@ -39,7 +39,8 @@ class FederatedFactory:
 
     Args:
         data: a LightningDataModule with an ``arrays(split)`` method giving a dict with ``x`` and ``y``
-            (lit_repr's array data modules), whose images are ``(C, H, W)`` floats in ``[0, 1]`` (e.g. ``DigitsDataModule(layout="image")``).
+            (lit_repr's array data modules), whose images are ``(C, H, W)`` floats in ``[0, 1]``
+            (e.g. ``DigitsDataModule(layout="image")``).
         partition: partitioner name: ``"silos"``, ``"classes_per_client"`` or ``"dirichlet"``.
         partition_args: its keyword arguments (e.g. ``{"num_clients": 5, "k": 2}``); ``seed`` is ``seed``.
         prior: generative prior kind (``"gmm"``, ``"vae"``, ``"diffusion"``).
