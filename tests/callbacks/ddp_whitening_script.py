@@ -55,6 +55,9 @@ def main(out: str, devices: int) -> None:
         every = [mine]
     if trainer.is_global_zero:
         torch.save({"ranks": every, "x": Dicts().x}, out)
+    if dist.is_initialized():  # close gloo before the interpreter exits (its threads can abort the process otherwise)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
