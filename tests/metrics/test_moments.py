@@ -151,3 +151,45 @@ def test_a_large_batch_accumulated_in_row_blocks_equals_small_batches(monkeypatc
         parts.update(xb, yb)
     for name in ("n", "sum_x", "sum_y", "xtx", "xty", "yy", "x_ref", "y_ref"):
         torch.testing.assert_close(getattr(whole, name), getattr(parts, name), rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_one_gram_path_equals_separate_products(monkeypatch, dtype):
+    # one dsyrk of [x - r | y - s | 1] per block gives every sum and product; the column-block path is the reference
+    from lit_repr.metrics import moments
+
+    x, y = _data(n=700, offset=1e3)
+    monkeypatch.setattr(moments, "_CHUNK_ELEMENTS", 8)  # several blocks of 256 rows
+    gram = StreamingRidge(5, 3)
+    assert gram._one_gram({"x": x, "y": y})
+    for xb, yb in zip(x.to(dtype).split(300), y.split(300)):
+        gram.update(xb, yb)
+    monkeypatch.setattr(moments, "_dsyrk", None)
+    separate = StreamingRidge(5, 3)
+    assert not separate._one_gram({"x": x, "y": y})
+    for xb, yb in zip(x.to(dtype).split(300), y.split(300)):
+        separate.update(xb, yb)
+    for name in ("n", "sum_x", "sum_y", "xtx", "xty", "yy", "x_ref", "y_ref"):
+        torch.testing.assert_close(getattr(gram, name), getattr(separate, name), rtol=1e-12, atol=1e-9, msg=name)
+    assert torch.equal(gram.xtx, gram.xtx.T)
+
+
+def test_the_one_gram_path_is_declined_when_most_of_the_gram_is_unused():
+    # 1,000 one-hot targets on 64 features: the targets' own 1,000 x 1,000 block would dominate
+    wide = StreamingRidge(64, 1000)
+    assert not wide._one_gram({"x": torch.zeros(4, 64), "y": torch.zeros(4, 1000)})
+    assert StreamingRidge(64, 10)._one_gram({"x": torch.zeros(4, 64), "y": torch.zeros(4, 10)})
+    assert not StreamingRidge(64, 10, float32_products=True)._one_gram(
+        {"x": torch.zeros(4, 64), "y": torch.zeros(4, 10, dtype=torch.float64)}
+    )
+
+
+def test_add_gram_by_dsyrk_and_by_column_blocks_agree(monkeypatch):
+    from lit_repr.metrics import moments
+
+    u = torch.randn(300, 150, dtype=torch.float64)
+    by_syrk = moments.add_gram(torch.zeros(150, 150, dtype=torch.float64), u)
+    monkeypatch.setattr(moments, "_dsyrk", None)
+    by_blocks = moments.add_gram(torch.zeros(150, 150, dtype=torch.float64), u)
+    torch.testing.assert_close(by_syrk, by_blocks, rtol=1e-12, atol=1e-12)
+    assert torch.equal(by_syrk, by_syrk.T)

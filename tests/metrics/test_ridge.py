@@ -213,13 +213,13 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_and_sklearn(monkeypatch):
     np.testing.assert_allclose(fast.weight.numpy(), ref.coef_.T, rtol=1e-6, atol=1e-8)
 
 
-def test_tridiagonal_gcv_leaves_rank_deficient_statistics_to_the_eigendecomposition():
+def test_tridiagonal_gcv_leaves_collinear_statistics_to_the_eigendecomposition():
     from threadpoolctl import threadpool_info
 
     from lit_repr.metrics import ridge
 
     x, y = _wide()
-    x[:, 5] = 3.0  # a constant feature: its direction is dropped exactly by the eigendecomposition
+    x[:, 6] = x[:, 7]  # collinear features: a direction of variance 0 that no coordinate shows
     stats = StreamingRidge(40, 3)
     stats.update(torch.tensor(x), torch.tensor(y))
     mx, my, sxx, sxy, syy = stats._centred()
@@ -228,4 +228,28 @@ def test_tridiagonal_gcv_leaves_rank_deficient_statistics_to_the_eigendecomposit
     assert [lib["num_threads"] for lib in threadpool_info()] == before  # BLAS thread counts restored
     fit = stats.compute()
     assert bool(torch.isfinite(fit.weight).all())
-    assert float(fit.weight[5].abs().max()) < 1e-10 * float(fit.weight.abs().max())  # the dropped direction
+    torch.testing.assert_close(fit.weight[6], fit.weight[7], rtol=1e-8, atol=1e-10)  # the null direction dropped
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0, 1e8 + 0.1])
+def test_tridiagonal_gcv_drops_constant_features_as_the_eigendecomposition_does(monkeypatch, value):
+    # dead ReLU units (0), or any constant: solved without them (weight 0), not handed to the eigendecomposition
+    from lit_repr.metrics import ridge
+
+    x, y = _wide()
+    x[:, [5, 11]] = value
+    stats = StreamingRidge(40, 3)
+    stats.update(torch.tensor(x), torch.tensor(y))
+    calls = []
+    real = ridge._gcv_tridiagonal
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
+    fast = stats.compute()
+    assert calls[0] is not None
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
+    slow = stats.compute()
+    assert fast.alpha == slow.alpha
+    torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=0)
+    torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-8, atol=1e-10)
+    assert float(fast.weight[[5, 11]].abs().max()) == 0.0
+    sk = Ridge(alpha=fast.alpha).fit(x, y)
+    np.testing.assert_allclose(fast.weight.numpy(), sk.coef_.T, rtol=1e-6, atol=1e-8)
