@@ -49,3 +49,16 @@ def test_torchmetrics_sync_and_merge_hooks_exist_for_shifted_moments():
     assert seen == ["sync"], where
     a.merge_state(CentredR2Score())  # merge_state must go through _reduce_states: an empty state changes nothing
     assert float(a.n) == 2 and float(a.target_ref) == 2.0, where
+
+
+def test_lightning_logger_connector_logs_metrics_for_log_scores():
+    """lit_repr.callbacks.base.log_scores logs epoch-end scores through Trainer._logger_connector.log_metrics."""
+    import inspect
+
+    import lightning.pytorch as pl
+
+    where = "update lit_repr.callbacks.base.log_scores"
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    connector = trainer._logger_connector
+    assert list(inspect.signature(connector.log_metrics).parameters) == ["metrics", "step"], where
+    assert trainer.callback_metrics is trainer.callback_metrics, where  # the dict itself, updated in place

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
@@ -44,6 +45,26 @@ def normalize_targets(targets: Mapping[str, TargetSpec] | TargetSpec | None, wha
     if not targets:
         raise ValueError(f"{what} must name at least one target, e.g. {{'digit': 'y'}}")
     return {str(k): check_target_spec(v, f"{what}[{k!r}]") for k, v in targets.items()}
+
+
+def log_scores(trainer: pl.Trainer | None, pl_module: pl.LightningModule, scores: Mapping[str, float]) -> None:
+    """Log a callback's scores (identical on every process) from an epoch-end hook.
+
+    While fitting, the scores go straight to ``trainer.callback_metrics`` (where checkpointing and early
+    stopping read them) and, in one call, to the trainer's loggers, at the step and with the ``epoch``
+    key Lightning gives epoch-end metrics: ``LightningModule.log`` costs about 0.2 ms per value in
+    Lightning's result bookkeeping, several milliseconds per validation for a probe on a few sites.
+    In ``trainer.validate`` and ``trainer.test`` they go through ``LightningModule.log``, so that the
+    results these return hold them.
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    if trainer is None or connector is None or trainer.state.fn != "fit" or trainer.sanity_checking:
+        for k, v in scores.items():
+            pl_module.log(k, v, sync_dist=False)
+        return
+    values = {k: torch.tensor(float(v), dtype=torch.float32) for k, v in scores.items()}
+    trainer.callback_metrics.update(values)
+    connector.log_metrics(values)
 
 
 class TapCallback(ReadoutState, Callback):
@@ -365,8 +386,7 @@ class TapCallback(ReadoutState, Callback):
                         self.add_figure(trainer, self.tag(site, target, shown, fname), fig)
         self.scores = scores
         if log and pl_module is not None:
-            for k, v in scores.items():
-                pl_module.log(k, v, sync_dist=False)
+            log_scores(trainer, pl_module, scores)
         return scores
 
     @contextmanager

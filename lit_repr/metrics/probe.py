@@ -211,8 +211,11 @@ class ProbeReadout(nn.Module):
         max_samples: (prediction, target) pairs kept per evaluation split for Spearman and figures.
         buffer_rows: batches are checked at once but accumulated in blocks of up to this many rows
             (one large product instead of many small ones: far less per-batch overhead); default
-            ``max(256, 2²² / in_features)`` rows. Every read (fit, scores, ``state_dict``) flushes
-            the block first, so results and checkpoints are those of unbuffered accumulation.
+            ``max(256, 2¹⁶ / in_features, in_features)`` rows: large enough for BLAS to run near its
+            speed and to pay for the ``D²`` work of adding each block to the statistics, small enough
+            that an online probe accumulates most of an epoch during training instead of at validation.
+            Every read (fit, scores, ``state_dict``) flushes the block first, so results and
+            checkpoints are those of unbuffered accumulation.
         local: the data given are the whole data, even inside a DDP process: never sum states
             across processes nor enter a collective (see :func:`~lit_repr.metrics.ridge.local_only`).
         target_name: what the target is called in error messages.
@@ -278,7 +281,7 @@ class ProbeReadout(nn.Module):
         self.evals = SplitDict()
         self.samples = SplitDict()
         self.local = local
-        self.buffer_rows = buffer_rows or max(256, 2**22 // max(in_features, 1))
+        self.buffer_rows = buffer_rows or max(256, 2**16 // max(in_features, 1), in_features)
         self._fit_buf: list[tuple[Tensor, Tensor]] = []
         self._fit_rows = 0
         self._eval_buf: dict[str, list[tuple[Tensor, Tensor]]] = {}

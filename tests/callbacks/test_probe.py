@@ -470,3 +470,39 @@ def test_restored_readouts_of_another_feature_width_start_fresh(trainer_kwargs):
     with pytest.warns(UserWarning, match=changed):
         pl.Trainer(max_epochs=1, callbacks=[probe], **trainer_kwargs).fit(Widths(16), train, val)
     assert probe.readout("encoder", "digit").weight.shape == (16, 10)
+
+
+def test_scores_reach_callback_metrics_loggers_checkpoints_and_validate_results(tmp_path, trainer_kwargs):
+    # while fitting the scores bypass LightningModule.log (its bookkeeping costs ~0.2 ms per value):
+    # they must still reach callback_metrics, logged_metrics, the loggers (with step and epoch) and the
+    # checkpoint monitor; trainer.validate returns them in its results
+    import csv
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    tag = "probe/backbone.1/digit/val/acc"
+    probe = LinearProbe(["backbone.1"], targets={"digit": "y"})
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", monitor=tag, mode="max", save_top_k=1)
+    kw = {**trainer_kwargs, "logger": CSVLogger(tmp_path), "enable_checkpointing": True, "num_sanity_val_steps": 2}
+    pl.seed_everything(0)
+    model = Classifier(in_features=64, hidden=[32, 32])
+    dm = DigitsDataModule(batch_size=64)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[probe, ckpt], **kw)
+    trainer.fit(model, dm)
+    assert trainer.callback_metrics[tag].dtype == torch.float32
+    assert float(trainer.callback_metrics[tag]) == pytest.approx(probe.scores[tag])
+    assert float(trainer.logged_metrics[tag]) == pytest.approx(probe.scores[tag])
+    assert float(ckpt.best_model_score) == pytest.approx(max(r for r in _csv_column(tmp_path, tag)))
+    rows = [r for r in csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))) if r.get(tag)]
+    own = [r for r in csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))) if r.get("val/acc")]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(r["epoch"], r["step"]) for r in own]  # as the module's own
+    assert [r["epoch"] for r in rows] == ["0", "1"]
+    results = trainer.validate(model, dm, verbose=False)
+    assert tag in results[0] and 0.5 < results[0][tag] <= 1
+
+
+def _csv_column(root, tag):
+    import csv
+
+    return [float(r[tag]) for r in csv.DictReader(open(next(root.rglob("metrics.csv")))) if r.get(tag)]
