@@ -102,7 +102,14 @@ def fit_probe(
         heldout = name
     readout.fit()
     scores = {}
-    for split, (ex, ey) in {"fit": (features, targets), **eval_sets}.items():
+    moments = readout.fit_scores_from_moments()
+    if moments is not None:
+        # the fitting split's R², Pearson r and MSE come from its statistics (no second pass over it);
+        # Spearman, from ranks, from evenly spaced rows (at most max_samples, as every split's is bounded)
+        step = max(1, -(-features.shape[0] // readout.max_samples))
+        readout.update(features[::step], targets[::step], "fit (sample)")
+        scores["fit"] = {**moments, "spearman": readout.compute("fit (sample)")["spearman"]}
+    for split, (ex, ey) in {**({} if moments is not None else {"fit": (features, targets)}), **eval_sets}.items():
         name = "fit (scored)" if split == FIT else split  # the fitting data, scored as an evaluation split
         readout.update(ex, ey, name)
         scores[split] = readout.compute(name)

@@ -23,7 +23,15 @@ from torchmetrics import MetricCollection
 from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.moments import CentredR2Score
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
-from lit_repr.metrics.ridge import DEFAULT_ALPHAS, RidgeFit, StreamingRidge, all_finite, local_only, synced
+from lit_repr.metrics.ridge import (
+    DEFAULT_ALPHAS,
+    RidgeFit,
+    StreamingRidge,
+    all_finite,
+    local_only,
+    moments_score,
+    synced,
+)
 from lit_repr.metrics.samples import SampleBuffer
 from lit_repr.threads import num_threads
 
@@ -422,7 +430,7 @@ class ProbeReadout(nn.Module):
             alpha = float("nan")
         else:
             heldout = self.heldout if self.stats.selection == "heldout" else None
-            with _threads_for(self.stats.dim**3, self.weight.device):
+            with _threads_for(4 * self.stats.dim**3, self.weight.device):  # (a reduction to tridiagonal form: 4/3 D³)
                 sol: RidgeFit = self.stats.solve(heldout)
             w, b, alpha = sol.weight, sol.bias, sol.alpha
             if sol.projection is not None:
@@ -430,6 +438,28 @@ class ProbeReadout(nn.Module):
         self.weight = w.to(torch.float64)
         self.bias = b.to(torch.float64)
         self._alpha = torch.tensor(alpha, dtype=torch.float64, device=self._alpha.device)
+
+    def fit_scores_from_moments(self) -> dict[str, float] | None:
+        """``r2``, ``pearson`` and ``mse`` of the fitted probe on its own fitting split, from the fitting
+        statistics alone (no second pass over the data), averaged over outputs as :meth:`compute` does;
+        ``None`` where they do not apply (classification, logistic, random projection, not fitted).
+
+        Exact algebra on the centred moments: ``SSE = Σyy − 2wᵀΣxy + wᵀΣxx w`` (plus the squared error of
+        the means without an intercept), the same scores a pass over the predictions gives to rounding.
+        """
+        if self.task != "regression" or self.fit_samples is not None or not self.fitted or self.unfitted:
+            return None
+        if self.stats.projection is not None:
+            return None
+        self.flush()
+        with synced(self.stats):
+            fit = RidgeFit(self.weight, self.bias, self.alpha, self.stats.alphas, torch.empty(0), None)
+            raw = moments_score(fit, self.stats)
+            vy = self.stats.centred()[3]["yy"]
+        flat = (self.weight == 0).all(0)
+        raw["r2"] = torch.where(vy > 0, raw["r2"], float("nan"))
+        raw["pearson"] = torch.where((vy > 0) & ~flat, raw["pearson"], float("nan"))
+        return {k: float(torch.nanmean(v)) for k, v in raw.items()}
 
     def _global_fit_count(self) -> int:
         """Samples of the fitting split over every process."""

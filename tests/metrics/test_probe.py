@@ -1,4 +1,5 @@
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -296,3 +297,38 @@ def test_fit_probe_float32_products_equals_ridgecv():
     assert abs(res.scores["test"]["r2"] - exact.scores["test"]["r2"]) < 1e-4
     sk = RidgeCV(alphas=DEFAULT_ALPHAS).fit(x[:4000].numpy(), y[:4000].numpy())  # penalty by leave-one-out
     assert abs(res.scores["test"]["r2"] - sk.score(x[4000:].numpy(), y[4000:].numpy())) < 1e-4
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e8])
+def test_fit_scores_from_moments_equal_a_pass_over_the_fitting_data(offset):
+    # fit_probe scores its fitting split from the statistics (no second pass): the same numbers
+    from lit_repr.metrics.probe import ProbeReadout
+    from lit_repr.metrics.readout import FIT
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(3000, 12, generator=g) + 4.0
+    y = x[:, :3].double() @ torch.randn(3, 3, generator=g, dtype=torch.float64) + offset
+    y += torch.randn(3000, 3, generator=g, dtype=torch.float64)
+    y[:, 2] = offset + 1.0  # a constant target: its R² and r are undefined and left out of the means
+    res = fit_probe(x, y)
+    readout = ProbeReadout(12, task="regression", num_targets=3, local=True)
+    readout.update(x, y, FIT)
+    readout.fit()
+    readout.update(x, y, "again")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        passed = readout.compute("again")
+    assert set(res.scores["fit"]) == set(passed)
+    for k in ("r2", "pearson", "mse"):
+        assert res.scores["fit"][k] == pytest.approx(passed[k], rel=1e-9, abs=1e-12), k
+    assert res.scores["fit"]["spearman"] == pytest.approx(passed["spearman"], rel=1e-12)  # all rows: same sample
+
+
+def test_fit_scores_from_moments_do_not_apply_to_classification_or_unfitted_probes():
+    from lit_repr.metrics.probe import ProbeReadout
+
+    assert ProbeReadout(4, task="regression", num_targets=1).fit_scores_from_moments() is None  # not fitted
+    clf = ProbeReadout(4, task="classification", num_classes=3)
+    clf.update(torch.randn(30, 4), torch.randint(0, 3, (30,)), "fit")
+    clf.fit()
+    assert clf.fit_scores_from_moments() is None
