@@ -193,3 +193,15 @@ def test_add_gram_by_dsyrk_and_by_column_blocks_agree(monkeypatch):
     by_blocks = moments.add_gram(torch.zeros(150, 150, dtype=torch.float64), u)
     torch.testing.assert_close(by_syrk, by_blocks, rtol=1e-12, atol=1e-12)
     assert torch.equal(by_syrk, by_syrk.T)
+
+
+def test_product_states_have_an_expanded_default_and_reset_to_dense_zeros():
+    m = StreamingRidge(300, 2)
+    assert m._defaults["xtx"].stride() == (0, 0)  # no 300 x 300 default held
+    m.update(torch.randn(50, 300), torch.randn(50, 2))
+    m.reset()
+    assert m.xtx.shape == (300, 300) and m.xtx.is_contiguous() and float(m.xtx.abs().sum()) == 0
+    m.update(torch.randn(50, 300), torch.randn(50, 2))  # in-place accumulation works after the reset
+    assert float(m.n) == 50
+    state = m.state_dict()
+    assert "xtx" not in state or state["xtx"].is_contiguous()

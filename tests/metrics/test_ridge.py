@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -213,22 +215,50 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_and_sklearn(monkeypatch):
     np.testing.assert_allclose(fast.weight.numpy(), ref.coef_.T, rtol=1e-6, atol=1e-8)
 
 
-def test_tridiagonal_gcv_leaves_collinear_statistics_to_the_eigendecomposition():
+@pytest.mark.parametrize("case", ["collinear", "fewer_samples_than_features"])
+def test_tridiagonal_gcv_equals_the_eigendecomposition_without_full_rank(monkeypatch, case):
+    # directions without variance: the eigendecomposition drops them; the tridiagonal solve must agree
     from threadpoolctl import threadpool_info
 
     from lit_repr.metrics import ridge
 
     x, y = _wide()
-    x[:, 6] = x[:, 7]  # collinear features: a direction of variance 0 that no coordinate shows
+    if case == "collinear":
+        x[:, 6] = x[:, 7]
+    else:
+        x, y = x[:30], y[:30]  # 30 samples, 40 features
     stats = StreamingRidge(40, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer samples than features
+        stats.update(torch.tensor(x), torch.tensor(y))
+        calls = []
+        real = ridge._gcv_tridiagonal
+        before = [lib["num_threads"] for lib in threadpool_info()]
+        monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
+        fast = stats.compute()
+        assert calls[0] is not None
+        assert [lib["num_threads"] for lib in threadpool_info()] == before  # BLAS thread counts restored
+        monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
+        slow = stats.compute()
+    assert fast.alpha == slow.alpha
+    torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-7, atol=0)
+    torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-7, atol=1e-9)
+    xt = torch.tensor(_wide(seed=2)[0])
+    torch.testing.assert_close(fast.predict(xt), slow.predict(xt), rtol=1e-7, atol=1e-7)
+
+
+def test_tridiagonal_gcv_leaves_a_penalty_at_the_rounding_level_to_the_eigendecomposition():
+    from lit_repr.metrics import ridge
+
+    x, y = _wide()
+    x[:, 6] = x[:, 7]
+    stats = StreamingRidge(40, 3, alphas=[1e-30])
     stats.update(torch.tensor(x), torch.tensor(y))
     mx, my, sxx, sxy, syy = stats._centred()
-    before = [lib["num_threads"] for lib in threadpool_info()]
     assert ridge._gcv_tridiagonal(sxx, sxy, syy, stats.alphas, 300.0, 1.0, 1e-11 * float(sxx.diag().max())) is None
-    assert [lib["num_threads"] for lib in threadpool_info()] == before  # BLAS thread counts restored
     fit = stats.compute()
     assert bool(torch.isfinite(fit.weight).all())
-    torch.testing.assert_close(fit.weight[6], fit.weight[7], rtol=1e-8, atol=1e-10)  # the null direction dropped
+    torch.testing.assert_close(fit.weight[6], fit.weight[7], rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("value", [0.0, 3.0, 1e8 + 0.1])
@@ -253,3 +283,24 @@ def test_tridiagonal_gcv_drops_constant_features_as_the_eigendecomposition_does(
     assert float(fast.weight[[5, 11]].abs().max()) == 0.0
     sk = Ridge(alpha=fast.alpha).fit(x, y)
     np.testing.assert_allclose(fast.weight.numpy(), sk.coef_.T, rtol=1e-6, atol=1e-8)
+
+
+def test_tridiagonal_gcv_equals_the_eigendecomposition_beyond_a_thousand_features(monkeypatch):
+    from lit_repr.metrics import ridge
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1500, 1100, generator=g, dtype=torch.float64)
+    y = x[:, :20] @ torch.randn(20, 2, generator=g, dtype=torch.float64) + torch.randn(1500, 2, generator=g,
+                                                                                      dtype=torch.float64)
+    stats = StreamingRidge(1100, 2)
+    stats.update(x, y)
+    calls = []
+    real = ridge._gcv_tridiagonal
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
+    fast = stats.compute()
+    assert calls[0] is not None
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
+    slow = stats.compute()
+    assert fast.alpha == slow.alpha
+    torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-8, atol=0)
+    torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-7, atol=1e-9)
