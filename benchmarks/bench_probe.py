@@ -36,6 +36,7 @@ import warnings
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from machine import describe
 from torch import nn
 
 from lit_repr.callbacks import LinearProbe
@@ -255,12 +256,6 @@ def _best(fn, repeats):
     return best, out
 
 
-def matmul_gflops(dtype, size=2048, repeats=3) -> float:
-    a = torch.randn(size, size, dtype=dtype)
-    t, _ = _best(lambda: a @ a, repeats)
-    return 2 * size**3 / t / 1e9
-
-
 def large_fit(repeats: int, n: int = 40_000, d: int = 512, n_test: int = 10_000) -> None:
     from sklearn.linear_model import RidgeCV
 
@@ -274,8 +269,7 @@ def large_fit(repeats: int, n: int = 40_000, d: int = 512, n_test: int = 10_000)
     xf, yf, xt, yt = x[:n], y[:n], x[n:], y[n:]
     print(f"4. large closed-form fit: n={n:,} x d={d} float32 features, {len(DEFAULT_ALPHAS)} penalties, regression "
           f"(best of {repeats})")
-    print(f"   machine: matmul {matmul_gflops(torch.float32):.0f} GFLOP/s float32, "
-          f"{matmul_gflops(torch.float64):.0f} GFLOP/s float64 (2048 x 2048, {torch.get_num_threads()} threads)")
+    print(f"   {describe()}")
     t_sk, sk = _best(lambda: RidgeCV(alphas=DEFAULT_ALPHAS).fit(xf.numpy(), yf.numpy()), repeats)
     r2_sk = sk.score(xt.numpy(), yt.numpy())
     t_ours, ours = _best(lambda: fit_probe(xf, yf, eval_sets={"test": (xt, yt)}), repeats)

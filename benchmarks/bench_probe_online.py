@@ -30,6 +30,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
+from machine import describe
 
 from lit_repr.callbacks import LinearProbe
 from lit_repr.data import DigitsDataModule
@@ -167,7 +168,7 @@ if __name__ == "__main__":
     ap.add_argument("--wide-epochs", type=int, default=2)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {describe()}")
     prof = cProfile.Profile() if args.profile else None
     case("1. quickstart: 2 sites of 128 features, 15 epochs", ["backbone.0", "backbone.1"], [128, 128], 15,
          args.repeats, prof)

@@ -144,7 +144,7 @@ def all_finite(x: Tensor) -> bool:
     """Whether ``x`` holds no NaN or inf (one reduction in the common case)."""
     if not x.is_floating_point():
         return True
-    if bool(torch.isfinite(x.sum())):
+    if math.isfinite(x.sum().item()):  # (a Python float: no 0-d tensor op per batch)
         return True
     return bool(torch.isfinite(x).all())  # the sum may overflow although every entry is finite
 
