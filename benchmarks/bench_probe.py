@@ -17,14 +17,14 @@ Prints ratios (lower time ratio = lit_repr faster); nothing here is a pass/fail 
 
     python benchmarks/bench_probe.py --only large   # case 4 alone
 
-   Measured on 2 shared cores (quiet moment, back to back, best of 3), before and after the blocked
-   float64 predictions (and with the float32_products option):
-   before: RidgeCV 3.877 s | fit_probe 0.412 s | 9.4x | floor (incl. conversion) 0.297 s | R2 |diff| 1.8e-11
-   after:  RidgeCV 3.331 s | fit_probe 0.377 s | 8.8x | floor (arithmetic only) 0.249 s | R2 |diff| 1.8e-11
-           float32_products=True: fit_probe 0.205 s | 16.3x | R2 |diff| to RidgeCV 5.0e-09
-   The float64 fit is within 1.5x of its floor (one XtX + one eigh); the rest is converting the float32
-   features to float64 (a full pass) and the checks. Under load (other jobs on the cores) the same run
-   gave 1.81 s before and 1.45 s after, RidgeCV 11-15 s.
+   Measured on 2 cores, other processes stopped, the commit before the one-Gram accumulation (one
+   dsyrk per block of [x - r | y - s | 1]) and the moment-based scores of the fitting split, then
+   this one, back to back:
+   before: RidgeCV 3.440 s | fit_probe 0.229 s | 15.0x | floor 0.248 s | R2 |diff| 1.8e-11
+   after:  RidgeCV 3.932 s | fit_probe 0.197 s | 19.9x | floor 0.260 s | R2 |diff| 1.8e-11
+           float32_products=True: 0.159 s (21.6x) before, 0.184 s (21.4x) after
+   The float64 fit runs below the floor line (one general XtX product + one eigh): the triangle of the
+   Gram matrix costs half its multiply-adds, and the penalty grid is solved from one tridiagonal form.
 """
 
 from __future__ import annotations
