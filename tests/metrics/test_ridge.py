@@ -192,20 +192,28 @@ def _wide(n=300, d=40, k=3, seed=1):
     return x, y
 
 
-def test_tridiagonal_gcv_equals_the_eigendecomposition_and_sklearn(monkeypatch):
+def _both_paths(monkeypatch, stats):
+    """``(tridiagonal fit, eigendecomposition fit)`` of ``stats``; the tridiagonal path must have applied."""
     from lit_repr.metrics import ridge
+
+    calls = []
+    real = ridge._gcv_tridiagonal
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
+    fast = stats.compute()
+    assert calls and calls[-1] is not None  # (constant features: one more, recursive call)
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
+    slow = stats.compute()
+    monkeypatch.setattr(ridge, "_gcv_tridiagonal", real)
+    assert fast.alpha == slow.alpha
+    return fast, slow
+
+
+def test_tridiagonal_gcv_equals_the_eigendecomposition_and_sklearn(monkeypatch):
 
     x, y = _wide()
     stats = StreamingRidge(40, 3)
     stats.update(torch.tensor(x), torch.tensor(y))
-    calls = []
-    real = ridge._gcv_tridiagonal
-    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(1) or real(*a))
-    fast = stats.compute()
-    assert calls == [1]
-    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
-    slow = stats.compute()
-    assert fast.alpha == slow.alpha
+    fast, slow = _both_paths(monkeypatch, stats)
     torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=0)
     torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-8, atol=1e-10)
     torch.testing.assert_close(fast.bias, slow.bias, rtol=1e-8, atol=1e-8)
@@ -220,7 +228,6 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_without_full_rank(monkeyp
     # directions without variance: the eigendecomposition drops them; the tridiagonal solve must agree
     from threadpoolctl import threadpool_info
 
-    from lit_repr.metrics import ridge
 
     x, y = _wide()
     if case == "collinear":
@@ -231,16 +238,9 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_without_full_rank(monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fewer samples than features
         stats.update(torch.tensor(x), torch.tensor(y))
-        calls = []
-        real = ridge._gcv_tridiagonal
         before = [lib["num_threads"] for lib in threadpool_info()]
-        monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
-        fast = stats.compute()
-        assert calls[0] is not None
+        fast, slow = _both_paths(monkeypatch, stats)
         assert [lib["num_threads"] for lib in threadpool_info()] == before  # BLAS thread counts restored
-        monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
-        slow = stats.compute()
-    assert fast.alpha == slow.alpha
     torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-7, atol=0)
     torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-7, atol=1e-9)
     xt = torch.tensor(_wide(seed=2)[0])
@@ -264,20 +264,12 @@ def test_tridiagonal_gcv_leaves_a_penalty_at_the_rounding_level_to_the_eigendeco
 @pytest.mark.parametrize("value", [0.0, 3.0, 1e8 + 0.1])
 def test_tridiagonal_gcv_drops_constant_features_as_the_eigendecomposition_does(monkeypatch, value):
     # dead ReLU units (0), or any constant: solved without them (weight 0), not handed to the eigendecomposition
-    from lit_repr.metrics import ridge
 
     x, y = _wide()
     x[:, [5, 11]] = value
     stats = StreamingRidge(40, 3)
     stats.update(torch.tensor(x), torch.tensor(y))
-    calls = []
-    real = ridge._gcv_tridiagonal
-    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
-    fast = stats.compute()
-    assert calls[0] is not None
-    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
-    slow = stats.compute()
-    assert fast.alpha == slow.alpha
+    fast, slow = _both_paths(monkeypatch, stats)
     torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-9, atol=0)
     torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-8, atol=1e-10)
     assert float(fast.weight[[5, 11]].abs().max()) == 0.0
@@ -286,7 +278,6 @@ def test_tridiagonal_gcv_drops_constant_features_as_the_eigendecomposition_does(
 
 
 def test_tridiagonal_gcv_equals_the_eigendecomposition_beyond_a_thousand_features(monkeypatch):
-    from lit_repr.metrics import ridge
 
     g = torch.Generator().manual_seed(5)
     x = torch.randn(1500, 1100, generator=g, dtype=torch.float64)
@@ -294,13 +285,6 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_beyond_a_thousand_feature
                                                                                       dtype=torch.float64)
     stats = StreamingRidge(1100, 2)
     stats.update(x, y)
-    calls = []
-    real = ridge._gcv_tridiagonal
-    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
-    fast = stats.compute()
-    assert calls[0] is not None
-    monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
-    slow = stats.compute()
-    assert fast.alpha == slow.alpha
+    fast, slow = _both_paths(monkeypatch, stats)
     torch.testing.assert_close(fast.scores, slow.scores, rtol=1e-8, atol=0)
     torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-7, atol=1e-9)
