@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.distributed import gather_all_tensors
+
+from lit_repr.threads import blas_threads, num_threads
 
 try:  # BLAS dsyrk (the triangle of a Gram matrix) from the scipy the project depends on
     from scipy.linalg.blas import dsyrk as _dsyrk
 except ImportError:  # pragma: no cover - scipy is a dependency; without it the column-block path serves
     _dsyrk = None
-from torchmetrics.utilities.distributed import gather_all_tensors
-
-from lit_repr.threads import blas_threads, num_threads
 
 __all__ = ["ShiftedMoments", "CentredR2Score", "add_gram"]
 
