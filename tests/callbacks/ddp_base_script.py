@@ -14,6 +14,7 @@ from lit_repr.models import Classifier  # noqa: E402
 
 def main(out: str, devices: int) -> None:
     import torch
+    import torch.distributed as dist
 
     pl.seed_everything(0)
     online = NormMonitor(["backbone.0", "backbone"], mode="online", name="online")
@@ -28,6 +29,9 @@ def main(out: str, devices: int) -> None:
     trainer.fit(model, dm)
     if trainer.is_global_zero:
         torch.save({**online.scores, **frozen.scores}, out)
+    if dist.is_initialized():  # close gloo before the interpreter exits (its threads can abort the process otherwise)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 
 from lit_repr.callbacks import IdentifiabilityMetrics, RepresentationSimilarity
 from lit_repr.data import LatentVariableDataModule
@@ -45,6 +46,9 @@ def main(out: str, devices: int) -> None:
             "cka_debiased_local": float(linear_cka(x, x @ torch.randn(6, 6, generator=g), debiased=True)),
         }
         torch.save({**ident.scores, **sim.scores, "local": local, "sync_dist_advice": advice}, out)
+    if dist.is_initialized():  # close gloo before the interpreter exits (its threads can abort the process otherwise)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import warnings
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.callbacks import LinearProbe
@@ -70,6 +71,9 @@ def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "
                 for k in ("digit", "ink")
             }
         torch.save(result, out)
+    if dist.is_initialized():  # close gloo before the interpreter exits (its threads can abort the process otherwise)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

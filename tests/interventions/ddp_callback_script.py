@@ -4,6 +4,7 @@ import sys
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 
 from lit_repr.data import DigitsDataModule
 from lit_repr.interventions import InterventionReport, MeanAblation, Steering, ZeroAblation
@@ -35,6 +36,9 @@ def main(out: str, devices: int) -> None:
     if trainer.is_global_zero:
         n = {e.quantity + "/" + e.site: e.n for e in report.evidence}
         torch.save({"scores": dict(report.scores), "n": n}, out)
+    if dist.is_initialized():  # close gloo before the interpreter exits (its threads can abort the process otherwise)
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
