@@ -430,7 +430,7 @@ class ProbeReadout(nn.Module):
             alpha = float("nan")
         else:
             heldout = self.heldout if self.stats.selection == "heldout" else None
-            with _threads_for(4 * self.stats.dim**3, self.weight.device):  # (a reduction to tridiagonal form: 4/3 D³)
+            with _threads_for(self.stats.dim**3, self.weight.device):
                 sol: RidgeFit = self.stats.solve(heldout)
             w, b, alpha = sol.weight, sol.bias, sol.alpha
             if sol.projection is not None:

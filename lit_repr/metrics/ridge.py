@@ -195,7 +195,7 @@ def _gcv_tridiagonal(
     from scipy.linalg import lapack
 
     a = alphas.numel()
-    with blas_threads(1 if d < 256 else torch.get_num_threads()):  # small factorisations stall on busy cores
+    with blas_threads(1 if d < 1024 else torch.get_num_threads()):  # small ones stall on busy cores
         c, diag, off, tau, info = lapack.dsytrd(sxx.numpy(), lower=1)
         evals, info_e = lapack.dsterf(diag, off)
         if info != 0 or info_e != 0 or evals[-1] <= 1e-12 * max(n, 1.0):
