@@ -276,18 +276,20 @@ def _set_lipschitz(G: Tensor, L: float) -> Tensor:
     return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
 
 
-def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Tensor]:
+def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Solve ``G_AA·s_A = rhs_A`` for each sample's support ``A`` (``active``, ``(b, k)``; ``s = 0`` outside).
 
     ``G`` is ``(b, k, k)`` symmetric positive semi-definite. Samples are grouped by support size and
     each group's supports are moved to the front, so that the batched Cholesky factorisations are
-    only as large as the supports. Returns the solutions ``(b, k)`` and a ``(b,)`` mask of the
-    well-posed systems: a factorisation that fails or whose pivot keeps less than ``1e-9`` of its
-    diagonal (a support with duplicate or nearly dependent atoms) is not; its solution is zero.
+    only as large as the supports. Returns the solutions ``(b, k)``, a ``(b,)`` mask of the
+    well-posed systems and, for the others, the atom that makes the support dependent (``(b,)``,
+    ``-1`` where none): a factorisation fails there, or its pivot keeps less than ``1e-9`` of the
+    atom's squared norm (a duplicate or nearly dependent atom). Ill-posed systems get zero solutions.
     """
     b, k = rhs.shape
     sol = torch.zeros_like(rhs)
     ok = torch.ones(b, dtype=torch.bool, device=rhs.device)
+    dependent = torch.full((b,), -1, dtype=torch.long, device=rhs.device)
     size = active.sum(1)
     order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # each support first
     lo, hi = 0, 4
@@ -301,14 +303,20 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
             M = torch.where(on.unsqueeze(2) & on.unsqueeze(1), Gg, 0.0)
             M.diagonal(dim1=1, dim2=2).add_((~on).to(M.dtype))
             chol, info = torch.linalg.cholesky_ex(M)
-            good = (info == 0) & (chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2)).all(1)
+            # the pivots before a failed one are valid; the first small one marks a dependent atom
+            failed_at = torch.where(info > 0, info - 1, hi)
+            valid = torch.arange(hi, device=M.device) < failed_at.unsqueeze(1)
+            small = valid & ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
+            good = (info == 0) & ~small.any(1)
+            first = torch.where(small.any(1), small.to(torch.uint8).argmax(1), failed_at.clamp_max(hi - 1))
+            dependent[group] = torch.where(good, -1, p.gather(1, first.unsqueeze(1)).squeeze(1))
             chol = torch.where(good[:, None, None], chol, torch.eye(hi, dtype=M.dtype, device=M.device))
             x = torch.cholesky_solve(torch.where(on, rhs[group].gather(1, p), 0.0).unsqueeze(2), chol).squeeze(2)
             x = torch.where(on & good[:, None], x, 0.0)
             sol[group] = torch.zeros_like(x[:, :1]).expand(-1, k).scatter(1, p, x)
             ok[group] = good
         lo = hi
-    return sol, ok
+    return sol, ok, dependent
 
 
 class ISTAEncoder(SparseEncoder):
@@ -646,6 +654,8 @@ class ISTAEncoder(SparseEncoder):
 
     #: active-set corrections tried after the iterates' own support and signs
     _SUPPORT_CORRECTIONS = 8
+    #: most atoms a correction adds to a support
+    _SUPPORT_ADD = 2
 
     def _solve_support(self, s: Tensor, G: Tensor, c: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
         """The exact lasso solution on each working set, from the support and signs of its iterate.
@@ -657,8 +667,9 @@ class ISTAEncoder(SparseEncoder):
         non-negative), to ``eps``. The first guess is the support and signs of ``s`` (``(b, k)``);
         where it fails, the next drops the atoms whose sign flipped and adds those whose gradient
         exceeds the penalty (a primal-dual active-set step), up to ``_SUPPORT_CORRECTIONS`` times.
-        The systems are solved in float64 by batched Cholesky (the identity outside the supports);
-        a nearly singular one (duplicate or strongly correlated atoms) counts as failed. Returns the
+        The systems are solved in float64 by batched Cholesky (the identity outside the supports); a
+        nearly singular one (duplicate or strongly correlated atoms) drops the dependent atom and is
+        tried again, within the same number of corrections. Returns the
         solutions (zero outside the supports, in ``s``'s dtype), a ``(b,)`` mask of the samples where
         they hold and the number of systems solved per sample.
         """
@@ -675,7 +686,7 @@ class ISTAEncoder(SparseEncoder):
         solves = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
         rows = torch.arange(s.shape[0], device=s.device)
         for attempt in range(self._SUPPORT_CORRECTIONS + 1):
-            sol, ok = _solve_supports(G, c - lam * sign, active)
+            sol, ok, dependent = _solve_supports(G, c - lam * sign, active)
             g = c - torch.bmm(G, sol.unsqueeze(2)).squeeze(2)  # minus the gradient of the smooth part
             keeps_sign = (sol * sign > 0) | ~active
             stationary = ((g - lam * sign).abs() <= eps) | ~active
@@ -684,11 +695,18 @@ class ISTAEncoder(SparseEncoder):
             solves[rows] += 1.0
             best[rows[good]] = sol[good]
             found[rows[good]] = True
-            retry = ok & ~good
+            retry = ~good & (ok | (dependent >= 0))
             if attempt == self._SUPPORT_CORRECTIONS or not bool(retry.any()):
                 break
-            active = ((active & keeps_sign) | over)[retry]
-            sign = torch.where(over, g.sign(), sign)[retry]
+            # the next guess keeps the atoms that kept their sign and adds the few that most exceed the
+            # penalty (adding every one can make the support dependent); a dependent support drops the
+            # atom that makes it so (a duplicate's twin carries its code)
+            excess = torch.where(over & ~active, (g if self.nonnegative else g.abs()), -math.inf)
+            top = excess.topk(min(self._SUPPORT_ADD, excess.shape[1]), dim=1)
+            add = torch.zeros_like(over).scatter_(1, top.indices, top.values > -math.inf) & ok[:, None]
+            drop = torch.zeros_like(over).scatter_(1, dependent.clamp_min(0).unsqueeze(1), (~ok).unsqueeze(1))
+            active = (torch.where(ok[:, None], active & keeps_sign, active & ~drop) | add)[retry]
+            sign = torch.where(add, g.sign(), sign)[retry]
             rows, G, c = rows[retry], G[retry], c[retry]
         return best.to(s.dtype), found, solves
 
