@@ -564,12 +564,12 @@ class ISTAEncoder(SparseEncoder):
         loose = max(self.tol, self._WS_LOOSE_TOL)
         for start in range(0, B, self._WS_BLOCK_ROWS):
             rows = torch.arange(start, min(B, start + self._WS_BLOCK_ROWS), device=c.device)
-            xb, cb, sb = x[rows], c[rows], s0[rows]
+            sb = s0[rows]
             with _threads(threads):
-                r = xb - sb @ W if bool(sb.any()) else xb
+                r = x[rows] - sb @ W if bool(sb.any()) else x[rows]
                 full = self._violation(r @ W.T)
             full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
-            k = min(n, self._WS_START)
+            k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
             idx = full.topk(k, dim=1).indices
             sS = sb.gather(1, idx)
             flops[rows] += 2.0 * n * d
@@ -584,7 +584,7 @@ class ISTAEncoder(SparseEncoder):
                     WS = W[idx]  # (b, k, d)
                     GS = torch.bmm(WS, WS.transpose(1, 2))
                     flops[rows] += 2.0 * k * k * d
-                cS = cb.gather(1, idx)
+                cS = c[rows.unsqueeze(1), idx]
                 # samples whose codes are exact on their last set start from them with the violators
                 # added (the first active-set guess below); the others iterate first
                 run = (~fresh).nonzero().squeeze(1)
@@ -606,50 +606,57 @@ class ISTAEncoder(SparseEncoder):
                 sS = torch.where(exact[:, None], sE, sS)
                 flops[rows] += solves * (k**3 / 3.0 + 6.0 * k * k) + 2.0 * k * k
                 # optimality outside the set: |(x − s·W)·Wᵀ| <= penalty on every atom (g <= penalty if s >= 0)
-                with _threads(threads):
-                    r = torch.addmm(xb, torch.zeros_like(cb).scatter_(1, idx, sS), W, alpha=-1.0)
-                    full = self._violation(r @ W.T)
-                flops[rows] += 4.0 * n * d
-                # violations count beyond ``eps`` for exact solutions, else beyond the iterate's own accuracy
-                margin = torch.where(exact, eps, lam * tol.sqrt())
-                viol = full.scatter(1, idx, -math.inf) > margin[:, None]
-                bad = viol.any(1)
+                grow = min(self._WS_GROW, n - k)
+                margin = torch.where(exact, eps, lam * tol.sqrt())  # beyond the iterate's own accuracy
+                if grow > 0:
+                    with _threads(threads):
+                        s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
+                        score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
+                    top = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
+                    joins = top.values > margin[:, None]  # the largest violators outside the set
+                    bad = joins[:, 0]
+                    flops[rows] += 4.0 * n * d
+                else:  # the set holds every atom
+                    bad = torch.zeros_like(exact)
                 out_of_budget = iters[rows] >= self.max_iter
                 finished = (~bad & (exact | (tol <= self.tol))) | out_of_budget
                 codes[rows[finished]] = codes[rows[finished]].scatter_(1, idx[finished], sS[finished])
                 # a complete set whose exact solution is not yet found: iterate on to a tighter tolerance
                 tol = torch.where(bad | exact, tol, (tol * self._WS_TIGHTEN).clamp_min_(self.tol))
                 keep = ~finished
-                rows, xb, cb, sS, idx, full = rows[keep], xb[keep], cb[keep], sS[keep], idx[keep], full[keep]
-                tol, viol, fresh = tol[keep], viol[keep], exact[keep]
+                rows, sS, idx, tol, fresh, bad = rows[keep], sS[keep], idx[keep], tol[keep], exact[keep], bad[keep]
                 if not rows.numel():
                     break
-                if not bool(viol.any()):  # every remaining set is complete: iterate on
+                if not bool(bad.any()):  # every remaining set is complete: iterate on
                     continue
-                # the next sets: each sample's support, its violators, then its atoms of largest gradient
-                need = (sS != 0).sum(1) + viol.sum(1).clamp_max(self._WS_GROW)
+                joins, new = joins[keep], top.indices[keep]
+                active = sS != 0
+                need = active.sum(1) + joins.sum(1)
                 big = need > k_max
                 if bool(big.any()):
                     # large supports: these samples finish on the full problem from here
-                    s_full = torch.zeros_like(cb[big]).scatter_(1, idx[big], sS[big])
+                    s_full = torch.zeros(int(big.sum()), n, dtype=c.dtype, device=c.device)
+                    s_full.scatter_(1, idx[big], sS[big])
                     out = torch.empty_like(s_full)
                     budget = int((self.max_iter - iters[rows[big]]).max())
                     at = torch.full((s_full.shape[0],), float(budget), device=c.device)
-                    self._solve(s_full, cb[big] * (1.0 / L), self._full_ops(W, c.dtype, 1.0 / L), lam / L, out, at,
-                                budget)  # fmt: skip
+                    self._solve(s_full, c[rows[big]] * (1.0 / L), self._full_ops(W, c.dtype, 1.0 / L), lam / L, out,
+                                at, budget)  # fmt: skip
                     codes[rows[big]] = out
                     flops[rows[big]] += at.to(c.dtype) * self._dense_iteration_flops()
                     iters[rows[big]] += at.to(c.dtype)
-                    keep = ~big
-                    rows, xb, cb, sS, idx, full = rows[keep], xb[keep], cb[keep], sS[keep], idx[keep], full[keep]
-                    tol, need, fresh = tol[keep], need[keep], fresh[keep]
+                    small = ~big
+                    rows, sS, idx, tol, fresh = rows[small], sS[small], idx[small], tol[small], fresh[small]
+                    active, need, joins, new = active[small], need[small], joins[small], new[small]
                     if not rows.numel():
                         break
+                # the next sets: each sample's support, then its violators, then the rest of its last set
+                rank = torch.cat([active.to(torch.int8) * 2, joins.to(torch.int8) - (~joins).to(torch.int8)], 1)
+                order = torch.argsort(rank, dim=1, descending=True, stable=True)
                 k = min(n, max(self._WS_START, int(need.max())))
-                s_full = torch.zeros_like(cb).scatter_(1, idx, sS)
-                full.masked_fill_(s_full != 0, math.inf)
-                idx = full.topk(k, dim=1).indices
-                sS = s_full.gather(1, idx)
+                order = order[:, :k]
+                idx = torch.cat([idx, new], 1).gather(1, order)
+                sS = torch.cat([sS, torch.zeros_like(sS[:, :grow])], 1).gather(1, order)
         return codes, iters, flops
 
     #: active-set corrections tried after the iterates' own support and signs
