@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
@@ -393,7 +394,8 @@ class ISTAEncoder(SparseEncoder):
         self._check(x, dictionary)
         W = dictionary.detach()
         x = x.detach()
-        L = float(_lipschitz(W).clamp_min(1e-12))
+        with _threads(1):  # a small decomposition: more threads only wait on each other
+            L = float(_lipschitz(W).clamp_min(1e-12))
         c = x @ W.T
         W = W.to(c.dtype)
         if self.warm_start is not None:
@@ -517,8 +519,10 @@ class ISTAEncoder(SparseEncoder):
         keep = ~done
         out[rows[keep]] = s[keep]
 
-    #: rows of a block of the working-set solver
+    #: rows of a block of the working-set solver (at most; blocks are shared among threads)
     _WS_BLOCK_ROWS = 1024
+    #: rows of a block of the working-set solver (at least)
+    _WS_MIN_BLOCK_ROWS = 256
     #: first working-set size; it grows by the atoms that violate optimality outside it
     _WS_START = 4
     #: dictionaries of at most this many atoms keep their Gram matrix for the working sets
@@ -562,10 +566,16 @@ class ISTAEncoder(SparseEncoder):
         gram = W @ W.T if n <= self._WS_GRAM_ATOMS else None
         flops += 2.0 * n * n * d / B if gram is not None else 0.0
         loose = max(self.tol, self._WS_LOOSE_TOL)
-        for start in range(0, B, self._WS_BLOCK_ROWS):
-            rows = torch.arange(start, min(B, start + self._WS_BLOCK_ROWS), device=c.device)
+        # blocks of rows are independent: with several threads, one worker per thread solves its own
+        # blocks (each on one intra-op thread: the many small operations keep both cores busy)
+        size = max(self._WS_MIN_BLOCK_ROWS, min(self._WS_BLOCK_ROWS, -(-B // threads)))
+        starts = range(0, B, size)
+        workers = min(threads, len(starts))
+
+        def block(start: int) -> None:
+            rows = torch.arange(start, min(B, start + size), device=c.device)
             sb = s0[rows]
-            with _threads(threads):
+            with _threads(mm_threads):
                 r = x[rows] - sb @ W if bool(sb.any()) else x[rows]
                 full = self._violation(r @ W.T)
             full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
@@ -609,7 +619,7 @@ class ISTAEncoder(SparseEncoder):
                 grow = min(self._WS_GROW, n - k)
                 margin = torch.where(exact, eps, lam * tol.sqrt())  # beyond the iterate's own accuracy
                 if grow > 0:
-                    with _threads(threads):
+                    with _threads(mm_threads):
                         s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
                         score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
                     top = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
@@ -657,6 +667,14 @@ class ISTAEncoder(SparseEncoder):
                 order = order[:, :k]
                 idx = torch.cat([idx, new], 1).gather(1, order)
                 sS = torch.cat([sS, torch.zeros_like(sS[:, :grow])], 1).gather(1, order)
+
+        mm_threads = threads if workers == 1 else None
+        if workers == 1:
+            for start in starts:
+                block(start)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(block, starts))
         return codes, iters, flops
 
     #: active-set corrections tried after the iterates' own support and signs
