@@ -277,6 +277,12 @@ def _set_lipschitz(G: Tensor, L: float) -> Tensor:
     return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
 
 
+def _select(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The rows of each tensor where ``mask`` (``(b,)``) holds, from one ``nonzero``."""
+    at = mask.nonzero().squeeze(1)
+    return tuple(t.index_select(0, at) for t in tensors)
+
+
 def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Solve ``G_AA·s_A = rhs_A`` for each sample's support ``A`` (``active``, ``(b, k)``; ``s = 0`` outside).
 
@@ -300,7 +306,7 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
         if group.numel():
             p = order[group, :hi]
             on = active[group].gather(1, p)
-            Gg = G[group.view(-1, 1, 1), p.unsqueeze(2), p.unsqueeze(1)]
+            Gg = torch.take(G, (group.view(-1, 1, 1) * k + p.unsqueeze(2)) * k + p.unsqueeze(1))
             M = torch.where(on.unsqueeze(2) & on.unsqueeze(1), Gg, 0.0)
             M.diagonal(dim1=1, dim2=2).add_((~on).to(M.dtype))
             chol, info = torch.linalg.cholesky_ex(M)
@@ -589,7 +595,7 @@ class ISTAEncoder(SparseEncoder):
             fresh = torch.zeros(rows.numel(), dtype=torch.bool, device=c.device)
             while rows.numel():
                 if gram is not None:  # the sets' Gram matrices, read from the dictionary's
-                    GS = gram[idx.unsqueeze(2), idx.unsqueeze(1)]
+                    GS = torch.take(gram, idx.unsqueeze(2) * n + idx.unsqueeze(1))
                 else:
                     WS = W[idx]  # (b, k, d)
                     GS = torch.bmm(WS, WS.transpose(1, 2))
@@ -622,24 +628,24 @@ class ISTAEncoder(SparseEncoder):
                     with _threads(mm_threads):
                         s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
                         score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
-                    top = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
-                    joins = top.values > margin[:, None]  # the largest violators outside the set
+                    top, new = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
+                    joins = top > margin[:, None]  # the largest violators outside the set
                     bad = joins[:, 0]
                     flops[rows] += 4.0 * n * d
                 else:  # the set holds every atom
                     bad = torch.zeros_like(exact)
+                    joins = new = torch.zeros_like(idx[:, :0])
                 out_of_budget = iters[rows] >= self.max_iter
                 finished = (~bad & (exact | (tol <= self.tol))) | out_of_budget
                 codes[rows[finished]] = codes[rows[finished]].scatter_(1, idx[finished], sS[finished])
                 # a complete set whose exact solution is not yet found: iterate on to a tighter tolerance
                 tol = torch.where(bad | exact, tol, (tol * self._WS_TIGHTEN).clamp_min_(self.tol))
                 keep = ~finished
-                rows, sS, idx, tol, fresh, bad = rows[keep], sS[keep], idx[keep], tol[keep], exact[keep], bad[keep]
+                rows, sS, idx, tol, fresh, bad, joins, new = _select(keep, rows, sS, idx, tol, exact, bad, joins, new)
                 if not rows.numel():
                     break
                 if not bool(bad.any()):  # every remaining set is complete: iterate on
                     continue
-                joins, new = joins[keep], top.indices[keep]
                 active = sS != 0
                 need = active.sum(1) + joins.sum(1)
                 big = need > k_max
@@ -656,8 +662,9 @@ class ISTAEncoder(SparseEncoder):
                     flops[rows[big]] += at.to(c.dtype) * self._dense_iteration_flops()
                     iters[rows[big]] += at.to(c.dtype)
                     small = ~big
-                    rows, sS, idx, tol, fresh = rows[small], sS[small], idx[small], tol[small], fresh[small]
-                    active, need, joins, new = active[small], need[small], joins[small], new[small]
+                    rows, sS, idx, tol, fresh, active, need, joins, new = _select(
+                        small, rows, sS, idx, tol, fresh, active, need, joins, new
+                    )
                     if not rows.numel():
                         break
                 # the next sets: each sample's support, then its violators, then the rest of its last set
@@ -730,9 +737,8 @@ class ISTAEncoder(SparseEncoder):
             top = excess.topk(min(self._SUPPORT_ADD, excess.shape[1]), dim=1)
             add = torch.zeros_like(over).scatter_(1, top.indices, top.values > -math.inf) & ok[:, None]
             drop = torch.zeros_like(over).scatter_(1, dependent.clamp_min(0).unsqueeze(1), (~ok).unsqueeze(1))
-            active = (torch.where(ok[:, None], active & keeps_sign, active & ~drop) | add)[retry]
-            sign = torch.where(add, g.sign(), sign)[retry]
-            rows, G, c = rows[retry], G[retry], c[retry]
+            active = torch.where(ok[:, None], active & keeps_sign, active & ~drop) | add
+            active, sign, rows, G, c = _select(retry, active, torch.where(add, g.sign(), sign), rows, G, c)
         return best.to(s.dtype), found, solves
 
     def _violation(self, g: Tensor) -> Tensor:
@@ -775,18 +781,8 @@ class ISTAEncoder(SparseEncoder):
             if bool(stop.any()):
                 out[rows[stop]] = s[stop]
                 used[rows[stop]] = float(it)
-                keep = ~stop
-                rows, s, y, t, G, cs, step, thr, limit, tol = (
-                    rows[keep],
-                    s[keep],
-                    y[keep],
-                    t[keep],
-                    G[keep],
-                    cs[keep],
-                    step[keep],
-                    thr[keep],
-                    limit[keep],
-                    tol[keep],
+                rows, s, y, t, G, cs, step, thr, limit, tol = _select(
+                    ~stop, rows, s, y, t, G, cs, step, thr, limit, tol
                 )
         return out, used
 
