@@ -392,6 +392,9 @@ class ISTAEncoder(SparseEncoder):
         if self.warm_start is not None:
             self.warm_start.build(in_features, num_latents, dictionary)
 
+    #: ``x·Wᵀ`` of fewer multiply-adds (batch × atoms × features) runs on one thread
+    _SMALL_PRODUCT = 1 << 24
+
     def _use_gram(self) -> bool:
         return self.num_latents <= 2 * self.in_features
 
@@ -400,9 +403,13 @@ class ISTAEncoder(SparseEncoder):
         self._check(x, dictionary)
         W = dictionary.detach()
         x = x.detach()
-        with _threads(1):  # a small decomposition: more threads only wait on each other
+        # a small product runs on one thread: more threads only wait on each other, much longer when
+        # the cores are shared
+        small = 1 if x.shape[0] * W.shape[0] * W.shape[1] < self._SMALL_PRODUCT else None
+        with _threads(1):
             L = float(_lipschitz(W).clamp_min(1e-12))
-        c = x @ W.T
+        with _threads(small):
+            c = x @ W.T
         W = W.to(c.dtype)
         if self.warm_start is not None:
             s0 = self.warm_start(x, W).detach()
@@ -573,7 +580,9 @@ class ISTAEncoder(SparseEncoder):
         flops += 2.0 * n * n * d / B if gram is not None else 0.0
         loose = max(self.tol, self._WS_LOOSE_TOL)
         # blocks of rows are independent: with several threads, one worker per thread solves its own
-        # blocks (each on one intra-op thread: the many small operations keep both cores busy)
+        # blocks, each on one intra-op thread (the many small operations keep the cores busy, where
+        # threads sharing each operation would mostly wait on each other, and much longer when the
+        # cores are shared); a single block's products are too small to share either
         size = max(self._WS_MIN_BLOCK_ROWS, min(self._WS_BLOCK_ROWS, -(-B // threads)))
         starts = range(0, B, size)
         workers = min(threads, len(starts))
@@ -581,9 +590,8 @@ class ISTAEncoder(SparseEncoder):
         def block(start: int) -> None:
             rows = torch.arange(start, min(B, start + size), device=c.device)
             sb = s0[rows]
-            with _threads(mm_threads):
-                r = x[rows] - sb @ W if bool(sb.any()) else x[rows]
-                full = self._violation(r @ W.T)
+            # the gradient at the start (``x·Wᵀ`` itself from zero codes; ``c[rows]`` is a copy)
+            full = self._violation((x[rows] - sb @ W) @ W.T if bool(sb.any()) else c[rows])
             full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
             k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
             idx = full.topk(k, dim=1).indices
@@ -625,9 +633,8 @@ class ISTAEncoder(SparseEncoder):
                 grow = min(self._WS_GROW, n - k)
                 margin = torch.where(exact, eps, lam * tol.sqrt())  # beyond the iterate's own accuracy
                 if grow > 0:
-                    with _threads(mm_threads):
-                        s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
-                        score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
+                    s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
+                    score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
                     top, new = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
                     joins = top > margin[:, None]  # the largest violators outside the set
                     bad = joins[:, 0]
@@ -675,7 +682,6 @@ class ISTAEncoder(SparseEncoder):
                 idx = torch.cat([idx, new], 1).gather(1, order)
                 sS = torch.cat([sS, torch.zeros_like(sS[:, :grow])], 1).gather(1, order)
 
-        mm_threads = threads if workers == 1 else None
         if workers == 1:
             for start in starts:
                 block(start)
