@@ -264,3 +264,21 @@ def test_duplicate_and_strongly_correlated_atoms_fall_back_and_never_give_nan(no
     # atoms 1e-6 apart leave the objective a curvature of ~1e-12 along their difference: within the
     # optimality tolerance, neither solver pins the split down to 1e-8 (scikit-learn does not converge)
     assert float((lasso_objective(x, s, W, penalty) - lasso_objective(x, ref, W, penalty)).max()) <= bound
+
+
+def test_working_set_blocks_shared_among_threads_give_the_same_codes():
+    x, W = _coherent_problem(n=64, d=16, b=600, active=3, seed=2)  # 600 rows: two blocks on two threads
+    enc = FISTAEncoder(penalty=0.05, max_iter=2000, tol=1e-7, nonnegative=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        shared = enc(x, W)
+        torch.set_num_threads(1)
+        alone = enc(x, W)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before
+    # the blocks differ (two of 300 rows, one of 600), not the solutions
+    assert torch.allclose(lasso_objective(x, shared, W, 0.05), lasso_objective(x, alone, W, 0.05), atol=1e-10)
+    ref = _sklearn_codes(x[:40], W, 0.05, False)
+    assert float((lasso_objective(x[:40], shared[:40], W, 0.05) - lasso_objective(x[:40], ref, W, 0.05)).max()) <= 1e-8
