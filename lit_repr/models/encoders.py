@@ -680,7 +680,7 @@ class ISTAEncoder(SparseEncoder):
                 k = min(n, max(self._WS_START, int(need.max())))
                 order = order[:, :k]
                 idx = torch.cat([idx, new], 1).gather(1, order)
-                sS = torch.cat([sS, torch.zeros_like(sS[:, :grow])], 1).gather(1, order)
+                sS = torch.cat([sS, sS.new_zeros(sS.shape[0], grow)], 1).gather(1, order)
 
         if workers == 1:
             for start in starts:
