@@ -272,8 +272,10 @@ def _max_abs(a: Tensor) -> Tensor:
 
 def _set_lipschitz(G: Tensor, L: float) -> Tensor:
     """``(b, 1)`` upper bounds of the largest eigenvalues of the ``(b, k, k)`` Gram matrices ``G`` of
-    working sets: the smaller of Gershgorin's bound and the whole dictionary's ``L`` (a set's Gram
-    matrix is a principal submatrix of the dictionary's)."""
+    working sets: exact for small sets, else the smaller of Gershgorin's bound and the whole
+    dictionary's ``L`` (a set's Gram matrix is a principal submatrix of the dictionary's)."""
+    if G.shape[1] <= 16:
+        return torch.linalg.eigvalsh(G)[:, -1:].clamp_min(1e-12)
     return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
 
 
@@ -643,10 +645,14 @@ class ISTAEncoder(SparseEncoder):
                     bad = torch.zeros_like(exact)
                     joins = new = torch.zeros_like(idx[:, :0])
                 out_of_budget = iters[rows] >= self.max_iter
-                finished = (~bad & (exact | (tol <= self.tol))) | out_of_budget
+                # done: exact with no violator outside, or (as without exact solves) iterated to ``tol``
+                converged = ~fresh & (tol <= self.tol)
+                finished = (~bad & (exact | converged)) | out_of_budget
                 codes[rows[finished]] = codes[rows[finished]].scatter_(1, idx[finished], sS[finished])
-                # a complete set whose exact solution is not yet found: iterate on to a tighter tolerance
-                tol = torch.where(bad | exact, tol, (tol * self._WS_TIGHTEN).clamp_min_(self.tol))
+                # a complete set whose iterates did not give its exact solution: iterate on to a tighter
+                # tolerance (a sample that did not iterate this round iterates at its own first)
+                tighter = ~bad & ~exact & ~fresh
+                tol = torch.where(tighter, (tol * self._WS_TIGHTEN).clamp_min_(self.tol), tol)
                 keep = ~finished
                 rows, sS, idx, tol, fresh, bad, joins, new = _select(keep, rows, sS, idx, tol, exact, bad, joins, new)
                 if not rows.numel():

@@ -282,3 +282,18 @@ def test_working_set_blocks_shared_among_threads_give_the_same_codes():
     assert torch.allclose(lasso_objective(x, shared, W, 0.05), lasso_objective(x, alone, W, 0.05), atol=1e-10)
     ref = _sklearn_codes(x[:40], W, 0.05, False)
     assert float((lasso_objective(x[:40], shared[:40], W, 0.05) - lasso_objective(x[:40], ref, W, 0.05)).max()) <= 1e-8
+
+
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_supports_as_large_as_the_dimension_keep_the_optimality_conditions(nonneg):
+    # dense data: supports reach the dimension, exact solves fail on dependent sets and samples fall
+    # back to iterating; whatever the path, no atom outside a returned support violates optimality
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(300, 20, generator=g, dtype=torch.float64)
+    W = W / W.norm(dim=1, keepdim=True)
+    x = torch.randn(33, 20, generator=g, dtype=torch.float64)
+    tol, penalty = 1e-6, 0.05
+    s = FISTAEncoder(penalty=penalty, max_iter=3000, tol=tol, nonnegative=nonneg)(x, W)
+    grad = (x - s @ W) @ W.T
+    excess = (grad if nonneg else grad.abs()) - penalty
+    assert float(excess[s == 0].max()) <= penalty * math.sqrt(tol) + 1e-12
