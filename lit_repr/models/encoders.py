@@ -535,7 +535,7 @@ class ISTAEncoder(SparseEncoder):
         out[rows[keep]] = s[keep]
 
     #: rows of a block of the working-set solver (at most; blocks are shared among threads)
-    _WS_BLOCK_ROWS = 1024
+    _WS_BLOCK_ROWS = 2048
     #: rows of a block of the working-set solver (at least)
     _WS_MIN_BLOCK_ROWS = 256
     #: first working-set size; it grows by the atoms that violate optimality outside it
