@@ -713,9 +713,9 @@ class ISTAEncoder(SparseEncoder):
         exceeds the penalty (a primal-dual active-set step), up to ``_SUPPORT_CORRECTIONS`` times.
         The systems are solved in float64 by batched Cholesky (the identity outside the supports); a
         nearly singular one (duplicate or strongly correlated atoms) drops the dependent atom and is
-        tried again, within the same number of corrections. Returns the
-        solutions (zero outside the supports, in ``s``'s dtype), a ``(b,)`` mask of the samples where
-        they hold and the number of systems solved per sample.
+        tried again, within the same number of corrections. Returns the solutions (zero outside the
+        supports, in ``s``'s dtype), a ``(b,)`` mask of the samples where they hold and the number of
+        systems solved per sample.
         """
         lam = self.penalty
         f64 = torch.float64
