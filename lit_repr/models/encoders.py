@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
@@ -278,6 +279,55 @@ def _set_lipschitz(G: Tensor, L: float) -> Tensor:
     return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
 
 
+def _select(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The rows of each tensor where ``mask`` (``(b,)``) holds, from one ``nonzero``."""
+    at = mask.nonzero().squeeze(1)
+    return tuple(t.index_select(0, at) for t in tensors)
+
+
+def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve ``G_AA·s_A = rhs_A`` for each sample's support ``A`` (``active``, ``(b, k)``; ``s = 0`` outside).
+
+    ``G`` is ``(b, k, k)`` symmetric positive semi-definite. Samples are grouped by support size and
+    each group's supports are moved to the front, so that the batched Cholesky factorisations are
+    only as large as the supports. Returns the solutions ``(b, k)``, a ``(b,)`` mask of the
+    well-posed systems and, for the others, the atom that makes the support dependent (``(b,)``,
+    ``-1`` where none): a factorisation fails there, or its pivot keeps less than ``1e-9`` of the
+    atom's squared norm (a duplicate or nearly dependent atom). Ill-posed systems get zero solutions.
+    """
+    b, k = rhs.shape
+    sol = torch.zeros_like(rhs)
+    ok = torch.ones(b, dtype=torch.bool, device=rhs.device)
+    dependent = torch.full((b,), -1, dtype=torch.long, device=rhs.device)
+    size = active.sum(1)
+    order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # each support first
+    lo, hi = 0, 4
+    while lo < k:
+        hi = min(2 * hi, k)
+        group = ((size > lo) & (size <= hi)).nonzero().squeeze(1)
+        if group.numel():
+            p = order[group, :hi]
+            on = active[group].gather(1, p)
+            Gg = torch.take(G, (group.view(-1, 1, 1) * k + p.unsqueeze(2)) * k + p.unsqueeze(1))
+            M = torch.where(on.unsqueeze(2) & on.unsqueeze(1), Gg, 0.0)
+            M.diagonal(dim1=1, dim2=2).add_((~on).to(M.dtype))
+            chol, info = torch.linalg.cholesky_ex(M)
+            # the pivots before a failed one are valid; the first small one marks a dependent atom
+            failed_at = torch.where(info > 0, info - 1, hi)
+            valid = torch.arange(hi, device=M.device) < failed_at.unsqueeze(1)
+            small = valid & ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
+            good = (info == 0) & ~small.any(1)
+            first = torch.where(small.any(1), small.to(torch.uint8).argmax(1), failed_at.clamp_max(hi - 1))
+            dependent[group] = torch.where(good, -1, p.gather(1, first.unsqueeze(1)).squeeze(1))
+            chol = torch.where(good[:, None, None], chol, torch.eye(hi, dtype=M.dtype, device=M.device))
+            x = torch.cholesky_solve(torch.where(on, rhs[group].gather(1, p), 0.0).unsqueeze(2), chol).squeeze(2)
+            x = torch.where(on & good[:, None], x, 0.0)
+            sol[group] = torch.zeros_like(x[:, :1]).expand(-1, k).scatter(1, p, x)
+            ok[group] = good
+        lo = hi
+    return sol, ok, dependent
+
+
 class ISTAEncoder(SparseEncoder):
     """Iterative shrinkage-thresholding (ISTA) on the current dictionary.
 
@@ -285,13 +335,15 @@ class ISTAEncoder(SparseEncoder):
     the sign constraint), the objective of scikit-learn's ``SparseCoder(transform_alpha=penalty,
     positive_code=True)``. With ``tol == 0`` every sample runs ``max_iter`` iterations on the full
     problem. With ``tol > 0`` each sample is solved to convergence on a *working set* of atoms: its
-    iterations run on the few atoms of the set (with the step of the set's own Lipschitz constant)
-    until its largest code change falls below ``tol`` relative to its largest code; the full
-    gradient then checks the lasso's optimality conditions on every other atom, and the atoms that
-    violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does. Sets still
-    growing are solved to a loose tolerance; samples whose set would exceed a quarter of the atoms
-    finish on the full problem. :attr:`last_iterations` is the mean over samples of the iterations
-    each ran, and :meth:`flops_per_sample` counts the FLOPs the solve spent.
+    iterations run on the few atoms of the set (with the step of the set's own Lipschitz bound)
+    until its largest code change falls below a loose tolerance relative to its largest code; the
+    support and signs of the iterate then give the set's exact solution by one small linear solve,
+    kept where the optimality conditions hold (else the sample iterates on, down to ``tol``). The
+    full gradient then checks the lasso's optimality conditions on every other atom, and the atoms
+    that violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does. Samples
+    whose set would exceed a quarter of the atoms finish on the full problem. :attr:`last_iterations`
+    is the mean over samples of the iterations each ran (a round of exact solves counts as one),
+    and :meth:`flops_per_sample` counts the FLOPs the solve spent.
 
     Args:
         penalty: L1 penalty ``>= 0``.
@@ -342,6 +394,9 @@ class ISTAEncoder(SparseEncoder):
         if self.warm_start is not None:
             self.warm_start.build(in_features, num_latents, dictionary)
 
+    #: ``x·Wᵀ`` of fewer multiply-adds (batch × atoms × features) runs on one thread
+    _SMALL_PRODUCT = 1 << 24
+
     def _use_gram(self) -> bool:
         return self.num_latents <= 2 * self.in_features
 
@@ -350,8 +405,13 @@ class ISTAEncoder(SparseEncoder):
         self._check(x, dictionary)
         W = dictionary.detach()
         x = x.detach()
-        L = float(_lipschitz(W).clamp_min(1e-12))
-        c = x @ W.T
+        # a small product runs on one thread: more threads only wait on each other, much longer when
+        # the cores are shared
+        small = 1 if x.shape[0] * W.shape[0] * W.shape[1] < self._SMALL_PRODUCT else None
+        with _threads(1):
+            L = float(_lipschitz(W).clamp_min(1e-12))
+        with _threads(small):
+            c = x @ W.T
         W = W.to(c.dtype)
         if self.warm_start is not None:
             s0 = self.warm_start(x, W).detach()
@@ -474,26 +534,40 @@ class ISTAEncoder(SparseEncoder):
         keep = ~done
         out[rows[keep]] = s[keep]
 
-    #: rows of a block of the working-set solver
-    _WS_BLOCK_ROWS = 1024
+    #: rows of a block of the working-set solver (at most; blocks are shared among threads)
+    _WS_BLOCK_ROWS = 2048
+    #: rows of a block of the working-set solver (at least)
+    _WS_MIN_BLOCK_ROWS = 256
     #: first working-set size; it grows by the atoms that violate optimality outside it
-    _WS_START = 8
+    _WS_START = 4
+    #: dictionaries of at most this many atoms keep their Gram matrix for the working sets
+    _WS_GRAM_ATOMS = 2048
+    #: most atoms that join a sample's working set at a time
+    _WS_GROW = 4
     #: tolerance of the solves on sets that are still growing
-    _WS_LOOSE_TOL = 1e-3
+    _WS_LOOSE_TOL = 3e-2
+    #: factor on a sample's tolerance each time its iterates do not give the exact solution on its set
+    _WS_TIGHTEN = 0.01
 
     def _solve_working_set(
         self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor, L: float, threads: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Working-set (active-set) solve to convergence, exact by the optimality conditions.
 
-        Each sample iterates on a small set of atoms (the non-zeros of its start and the atoms whose
-        gradient most exceeds the penalty), with the step of that set's own Lipschitz constant. When
-        the iterates converge, the full gradient ``(x − s·W)·Wᵀ`` is checked on every atom outside the
-        set: a sample is done when none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the
-        lasso's optimality conditions), otherwise the violators join and it iterates again from where
-        it stopped. Samples whose set would exceed a quarter of the atoms finish on the full problem.
+        Each sample works on a small set of atoms (the non-zeros of its start and the atoms whose
+        gradient most exceeds the penalty). It first iterates on its set, with the step of the set's
+        own Lipschitz bound, to a loose tolerance; the support and signs of the iterate then give the
+        set's exact minimiser by one small linear solve (:meth:`_solve_support`, with a few
+        active-set corrections), accepted only where the set's optimality conditions hold. The full
+        gradient ``(x − s·W)·Wᵀ`` is then checked on every atom outside the set: a sample is done when
+        none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the lasso's optimality
+        conditions), otherwise up to ``_WS_GROW`` violators join its set and the next exact solve
+        starts from its last solution and their gradient signs, with no iteration. A sample whose set
+        has no exact solution yet iterates on at a tighter tolerance, down to ``tol``, where it is done
+        as before. Samples whose set would exceed a quarter of the atoms finish on the full problem.
 
-        Returns codes ``(B, n)``, iterations per sample and FLOPs per sample.
+        Returns codes ``(B, n)``, iterations per sample (a round of exact solves counts as one) and
+        FLOPs per sample.
         """
         B, n = c.shape
         d = W.shape[1]
@@ -503,64 +577,181 @@ class ISTAEncoder(SparseEncoder):
         iters = torch.zeros(B, dtype=c.dtype, device=c.device)
         flops = torch.full((B,), 2.0 * n * d, dtype=c.dtype, device=c.device)
         k_max = max(self._WS_START, n // 4)
+        # the dictionary's Gram matrix, from which each set's is read, unless it would be large
+        gram = W @ W.T if n <= self._WS_GRAM_ATOMS else None
+        flops += 2.0 * n * n * d / B if gram is not None else 0.0
         loose = max(self.tol, self._WS_LOOSE_TOL)
-        for start in range(0, B, self._WS_BLOCK_ROWS):
-            rows = torch.arange(start, min(B, start + self._WS_BLOCK_ROWS), device=c.device)
-            xb, cb, sb = x[rows], c[rows], s0[rows]
-            with _threads(threads):
-                r = xb - sb @ W if bool(sb.any()) else xb
-                score = self._violation(r @ W.T)
-            score[sb != 0] = math.inf  # a warm start's non-zeros are in the set
-            k = min(n, self._WS_START)
-            idx = score.topk(k, dim=1).indices
+        # blocks of rows are independent: with several threads, one worker per thread solves its own
+        # blocks, each on one intra-op thread (the many small operations keep the cores busy, where
+        # threads sharing each operation would mostly wait on each other, and much longer when the
+        # cores are shared); a single block's products are too small to share either
+        size = max(self._WS_MIN_BLOCK_ROWS, min(self._WS_BLOCK_ROWS, -(-B // threads)))
+        starts = range(0, B, size)
+        workers = min(threads, len(starts))
+
+        def block(start: int) -> None:
+            rows = torch.arange(start, min(B, start + size), device=c.device)
+            sb = s0[rows]
+            # the gradient at the start (``x·Wᵀ`` itself from zero codes; ``c[rows]`` is a copy)
+            full = self._violation((x[rows] - sb @ W) @ W.T if bool(sb.any()) else c[rows])
+            full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
+            k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
+            idx = full.topk(k, dim=1).indices
             sS = sb.gather(1, idx)
             flops[rows] += 2.0 * n * d
-            # sets still growing are solved to a loose tolerance; the last one to ``tol``
-            tight = torch.full((rows.numel(),), loose <= self.tol, dtype=torch.bool, device=c.device)
+            # each sample's tolerance: loose while its set grows, tightened (down to ``tol``) while
+            # its iterates do not yet give the support and signs of the set's exact solution
+            tol = torch.full((rows.numel(),), loose, dtype=c.dtype, device=c.device)
+            fresh = torch.zeros(rows.numel(), dtype=torch.bool, device=c.device)
             while rows.numel():
-                WS = W[idx]  # (b, k, d)
-                GS = torch.bmm(WS, WS.transpose(1, 2))
-                cS = cb.gather(1, idx)
-                LS = _set_lipschitz(GS, L)
-                budget = self.max_iter - iters[rows]
-                tol = torch.where(tight, self.tol, loose).to(c.dtype)
-                sS, used = self._iterate_small(sS, GS, cS, 1.0 / LS, budget, tol)
-                iters[rows] += used
-                flops[rows] += used * (2.0 * k * k + 11.0 * k) + 2.0 * k * k * d + 10.0 * k**3
+                if gram is not None:  # the sets' Gram matrices, read from the dictionary's
+                    GS = torch.take(gram, idx.unsqueeze(2) * n + idx.unsqueeze(1))
+                else:
+                    WS = W[idx]  # (b, k, d)
+                    GS = torch.bmm(WS, WS.transpose(1, 2))
+                    flops[rows] += 2.0 * k * k * d
+                cS = c[rows.unsqueeze(1), idx]
+                # samples whose codes are exact on their last set start from them with the violators
+                # added (the first active-set guess below); the others iterate first
+                run = (~fresh).nonzero().squeeze(1)
+                if run.numel():
+                    whole = run.numel() == rows.numel()
+                    G_r, c_r, s_r = (GS, cS, sS) if whole else (GS[run], cS[run], sS[run])
+                    s_r, used = self._iterate_small(s_r, G_r, c_r, 1.0 / _set_lipschitz(G_r, L),
+                                                    self.max_iter - iters[rows[run]], tol[run])  # fmt: skip
+                    if whole:
+                        sS = s_r
+                    else:
+                        sS[run] = s_r
+                    iters[rows[run]] += used
+                    flops[rows[run]] += used * (2.0 * k * k + 11.0 * k) + 2.0 * k * k
+                # the exact minimiser on the set, where the iterates' support and signs give it; a round
+                # of exact solves counts as one iteration (so ``max_iter`` bounds the rounds too)
+                sE, exact, solves = self._solve_support(sS, GS, cS, eps)
+                iters[rows[fresh]] += 1.0
+                sS = torch.where(exact[:, None], sE, sS)
+                flops[rows] += solves * (k**3 / 3.0 + 6.0 * k * k) + 2.0 * k * k
                 # optimality outside the set: |(x − s·W)·Wᵀ| <= penalty on every atom (g <= penalty if s >= 0)
-                r = xb - torch.bmm(sS.unsqueeze(1), WS).squeeze(1)
-                with _threads(threads):
-                    score = self._violation(r @ W.T).scatter_(1, idx, -math.inf)
-                flops[rows] += 2.0 * n * d + 2.0 * k * d
-                bad = score.amax(1) > eps
+                grow = min(self._WS_GROW, n - k)
+                margin = torch.where(exact, eps, lam * tol.sqrt())  # beyond the iterate's own accuracy
+                if grow > 0:
+                    s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
+                    score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
+                    top, new = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
+                    joins = top > margin[:, None]  # the largest violators outside the set
+                    bad = joins[:, 0]
+                    flops[rows] += 4.0 * n * d
+                else:  # the set holds every atom
+                    bad = torch.zeros_like(exact)
+                    joins = new = torch.zeros_like(idx[:, :0])
                 out_of_budget = iters[rows] >= self.max_iter
-                finished = (~bad & tight) | out_of_budget
+                # done: exact with no violator outside, or (as without exact solves) iterated to ``tol``
+                converged = ~fresh & (tol <= self.tol)
+                finished = (~bad & (exact | converged)) | out_of_budget
                 codes[rows[finished]] = codes[rows[finished]].scatter_(1, idx[finished], sS[finished])
-                tight |= ~bad
+                # a complete set whose iterates did not give its exact solution: iterate on to a tighter
+                # tolerance (a sample that did not iterate this round iterates at its own first)
+                tighter = ~bad & ~exact & ~fresh
+                tol = torch.where(tighter, (tol * self._WS_TIGHTEN).clamp_min_(self.tol), tol)
                 keep = ~finished
-                rows, xb, cb, sS, idx, score = rows[keep], xb[keep], cb[keep], sS[keep], idx[keep], score[keep]
-                tight = tight[keep]
+                rows, sS, idx, tol, fresh, bad, joins, new = _select(keep, rows, sS, idx, tol, exact, bad, joins, new)
                 if not rows.numel():
                     break
-                grow = min(n - k, k, int((score > eps).sum(1).max()))  # at most doubling
-                if grow == 0:  # every remaining set is complete: solve it again to ``tol``
+                if not bool(bad.any()):  # every remaining set is complete: iterate on
                     continue
-                if k + grow > k_max:
-                    # large supports: the remaining samples finish on the full problem from here
-                    s_full = torch.zeros_like(cb).scatter_(1, idx, sS)
-                    out = torch.empty_like(cb)
-                    budget = int((self.max_iter - iters[rows]).max())
-                    at = torch.full((rows.numel(),), float(budget), device=c.device)
-                    self._solve(s_full, cb * (1.0 / L), self._full_ops(W, c.dtype, 1.0 / L), lam / L, out, at, budget)
-                    codes[rows] = out
-                    flops[rows] += at.to(c.dtype) * self._dense_iteration_flops()
-                    iters[rows] += at.to(c.dtype)
-                    break
-                new = score.topk(grow, dim=1).indices
-                idx = torch.cat([idx, new], 1)
-                sS = torch.cat([sS, torch.zeros_like(new, dtype=sS.dtype)], 1)
-                k += grow
+                active = sS != 0
+                need = active.sum(1) + joins.sum(1)
+                big = need > k_max
+                if bool(big.any()):
+                    # large supports: these samples finish on the full problem from here
+                    s_full = torch.zeros(int(big.sum()), n, dtype=c.dtype, device=c.device)
+                    s_full.scatter_(1, idx[big], sS[big])
+                    out = torch.empty_like(s_full)
+                    budget = int((self.max_iter - iters[rows[big]]).max())
+                    at = torch.full((s_full.shape[0],), float(budget), device=c.device)
+                    self._solve(s_full, c[rows[big]] * (1.0 / L), self._full_ops(W, c.dtype, 1.0 / L), lam / L, out,
+                                at, budget)  # fmt: skip
+                    codes[rows[big]] = out
+                    flops[rows[big]] += at.to(c.dtype) * self._dense_iteration_flops()
+                    iters[rows[big]] += at.to(c.dtype)
+                    small = ~big
+                    rows, sS, idx, tol, fresh, active, need, joins, new = _select(
+                        small, rows, sS, idx, tol, fresh, active, need, joins, new
+                    )
+                    if not rows.numel():
+                        break
+                # the next sets: each sample's support, then its violators, then the rest of its last set
+                rank = torch.cat([active.to(torch.int8) * 2, joins.to(torch.int8) - (~joins).to(torch.int8)], 1)
+                order = torch.argsort(rank, dim=1, descending=True, stable=True)
+                k = min(n, max(self._WS_START, int(need.max())))
+                order = order[:, :k]
+                idx = torch.cat([idx, new], 1).gather(1, order)
+                sS = torch.cat([sS, sS.new_zeros(sS.shape[0], grow)], 1).gather(1, order)
+
+        if workers == 1:
+            for start in starts:
+                block(start)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(block, starts))
         return codes, iters, flops
+
+    #: active-set corrections tried after the iterates' own support and signs
+    _SUPPORT_CORRECTIONS = 8
+    #: most atoms a correction adds to a support
+    _SUPPORT_ADD = 2
+
+    def _solve_support(self, s: Tensor, G: Tensor, c: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The exact lasso solution on each working set, from the support and signs of its iterate.
+
+        With support ``A`` and signs ``σ``, the minimiser on the set solves ``G_AA·s_A = c_A − penalty·σ``
+        (``G`` the set's Gram matrix ``(b, k, k)``, ``c = x·W_Sᵀ``); it is the set's solution exactly
+        when the optimality conditions hold: ``s_A`` keeps the signs ``σ`` and every other atom of the
+        set has ``|c_j − G_j·s| <= penalty`` (``<=`` without the absolute value if codes are
+        non-negative), to ``eps``. The first guess is the support and signs of ``s`` (``(b, k)``);
+        where it fails, the next drops the atoms whose sign flipped and adds those whose gradient
+        exceeds the penalty (a primal-dual active-set step), up to ``_SUPPORT_CORRECTIONS`` times.
+        The systems are solved in float64 by batched Cholesky (the identity outside the supports); a
+        nearly singular one (duplicate or strongly correlated atoms) drops the dependent atom and is
+        tried again, within the same number of corrections. Returns the solutions (zero outside the
+        supports, in ``s``'s dtype), a ``(b,)`` mask of the samples where they hold and the number of
+        systems solved per sample.
+        """
+        lam = self.penalty
+        f64 = torch.float64
+        G, c = G.to(f64), c.to(f64)
+        # the first guess: the support and signs of ``s``, with the atoms whose gradient exceeds the penalty
+        g = c - torch.bmm(G, s.to(f64).unsqueeze(2)).squeeze(2)
+        over = (g if self.nonnegative else g.abs()) > lam + eps
+        active = (s != 0) | over
+        sign = torch.where(over & (s == 0), g.sign(), s.sign().to(f64))
+        best = torch.zeros_like(c)
+        found = torch.zeros(s.shape[0], dtype=torch.bool, device=s.device)
+        solves = torch.zeros(s.shape[0], dtype=s.dtype, device=s.device)
+        rows = torch.arange(s.shape[0], device=s.device)
+        for attempt in range(self._SUPPORT_CORRECTIONS + 1):
+            sol, ok, dependent = _solve_supports(G, c - lam * sign, active)
+            g = c - torch.bmm(G, sol.unsqueeze(2)).squeeze(2)  # minus the gradient of the smooth part
+            keeps_sign = (sol * sign > 0) | ~active
+            stationary = ((g - lam * sign).abs() <= eps) | ~active
+            over = (g if self.nonnegative else g.abs()) > lam + eps
+            good = ok & (keeps_sign & stationary & (active | ~over)).all(1)
+            solves[rows] += 1.0
+            best[rows[good]] = sol[good]
+            found[rows[good]] = True
+            retry = ~good & (ok | (dependent >= 0))
+            if attempt == self._SUPPORT_CORRECTIONS or not bool(retry.any()):
+                break
+            # the next guess keeps the atoms that kept their sign and adds the few that most exceed the
+            # penalty (adding every one can make the support dependent); a dependent support drops the
+            # atom that makes it so (a duplicate's twin carries its code)
+            excess = torch.where(over & ~active, (g if self.nonnegative else g.abs()), -math.inf)
+            top = excess.topk(min(self._SUPPORT_ADD, excess.shape[1]), dim=1)
+            add = torch.zeros_like(over).scatter_(1, top.indices, top.values > -math.inf) & ok[:, None]
+            drop = torch.zeros_like(over).scatter_(1, dependent.clamp_min(0).unsqueeze(1), (~ok).unsqueeze(1))
+            active = torch.where(ok[:, None], active & keeps_sign, active & ~drop) | add
+            active, sign, rows, G, c = _select(retry, active, torch.where(add, g.sign(), sign), rows, G, c)
+        return best.to(s.dtype), found, solves
 
     def _violation(self, g: Tensor) -> Tensor:
         """How much each atom's gradient exceeds the penalty (``> 0``: the atom should be active)."""
@@ -602,18 +793,8 @@ class ISTAEncoder(SparseEncoder):
             if bool(stop.any()):
                 out[rows[stop]] = s[stop]
                 used[rows[stop]] = float(it)
-                keep = ~stop
-                rows, s, y, t, G, cs, step, thr, limit, tol = (
-                    rows[keep],
-                    s[keep],
-                    y[keep],
-                    t[keep],
-                    G[keep],
-                    cs[keep],
-                    step[keep],
-                    thr[keep],
-                    limit[keep],
-                    tol[keep],
+                rows, s, y, t, G, cs, step, thr, limit, tol = _select(
+                    ~stop, rows, s, y, t, G, cs, step, thr, limit, tol
                 )
         return out, used
 
