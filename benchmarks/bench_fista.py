@@ -27,6 +27,7 @@ import time
 
 import numpy as np
 import torch
+from machine import matmul_gflops
 from sklearn.decomposition import SparseCoder
 
 from lit_repr.models.encoders import FISTAEncoder, lasso_objective
@@ -54,13 +55,6 @@ def problem(atoms: int, dim: int, samples: int, active: int, seed: int = 0):
         S[i, rng.choice(atoms, active, replace=False)] = np.abs(rng.standard_normal(active))
     X = S @ D + 0.01 * rng.standard_normal((samples, dim))
     return X, D
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    best = min(_timed(lambda: a @ b)[1] for _ in range(repeats))
-    return 2 * size**3 / best / 1e9
 
 
 def _timed(fn):
@@ -137,9 +131,9 @@ def main() -> None:
         rows = ((True, torch.float64), (False, torch.float64), (True, torch.float32))
         cases = {"custom": (args.atoms, args.dim, args.samples, args.active, args.alpha, rows, True)}
     print(
-        f"{args.threads} thread(s); matmul 1024x1024: {matmul_gflops(torch.float64):.1f} GFLOP/s float64, "
-        f"{matmul_gflops(torch.float32):.1f} GFLOP/s float32; times best of {args.repeats}; scikit-learn and the "
-        "floor (plain FISTA, 500 iterations) float64; objectives float64"
+        f"{args.threads} thread(s); matmul 1024x1024: {matmul_gflops(torch.float64, 1024, 5):.1f} GFLOP/s float64, "
+        f"{matmul_gflops(torch.float32, 1024, 5):.1f} GFLOP/s float32; times best of {args.repeats}; "
+        "scikit-learn and the floor (plain FISTA, 500 iterations) float64; objectives float64"
     )
     for name, (atoms, dim, samples, active, alpha, rows, with_floor) in cases.items():
         print(f"\n{name}: {atoms} atoms in {dim} dims, {samples} samples, {active} active per sample, alpha={alpha}")
