@@ -48,6 +48,9 @@ States = dict[str, Tensor]
 _REFERENCE_ROWS = 1024
 #: elements per variable of the row blocks a large batch is accumulated in (8 MiB of float64)
 _CHUNK_ELEMENTS = 2**20
+#: elements of the row blocks of the one-Gram path (32 MiB of float64): fewer, larger dsyrk calls were
+#: both faster and steadier (40,000 x 513: 0.18-0.19 s against 0.20-0.23 s with 8 MiB blocks)
+_GRAM_BLOCK_ELEMENTS = 2**22
 
 
 def _syrk_upper(u: Tensor, c: "np.ndarray | None" = None) -> "np.ndarray":
@@ -284,7 +287,7 @@ class ShiftedMoments(Metric):
         if bool(self.n == 0):  # any reference within the spread of the data does: the first rows' mean is enough
             for v in names:
                 setattr(self, self._variables[v][0], batches[v][:_REFERENCE_ROWS].to(torch.float64).mean(0))
-        rows = min(b, max(256, _CHUNK_ELEMENTS // width))
+        rows = min(b, max(256, _GRAM_BLOCK_ELEMENTS // width))
         buf = torch.empty(rows, width, dtype=torch.float64)
         buf[:, -1] = 1.0
         with blas_threads(torch.get_num_threads()):  # the caller's torch threads, not more

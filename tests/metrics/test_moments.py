@@ -144,6 +144,7 @@ def test_a_large_batch_accumulated_in_row_blocks_equals_small_batches(monkeypatc
     x, y = _data(n=600, offset=1e3)
     whole = StreamingRidge(5, 3)
     monkeypatch.setattr(moments, "_CHUNK_ELEMENTS", 8)  # blocks of 1,024 rows would hold it whole: force 3 blocks
+    monkeypatch.setattr(moments, "_GRAM_BLOCK_ELEMENTS", 8)  # (and of the one-Gram path: blocks of 256 rows)
     monkeypatch.setattr(moments, "_REFERENCE_ROWS", 250)
     whole.update(x.float(), y)
     parts = StreamingRidge(5, 3)
@@ -159,7 +160,7 @@ def test_the_one_gram_path_equals_separate_products(monkeypatch, dtype):
     from lit_repr.metrics import moments
 
     x, y = _data(n=700, offset=1e3)
-    monkeypatch.setattr(moments, "_CHUNK_ELEMENTS", 8)  # several blocks of 256 rows
+    monkeypatch.setattr(moments, "_GRAM_BLOCK_ELEMENTS", 8)  # several blocks of 256 rows
     gram = StreamingRidge(5, 3)
     assert gram._one_gram({"x": x, "y": y})
     for xb, yb in zip(x.to(dtype).split(300), y.split(300)):
