@@ -18,6 +18,13 @@ problem, with its objective (lasso case only: 500 Gram iterations on 2,048 × 51
 a while). The machine's matmul GFLOP/s are printed first.
 
     python benchmarks/bench_fista.py [--atoms 512 --dim 128 --samples 2048 --alpha 0.1]  # one custom case
+
+Measured on 2 cores (load below 1.5), this script with the encoder before the exact working-set solves
+and with it, back to back (float64; times in s; speed-up over scikit-learn):
+    sparse codes s >= 0   0.183 -> 0.068   1.4x -> 3.7x
+    sparse codes signed   0.233 -> 0.079   1.3x -> 4.1x
+    lasso signed          1.299 -> 0.130   0.4x -> 4.5x   (floor 5.83 s: 45x faster than the plain loop)
+with every objective within 1e-9 of scikit-learn's. The aim on the lasso case, 8x, is not reached.
 """
 
 from __future__ import annotations
