@@ -30,7 +30,7 @@ from torch import Tensor
 
 from lit_repr.checks import check_bool, check_int, check_number
 from lit_repr.data.base import ArrayDataModule
-from lit_repr.data.ranges import check_ood_range, check_range
+from lit_repr.data.ranges import check_ood_ranges, check_range
 
 __all__ = [
     "FluidsDataModule",
@@ -357,19 +357,14 @@ class FluidsDataModule(ArrayDataModule):
         self.energy = check_range("energy", energy, low=0, low_open=True)
         self.viscosity = check_range("viscosity", viscosity, low=0)
         self.allow_overlap = check_bool("allow_overlap", allow_overlap)
-        ood = {}
-        for name, value, train_name, train, kw in (
-            ("ood_energy", ood_energy, "energy", self.energy, dict(low=0, low_open=True)),
-            ("ood_viscosity", ood_viscosity, "viscosity", self.viscosity, dict(low=0)),
-        ):
-            ood[name] = None if value is None else check_range(name, value, **kw)
-            if ood[name] is not None:
-                check_ood_range(name, ood[name], train_name, train, self.allow_overlap)
-        if self.num_ood > 0 and all(v is None for v in ood.values()):
-            raise ValueError(
-                "ood_energy and ood_viscosity are both None: the 'ood' split would be in distribution; give at "
-                "least one of them a range outside training, or num_ood=0"
-            )
+        ood = check_ood_ranges(
+            {
+                "ood_energy": (ood_energy, "energy", self.energy, dict(low=0, low_open=True)),
+                "ood_viscosity": (ood_viscosity, "viscosity", self.viscosity, dict(low=0)),
+            },
+            self.allow_overlap,
+            self.num_ood,
+        )
         self.ood_energy = ood["ood_energy"] or self.energy
         self.ood_viscosity = ood["ood_viscosity"] or self.viscosity
         self.cfl = check_number("cfl", cfl, low=0, low_open=True, high=1.3)

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from lit_repr.checks import check_bool, check_choice, check_int, check_number
 from lit_repr.data.base import ArrayDataModule
-from lit_repr.data.ranges import check_ood_range, check_range
+from lit_repr.data.ranges import check_ood_ranges, check_range
 
 __all__ = [
     "OrbitsDataModule",
@@ -371,23 +371,16 @@ class OrbitsDataModule(ArrayDataModule):
         self.radius = check_range("radius", radius, low=0, low_open=True)
         self.mu = check_range("mu", mu, low=0, low_open=True)
         self.allow_overlap = check_bool("allow_overlap", allow_overlap)
-        ood = {}
-        for name, value, train, kw in (
-            ("ood_eccentricity", ood_eccentricity, ("eccentricity", self.eccentricity),
-             dict(low=0, high=1, high_open=True)),
-            ("ood_radius", ood_radius, ("radius", self.radius), dict(low=0, low_open=True)),
-            ("ood_mu", ood_mu, ("mu", self.mu), dict(low=0, low_open=True)),
-        ):  # fmt: skip
-            if value is None:
-                ood[name] = None
-                continue
-            ood[name] = check_range(name, value, **kw)
-            check_ood_range(name, ood[name], train[0], train[1], self.allow_overlap)
-        if self.num_ood > 0 and all(v is None for v in ood.values()):
-            raise ValueError(
-                "ood_eccentricity, ood_radius and ood_mu are all None: the 'ood' split would be in distribution; "
-                "give at least one of them a range outside training, or num_ood=0"
-            )
+        ood = check_ood_ranges(
+            {
+                "ood_eccentricity": (ood_eccentricity, "eccentricity", self.eccentricity,
+                                     dict(low=0, high=1, high_open=True)),
+                "ood_radius": (ood_radius, "radius", self.radius, dict(low=0, low_open=True)),
+                "ood_mu": (ood_mu, "mu", self.mu, dict(low=0, low_open=True)),
+            },
+            self.allow_overlap,
+            self.num_ood,
+        )
         self.ood_eccentricity = ood["ood_eccentricity"] or self.eccentricity
         self.ood_radius = ood["ood_radius"] or self.radius
         self.ood_mu = ood["ood_mu"] or self.mu

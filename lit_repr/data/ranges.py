@@ -16,7 +16,7 @@ import numpy as np
 
 from lit_repr.checks import check_number, describe_bounds
 
-__all__ = ["check_range", "ranges_overlap", "check_ood_range"]
+__all__ = ["check_range", "ranges_overlap", "check_ood_range", "check_ood_ranges"]
 
 
 def check_range(
@@ -79,7 +79,8 @@ def ranges_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 
 def check_ood_range(
-    name: str, ood: tuple[float, float], train_name: str, train: tuple[float, float], allow_overlap: bool
+    name: str, ood: tuple[float, float], train_name: str, train: tuple[float, float], allow_overlap: bool,
+    stacklevel: int = 3,
 ) -> None:
     """Raise ``ValueError`` if the OOD range ``ood`` overlaps the training range ``train``; with
     ``allow_overlap`` warn instead.
@@ -100,4 +101,44 @@ def check_ood_range(
     )
     if not allow_overlap:
         raise ValueError(message)
-    warnings.warn(message.split(". Choose")[0] + " (allowed by allow_overlap=True)", UserWarning, stacklevel=3)
+    warnings.warn(message.split(". Choose")[0] + " (allowed by allow_overlap=True)", UserWarning,
+                  stacklevel=stacklevel)
+
+
+def check_ood_ranges(
+    ranges: dict[str, tuple[Any, str, tuple[float, float], dict[str, Any]]], allow_overlap: bool, num_ood: int
+) -> dict[str, tuple[float, float] | None]:
+    """The OOD ranges of a simulator, each checked (:func:`check_range`) and against its training range
+    (:func:`check_ood_range`); ``None`` stays ``None`` (that parameter keeps its training range).
+
+    Args:
+        ranges: ``{ood name: (value, training name, training range, bounds)}``, ``bounds`` the keyword
+            arguments of :func:`check_range`.
+        allow_overlap: warn instead of raising on an overlap.
+        num_ood: size of the OOD split: with ``num_ood > 0`` at least one range must be given.
+
+    Example:
+        >>> check_ood_ranges({"ood_mu": ((2.5, 4.0), "mu", (0.5, 2.0), {"low": 0})}, False, num_ood=8)
+        {'ood_mu': (2.5, 4.0)}
+        >>> check_ood_ranges({"ood_mu": (None, "mu", (0.5, 2.0), {}), "ood_r": (None, "r", (1, 2), {})}, False, 8)
+        Traceback (most recent call last):
+        ...
+        ValueError: ood_mu and ood_r are both None: the 'ood' split would be in distribution; ...
+    """
+    ood: dict[str, tuple[float, float] | None] = {}
+    for name, (value, train_name, train, bounds) in ranges.items():
+        ood[name] = None if value is None else check_range(name, value, **bounds)
+        if ood[name] is not None:
+            check_ood_range(name, ood[name], train_name, train, allow_overlap, stacklevel=4)
+    if num_ood > 0 and all(v is None for v in ood.values()):
+        names = list(ood)
+        listed = (
+            f"{names[0]} is" if len(names) == 1
+            else f"{names[0]} and {names[1]} are both" if len(names) == 2
+            else f"{', '.join(names[:-1])} and {names[-1]} are all"
+        )
+        raise ValueError(
+            f"{listed} None: the 'ood' split would be in distribution; give at least one of them a range outside "
+            f"training, or num_ood=0"
+        )
+    return ood
