@@ -46,7 +46,7 @@ from typing_extensions import override
 
 from lit_repr.checks import check_bool, check_int, check_number
 from lit_repr.features import preserved_rng
-from lit_repr.federated.engine import quiet_lightning
+from lit_repr.federated.engine import QUIET_TRAINER, quiet_lightning
 from lit_repr.models.classifier import Classifier
 
 __all__ = [
@@ -416,15 +416,7 @@ def local_update(
             f"{model.input_key!r} and {model.target_key!r}"
         )
     prox = ProximalTerm(mu)
-    kwargs: dict[str, Any] = dict(
-        accelerator="cpu",
-        devices=1,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
+    kwargs: dict[str, Any] = {**QUIET_TRAINER, "enable_progress_bar": progress, "log_every_n_steps": 1}
     kwargs.update(extra)
     kwargs["callbacks"] = [prox, *list(extra.get("callbacks") or [])]
     kwargs.update(max_epochs=epochs, logger=logger if logger is not None else False)

@@ -46,7 +46,19 @@ from lit_repr.federated.exchange import ModulePayload, pack
 
 __all__ = [
     "ClientTask", "client_step", "module_seed", "check_images", "LocalEngine", "quiet_lightning", "QUIET_WARNINGS",
+    "QUIET_TRAINER",
 ]
+
+#: Trainer settings every in-memory fit of the federation shares (the priors, the server's classifiers and
+#: the baselines add their own to these): one CPU process, nothing written, no bars, no sanity check.
+QUIET_TRAINER: dict[str, Any] = dict(
+    accelerator="cpu",
+    devices=1,
+    enable_checkpointing=False,
+    enable_progress_bar=False,
+    enable_model_summary=False,
+    num_sanity_val_steps=0,
+)
 
 
 #: Lightning warnings that many small in-memory fits raise on purpose (no workers, no validation loader,

@@ -24,24 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lit_repr.federated.engine import check_images, module_seed, quiet_lightning
+from lit_repr.federated.engine import QUIET_TRAINER, check_images, module_seed, quiet_lightning
 from lit_repr.federated.exchange import ExchangeError, ModulePayload, verify
 from lit_repr.federated.report import evaluate
 
 __all__ = ["FederatedServer", "DEFAULT_CLASSIFIER_TRAINER", "train_classifier", "predict_proba"]
 
 #: Trainer settings of the server's classifiers (``trainer`` overrides them).
-DEFAULT_CLASSIFIER_TRAINER: dict[str, Any] = dict(
-    accelerator="cpu",
-    devices=1,
-    deterministic=True,
-    logger=False,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    num_sanity_val_steps=0,
-    max_epochs=20,
-)
+DEFAULT_CLASSIFIER_TRAINER: dict[str, Any] = {**QUIET_TRAINER, "deterministic": True, "logger": False, "max_epochs": 20}
 MODES = ("server", "local")
 
 

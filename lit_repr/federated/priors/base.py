@@ -33,21 +33,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lit_repr.checks import check_int
-from lit_repr.federated.engine import quiet_lightning
+from lit_repr.federated.engine import QUIET_TRAINER, quiet_lightning
 from lit_repr.threads import num_threads
 
 __all__ = ["GenerativePrior", "check_image_shape", "check_images"]
 
 #: Trainer settings of :meth:`GenerativePrior.fit_data` (``trainer_kwargs`` override them).
-DEFAULT_TRAINER_KWARGS: dict[str, Any] = dict(
-    accelerator="cpu",
-    devices=1,
-    deterministic=True,
-    enable_checkpointing=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    num_sanity_val_steps=0,
-)
+DEFAULT_TRAINER_KWARGS: dict[str, Any] = {**QUIET_TRAINER, "deterministic": True}
 
 
 def check_image_shape(image_shape: Any) -> tuple[int, int, int]:
