@@ -94,7 +94,7 @@ def add_gram(out: Tensor, u: Tensor) -> Tensor:
     upper = torch.zeros_like(out) if k > 1 else u.T @ u
     for a, b in zip(edges[:-1], edges[1:]) if k > 1 else ():
         upper[a:b, a:].addmm_(u[:, a:b].T, u[:, a:])
-    return out.add_(upper.triu_()).add_(upper.triu(1).T)
+    return _add_mirrored(out, upper.triu_())
 
 
 class ShiftedMoments(Metric):
