@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchmetrics
@@ -141,24 +142,33 @@ def ovr_auroc(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
 
     The Mann-Whitney statistic on average ranks (tied scores count one half): the area under the
     exact ROC curve torchmetrics draws through every distinct score, in one sort of all columns
-    (torchmetrics sorts once per class). Classes without positives or negatives get NaN.
+    (torchmetrics sorts once per class; on the CPU numpy's sort, about 5x torch's on random scores).
+    The ranks of each class's positives are summed in sorted order; runs of tied scores are looked
+    for only where there are some. Classes without positives or negatives get NaN.
     """
     n = preds.shape[0]
-    order = preds.argsort(0)
-    ordered = preds.gather(0, order)
-    idx = torch.arange(n, device=preds.device)[:, None].expand_as(ordered)
-    starts = torch.ones_like(ordered, dtype=torch.bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    ends = torch.ones_like(starts)
-    ends[:-1] = starts[1:]
-    first = torch.where(starts, idx, 0).cummax(0).values  # the run of tied scores each row belongs to
-    last = torch.where(ends, idx, n - 1).flip(0).cummin(0).values.flip(0)
-    ranks = torch.empty(ordered.shape, dtype=torch.float64, device=preds.device)
-    ranks.scatter_(0, order, (first + last).double() / 2 + 1)
-    positive = target.reshape(-1, 1) == torch.arange(num_classes, device=preds.device)
-    pos = positive.sum(0).double()
+    p = preds.T.contiguous()  # (C, N): one sort per class
+    if p.device.type == "cpu":  # numpy's vectorised sort: 5x torch's on 10 x 360 scores
+        order = torch.from_numpy(np.argsort(p.numpy(), axis=1))
+        ordered = p.gather(1, order)
+    else:
+        ordered, order = p.sort(1)
+    positive = target.reshape(-1)[order] == torch.arange(num_classes, device=preds.device)[:, None]
+    pos = positive.sum(1, dtype=torch.float64)
     neg = n - pos
-    u = torch.where(positive, ranks, 0.0).sum(0) - pos * (pos + 1) / 2
+    ties = ordered[:, 1:] == ordered[:, :-1]
+    if bool(ties.any()):
+        idx = torch.arange(n, device=preds.device).expand_as(ordered)
+        starts = torch.ones_like(ordered, dtype=torch.bool)
+        starts[:, 1:] = ~ties
+        ends = torch.ones_like(starts)
+        ends[:, :-1] = ~ties
+        first = torch.where(starts, idx, 0).cummax(1).values  # the run of tied scores each entry belongs to
+        last = torch.where(ends, idx, n - 1).flip(1).cummin(1).values.flip(1)
+        ranks = (first + last).double() / 2 + 1
+    else:
+        ranks = torch.arange(1, n + 1, dtype=torch.float64, device=preds.device).expand(ordered.shape)
+    u = torch.where(positive, ranks, 0.0).sum(1) - pos * (pos + 1) / 2
     return torch.where((pos > 0) & (neg > 0), u / (pos * neg).clamp_min(1), float("nan")).to(preds.dtype)
 
 
@@ -185,7 +195,8 @@ def evaluation_metrics(task: str, num_outputs: int, validate_args: bool = True) 
         {
             "acc": _Accuracy(num_classes=num_outputs, average="micro", validate_args=validate_args),
             "auroc": _AUROC(num_classes=num_outputs, validate_args=validate_args),
-        }
+        },
+        compute_groups=False,  # (no states in common: looking for groups cost ~30 us per update)
     )
 
 
