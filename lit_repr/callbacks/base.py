@@ -350,6 +350,12 @@ class TapCallback(ReadoutState, Callback):
         elif split != HELDOUT and split not in self._splits:
             self._splits.append(split)
 
+    def flush(self) -> None:
+        """Let every readout that holds batches back add them to its statistics (see the readout contract)."""
+        for r in self.readouts.values():
+            if hasattr(r, "flush"):
+                r.flush()
+
     def reset(self) -> None:
         """Forget every readout's statistics (fitted parameters may stay)."""
         for r in self.readouts.values():
@@ -500,6 +506,8 @@ class TapCallback(ReadoutState, Callback):
             self.tap.enabled = False
             if self.tap.has_features():
                 self.feed(self.tap.read(), batch, FIT)
+            if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's rows are all in
+                self.flush()
 
     def _eval_epoch_start(self, trainer: pl.Trainer, loaders: Any) -> None:
         if self._fit_fed:

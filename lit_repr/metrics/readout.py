@@ -16,6 +16,9 @@ A *readout* turns the features of one (site, target) pair into numbers. It is a 
 - ``reset(split=None)``: forget the statistics of one evaluation split, or everything (fitted
   parameters may stay: the online probe keeps its weights between epochs).
 - ``figures(split, title)`` (optional): ``{name: matplotlib figure}``.
+- ``flush()`` (optional): add the batches the readout holds back (to work on larger blocks) to its
+  statistics. The callback calls it after the last training batch of an epoch, so that the
+  epoch's rows are accumulated in the training step that produced them, not at validation.
 - state: the module's ``state_dict`` (what a checkpoint holds).
 
 A plain torchmetrics ``Metric`` whose ``update`` takes ``(features, target)`` (or ``(features)``)

@@ -210,10 +210,11 @@ def _gcv_tridiagonal(
             if info_e != 0 or evals[-1] <= 1e-12 * max(n, 1.0):
                 return None
             null = evals <= noise
-        reflectors, tau_t = torch.from_numpy(c)[1:, :-1], torch.from_numpy(tau)
-        b = sxy.clone()
-        b[1:] = torch.ormqr(reflectors, tau_t, sxy[1:], left=True, transpose=True)  # Qᵀ Sxy (Q = diag(1, Q'))
-        bn = b.numpy()
+        reflectors, lwork = c[1:, :-1], 32 * max(k, 1)  # Q = diag(1, Q'), Q' from the reflectors
+        bn = sxy.numpy().copy()
+        bn[1:], _, info_q = lapack.dormqr(b"L", b"T", reflectors, tau, bn[1:], lwork)  # Qᵀ Sxy
+        if info_q != 0:
+            return None
         shifted = (diag[None, :] + al[:, None]).reshape(-1)  # T + αI for every α, one block each
         coupling = np.zeros((a, m))
         coupling[:, :-1] = off
@@ -238,8 +239,12 @@ def _gcv_tridiagonal(
         # the eigendecomposition gives those directions weight 0; here they get (rounding of Xᵀy)/α,
         # negligible unless α is near the rounding level itself
         return None
-    w = torch.from_numpy(np.ascontiguousarray(z[best]))
-    w[1:] = torch.ormqr(reflectors, tau_t, w[1:], left=True, transpose=False)
+    w = np.array(z[best])
+    with blas_threads(1 if m < 1024 else torch.get_num_threads()):
+        w[1:], _, info_q = lapack.dormqr(b"L", b"N", reflectors, tau, w[1:], lwork)  # Q z
+    if info_q != 0:
+        return None
+    w = torch.from_numpy(w)
     if keep is not None:
         full = torch.zeros(d, k, dtype=w.dtype)
         full[keep] = w

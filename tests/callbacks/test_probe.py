@@ -506,3 +506,22 @@ def _csv_column(root, tag):
     import csv
 
     return [float(r[tag]) for r in csv.DictReader(open(next(root.rglob("metrics.csv")))) if r.get(tag)]
+
+
+def test_the_last_training_batch_of_an_epoch_accumulates_every_buffered_row(trainer_kwargs):
+    # the rows held back for larger blocks reach the statistics in the last training step of the epoch,
+    # so the validation only solves; the fit is the same as with a flush at validation
+    seen = []
+
+    class Look(pl.Callback):
+        def on_validation_epoch_start(self, trainer, pl_module):
+            r = probe.readout("backbone.1", "digit")
+            seen.append((r._fit_rows, int(r.stats.n), r.buffer_rows))
+
+    probe = LinearProbe(["backbone.1"], targets={"digit": "y"})
+    pl.seed_everything(0)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[Look(), probe], num_sanity_val_steps=0, **trainer_kwargs)
+    trainer.fit(Classifier(in_features=64, hidden=[32, 32]), DigitsDataModule(batch_size=64))
+    rows = len(trainer.train_dataloader.dataset)
+    assert rows % seen[0][2] != 0  # a partial block is left at the end of each epoch
+    assert [s[:2] for s in seen] == [(0, rows), (0, rows)]
