@@ -185,23 +185,24 @@ def _gcv_tridiagonal(
     d = sxx.shape[0]
     if sxx.device.type != "cpu" or sxx.dtype != torch.float64 or d < 32:
         return None
-    live = torch.diagonal(sxx) > noise
+    s_xx, s_xy = sxx.numpy(), sxy.numpy()  # (numpy: a fraction of torch's cost per call on arrays this small)
+    live = np.diagonal(s_xx) > noise
     keep = None
-    if not bool(live.all()):
+    if not live.all():
         # constant features (e.g. ReLU units that never fire) have a variance, and so a row and column of
         # the centred XᵀX, at the rounding level: the eigendecomposition drops their directions, and so
         # does solving without them (weight 0)
-        keep = live.nonzero().squeeze(1)
-        if keep.numel() < 32:
+        keep = np.flatnonzero(live)
+        if keep.size < 32:
             return None
-        sxx, sxy = sxx.index_select(0, keep).index_select(1, keep), sxy.index_select(0, keep)
+        s_xx, s_xy = s_xx[np.ix_(keep, keep)], s_xy[keep]
     from scipy.linalg import lapack
 
-    m, k = sxx.shape[0], sxy.shape[1]
+    m, k = s_xy.shape
     al = alphas.numpy()
     a = al.size
     with blas_threads(1 if m < 1024 else torch.get_num_threads()):  # small ones stall on busy cores
-        c, diag, off, tau, info = lapack.dsytrd(sxx.numpy(), lower=1)
+        c, diag, off, tau, info = lapack.dsytrd(s_xx, lower=1)
         if info != 0:
             return None
         null = None
@@ -211,7 +212,7 @@ def _gcv_tridiagonal(
                 return None
             null = evals <= noise
         reflectors, lwork = c[1:, :-1], 32 * max(k, 1)  # Q = diag(1, Q'), Q' from the reflectors
-        bn = sxy.numpy().copy()
+        bn = s_xy.copy()
         bn[1:], _, info_q = lapack.dormqr(b"L", b"T", reflectors, tau, bn[1:], lwork)  # Qᵀ Sxy
         if info_q != 0:
             return None
@@ -244,12 +245,11 @@ def _gcv_tridiagonal(
         w[1:], _, info_q = lapack.dormqr(b"L", b"N", reflectors, tau, w[1:], lwork)  # Q z
     if info_q != 0:
         return None
-    w = torch.from_numpy(w)
     if keep is not None:
-        full = torch.zeros(d, k, dtype=w.dtype)
+        full = np.zeros((d, k))
         full[keep] = w
         w = full
-    return w, torch.from_numpy(scores), best
+    return torch.from_numpy(w), torch.from_numpy(scores), best
 
 
 class StreamingRidge(ShiftedMoments):
