@@ -88,11 +88,13 @@ def prepare_targets(y: Tensor, task: str, num_classes: int | None, batch: int, n
             if not bool(torch.isfinite(y).all()) or bool((y != y.round()).any()):
                 raise ValueError(f"classification target {name!r} must hold integer class indices")
         y = y.long()
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):  # type: ignore[operator]
-            raise ValueError(
-                f"classification target {name!r} has class indices in [{int(y.min())}, {int(y.max())}], "
-                f"outside [0, {num_classes}); set num_classes"
-            )
+        if y.numel():
+            lo, hi = (int(v) for v in torch.aminmax(y))
+            if lo < 0 or hi >= num_classes:  # type: ignore[operator]
+                raise ValueError(
+                    f"classification target {name!r} has class indices in [{lo}, {hi}], outside "
+                    f"[0, {num_classes}); set num_classes"
+                )
         return y
     y = y.to(torch.float64)  # sums in float64: no precision is lost on float64 targets
     if y.ndim == 1:
