@@ -179,8 +179,10 @@ def _gcv_tridiagonal(
     The same fit as the eigendecomposition without its eigenvectors (measured on one core, 114
     features: 0.4 ms against 0.75 ms; 512: 8 ms against 30 ms; on two cores, 2,049: 0.44 s against
     0.75 s for the eigendecomposition alone). Returns ``(weight, scores, best)``, or
-    ``None`` where it does not apply (not a CPU float64 matrix of at least 32 rows, or directions without
-    variance and a chosen penalty near the rounding level): the caller then solves through :func:`_eigh`.
+    ``None`` where it does not apply (not a CPU float64 matrix of at least 32 rows; a least-squares fit that
+    interpolates, with as many directions with variance as samples, whose RSS only the eigendecomposition
+    splits without cancellation; directions without variance and a chosen penalty near the rounding
+    level): the caller then solves through :func:`_eigh`.
     """
     d = sxx.shape[0]
     if sxx.device.type != "cpu" or sxx.dtype != torch.float64 or d < 32:
@@ -206,11 +208,15 @@ def _gcv_tridiagonal(
         if info != 0:
             return None
         null = None
+        if m + df0 >= n:  # least squares interpolates: the eigendecomposition's RSS is exact
+            return None
         if lapack.dpttrf(diag - noise, off)[2] != 0:  # an eigenvalue of T at or below the rounding level
             evals, info_e = lapack.dsterf(diag, off)
             if info_e != 0 or evals[-1] <= 1e-12 * max(n, 1.0):
                 return None
             null = evals <= noise
+            if int((~null).sum()) + df0 >= n:  # least squares interpolates: the eigendecomposition's RSS is exact
+                return None
         reflectors, lwork = c[1:, :-1], 32 * max(k, 1)  # Q = diag(1, Q'), Q' from the reflectors
         bn = s_xy.copy()
         bn[1:], _, info_q = lapack.dormqr(b"L", b"T", reflectors, tau, bn[1:], lwork)  # Qᵀ Sxy
@@ -445,10 +451,20 @@ class StreamingRidge(ShiftedMoments):
         alphas = self.alphas.to(evals.device)
         denom = evals[None, :] + alphas[:, None]  # (A, r)
         if heldout is None or self.selection == "gcv":
-            # RSS(α) = Σyy − Σ_i q_i² (s_i + 2α)/(s_i + α)²; df(α) = Σ_i s_i/(s_i + α)
-            rss = syy[None, :] - ((evals[None, :] + 2 * alphas[:, None]) / denom**2) @ (q**2)  # (A, K)
-            rss = rss.clamp_min(0)
-            df = (evals[None, :] / denom).sum(1) + (1.0 if self.fit_intercept else 0.0)
+            # RSS(α) = Σyy − Σ_i q_i² (s_i + 2α)/(s_i + α)² = RSS(0) + Σ_i q_i² α²/(s_i (s_i + α)²): the residual
+            # of least squares, plus what the penalty adds (without cancellation); df(α) = Σ_i s_i/(s_i + α).
+            # Least squares interpolates when there are as many directions with variance as samples (the
+            # intercept counted): RSS(0) is then 0, not the rounding of a difference, which at small α
+            # would turn GCV's ratio of two vanishing numbers into noise
+            df0 = 1.0 if self.fit_intercept else 0.0
+            live = evals > 0
+            inv = torch.where(live, 1.0 / evals.clamp_min(torch.finfo(evals.dtype).tiny), 0.0)
+            q2 = q**2
+            rss0 = (syy - inv @ q2).clamp_min(0)
+            if int(live.sum()) + df0 >= n:
+                rss0 = torch.zeros_like(rss0)
+            rss = rss0[None, :] + (alphas[:, None] ** 2 * inv[None, :] / denom**2) @ q2  # (A, K)
+            df = (evals[None, :] / denom).sum(1) + df0
             resid_df = (1 - df / n).clamp_min(1e-12)
             scores = (rss / n).mean(1) / resid_df**2
         else:

@@ -233,7 +233,8 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_without_full_rank(monkeyp
     if case == "collinear":
         x[:, 6] = x[:, 7]
     else:
-        x, y = x[:30], y[:30]  # 30 samples, 40 features
+        x, y = x[:45], y[:45]  # 45 samples, 40 features of rank 36: no interpolation
+        x[:, 36:] = x[:, :4] @ np.random.default_rng(3).normal(size=(4, 4))
     stats = StreamingRidge(40, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fewer samples than features
@@ -245,6 +246,36 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_without_full_rank(monkeyp
     torch.testing.assert_close(fast.weight, slow.weight, rtol=1e-7, atol=1e-9)
     xt = torch.tensor(_wide(seed=2)[0])
     torch.testing.assert_close(fast.predict(xt), slow.predict(xt), rtol=1e-7, atol=1e-7)
+
+
+def test_gcv_of_an_interpolating_fit_equals_the_kernel_form(monkeypatch):
+    # 30 samples, 40 features: least squares interpolates, and GCV's RSS and n - df both vanish as the
+    # penalty does. The n x n kernel form has no cancellation (RSS = sum_j (a/(l_j + a))^2 (u_j'y)^2): every
+    # penalty's score must agree with it, down to the smallest (there a difference of rounding errors would
+    # be all that is left of RSS)
+    from lit_repr.metrics import ridge
+
+    x, y = _wide()
+    x, y = x[:30], y[:30]
+    stats = StreamingRidge(40, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer samples than features
+        stats.update(torch.tensor(x), torch.tensor(y))
+        calls, real = [], ridge._gcv_tridiagonal
+        monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
+        fit = stats.compute()
+    assert calls == [None]  # handed to the eigendecomposition
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    lam, u = np.linalg.eigh(xc @ xc.T)
+    lam = np.where(lam > 1e-9 * lam.max(), lam, 0.0)  # (the direction of the constant, removed by centring)
+    proj = u.T @ yc
+    ref = []
+    for a in stats.alphas.tolist():
+        rss = ((a / (lam + a))[:, None] * proj) ** 2
+        df = (lam / (lam + a)).sum() + 1
+        ref.append(rss.sum(0).mean() / 30 / (1 - df / 30) ** 2)
+    np.testing.assert_allclose(fit.scores.numpy(), ref, rtol=1e-6)
+    assert fit.alpha == stats.alphas[int(np.argmin(ref))]
 
 
 def test_tridiagonal_gcv_leaves_a_penalty_at_the_rounding_level_to_the_eigendecomposition():
