@@ -204,7 +204,7 @@ def _gcv_tridiagonal(
     al = alphas.numpy()
     a = al.size
     with blas_threads(1 if m < 1024 else torch.get_num_threads()):  # small ones stall on busy cores
-        c, diag, off, tau, info = lapack.dsytrd(s_xx, lower=1)
+        c, diag, off, tau, info = lapack.dsytrd(s_xx.T, lower=1, lwork=32 * m)  # (symmetric: .T is Fortran order)
         if info != 0:
             return None
         null = None
