@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lit_repr.threads import num_threads as _threads
 
@@ -279,6 +280,16 @@ def _set_lipschitz(G: Tensor, L: float) -> Tensor:
     return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
 
 
+def _gather_square(M: Tensor, idx: Tensor, stride: int | None = None) -> Tensor:
+    """``M[idx[i, p], idx[i, q] % stride]`` as a ``(b, k, k)`` tensor (``idx`` ``(b, k)``): each row's
+    square submatrix of ``M`` (``(m, stride)``; ``stride`` defaults to its number of columns), from
+    one gather of the flattened matrix."""
+    b, k = idx.shape
+    cols = idx if stride is None else idx.remainder(stride)
+    flat = idx.unsqueeze(2) * M.shape[1] + cols.unsqueeze(1)
+    return M.reshape(-1).index_select(0, flat.view(-1)).view(b, k, k)
+
+
 def _select(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     """The rows of each tensor where ``mask`` (``(b,)``) holds, from one ``nonzero``."""
     at = mask.nonzero().squeeze(1)
@@ -307,22 +318,26 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
         group = ((size > lo) & (size <= hi)).nonzero().squeeze(1)
         if group.numel():
             p = order[group, :hi]
-            on = active[group].gather(1, p)
-            Gg = torch.take(G, (group.view(-1, 1, 1) * k + p.unsqueeze(2)) * k + p.unsqueeze(1))
-            M = torch.where(on.unsqueeze(2) & on.unsqueeze(1), Gg, 0.0)
-            M.diagonal(dim1=1, dim2=2).add_((~on).to(M.dtype))
+            on = torch.arange(hi, device=rhs.device) < size[group].unsqueeze(1)  # the support comes first
+            M = _gather_square(G.view(-1, k), p + (group * k).unsqueeze(1), k)
+            M.masked_fill_(~(on.unsqueeze(2) & on.unsqueeze(1)), 0.0).diagonal(dim1=1, dim2=2).masked_fill_(~on, 1.0)
             chol, info = torch.linalg.cholesky_ex(M)
-            # the pivots before a failed one are valid; the first small one marks a dependent atom
-            failed_at = torch.where(info > 0, info - 1, hi)
-            valid = torch.arange(hi, device=M.device) < failed_at.unsqueeze(1)
-            small = valid & ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
-            good = (info == 0) & ~small.any(1)
-            first = torch.where(small.any(1), small.to(torch.uint8).argmax(1), failed_at.clamp_max(hi - 1))
-            dependent[group] = torch.where(good, -1, p.gather(1, first.unsqueeze(1)).squeeze(1))
-            chol = torch.where(good[:, None, None], chol, torch.eye(hi, dtype=M.dtype, device=M.device))
-            x = torch.cholesky_solve(torch.where(on, rhs[group].gather(1, p), 0.0).unsqueeze(2), chol).squeeze(2)
-            x = torch.where(on & good[:, None], x, 0.0)
-            sol[group] = torch.zeros_like(x[:, :1]).expand(-1, k).scatter(1, p, x)
+            # a pivot that keeps less than 1e-9 of its atom's squared norm marks a dependent atom (the
+            # pivots after a failed one are not computed: ``~(>=)`` also flags them)
+            small = ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
+            good = ~small.any(1)
+            if not bool(good.all()):
+                # the pivots before a failed one are valid; the first small one marks a dependent atom
+                failed_at = torch.where(info > 0, info - 1, hi)
+                small &= torch.arange(hi, device=M.device) < failed_at.unsqueeze(1)
+                good = (info == 0) & ~small.any(1)
+                first = torch.where(small.any(1), small.to(torch.uint8).argmax(1), failed_at.clamp_max(hi - 1))
+                dependent[group] = torch.where(good, -1, p.gather(1, first.unsqueeze(1)).squeeze(1))
+                chol = torch.where(good[:, None, None], chol, torch.eye(hi, dtype=M.dtype, device=M.device))
+                on &= good[:, None]
+            # zero right-hand sides outside the support give zero solutions there (the identity's rows)
+            x = torch.cholesky_solve(rhs[group].gather(1, p).masked_fill_(~on, 0.0).unsqueeze(2), chol).squeeze(2)
+            sol[group] = x.new_zeros(x.shape[0], k).scatter_(1, p, x)
             ok[group] = good
         lo = hi
     return sol, ok, dependent
@@ -605,7 +620,7 @@ class ISTAEncoder(SparseEncoder):
             fresh = torch.zeros(rows.numel(), dtype=torch.bool, device=c.device)
             while rows.numel():
                 if gram is not None:  # the sets' Gram matrices, read from the dictionary's
-                    GS = torch.take(gram, idx.unsqueeze(2) * n + idx.unsqueeze(1))
+                    GS = _gather_square(gram, idx)
                 else:
                     WS = W[idx]  # (b, k, d)
                     GS = torch.bmm(WS, WS.transpose(1, 2))
@@ -635,8 +650,9 @@ class ISTAEncoder(SparseEncoder):
                 grow = min(self._WS_GROW, n - k)
                 margin = torch.where(exact, eps, lam * tol.sqrt())  # beyond the iterate's own accuracy
                 if grow > 0:
-                    s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
-                    score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
+                    # the residual from the set's atoms alone (a weighted sum of k rows of ``W`` per sample)
+                    r = x[rows].sub_(F.embedding_bag(idx, W, per_sample_weights=sS, mode="sum"))
+                    score = self._violation(r @ W.T)
                     top, new = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
                     joins = top > margin[:, None]  # the largest violators outside the set
                     bad = joins[:, 0]
