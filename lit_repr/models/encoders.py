@@ -312,9 +312,14 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
     dependent = torch.full((b,), -1, dtype=torch.long, device=rhs.device)
     size = active.sum(1)
     order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # each support first
-    lo, hi = 0, 4
-    while lo < k:
-        hi = min(2 * hi, k)
+    # size classes: one batched factorisation per class, each padded to its largest support (a class
+    # splits where the padding would cost more than a factorisation call)
+    bounds = [int(size.max())]
+    while bounds[-1] > 16:
+        bounds.append(bounds[-1] // 2)
+    for lo, hi in zip([*bounds[1:], 0], bounds):
+        if hi == 0:
+            break
         group = ((size > lo) & (size <= hi)).nonzero().squeeze(1)
         if group.numel():
             p = order[group, :hi]
@@ -339,7 +344,6 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
             x = torch.cholesky_solve(rhs[group].gather(1, p).masked_fill_(~on, 0.0).unsqueeze(2), chol).squeeze(2)
             sol[group] = x.new_zeros(x.shape[0], k).scatter_(1, p, x)
             ok[group] = good
-        lo = hi
     return sol, ok, dependent
 
 
@@ -432,7 +436,7 @@ class ISTAEncoder(SparseEncoder):
             s0 = self.warm_start(x, W).detach()
             s0 = (s0.clamp_min(0) if self.nonnegative else s0).to(c.dtype)
         else:
-            s0 = torch.zeros_like(c)
+            s0 = None
         if self.tol > 0:
             # the working sets' many small operations run on one thread (threads would mostly wait
             # on each other, and much longer when the cores are shared); the gradient products do not
@@ -444,6 +448,8 @@ class ISTAEncoder(SparseEncoder):
             return codes
         out = torch.empty_like(c)
         converged_at = torch.full((x.shape[0],), float(self.max_iter), device=c.device)
+        if s0 is None:
+            s0 = torch.zeros_like(c)
         self._solve(s0, c.mul_(1.0 / L), self._full_ops(W, c.dtype, 1.0 / L), self.penalty / L, out, converged_at,
                     self.max_iter)  # fmt: skip
         self.last_iterations = float(self.max_iter)
@@ -565,7 +571,7 @@ class ISTAEncoder(SparseEncoder):
     _WS_TIGHTEN = 0.01
 
     def _solve_working_set(
-        self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor, L: float, threads: int
+        self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor | None, L: float, threads: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Working-set (active-set) solve to convergence, exact by the optimality conditions.
 
@@ -606,13 +612,18 @@ class ISTAEncoder(SparseEncoder):
 
         def block(start: int) -> None:
             rows = torch.arange(start, min(B, start + size), device=c.device)
-            sb = s0[rows]
-            # the gradient at the start (``x·Wᵀ`` itself from zero codes; ``c[rows]`` is a copy)
-            full = self._violation((x[rows] - sb @ W) @ W.T if bool(sb.any()) else c[rows])
-            full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
-            k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
-            idx = full.topk(k, dim=1).indices
-            sS = sb.gather(1, idx)
+            sb = None if s0 is None else s0[rows]
+            if sb is None or not bool(sb.any()):  # from zero codes the gradient is ``x·Wᵀ`` itself
+                k = min(n, self._WS_START)
+                cb = c[start : start + rows.numel()]
+                idx = (cb if self.nonnegative else cb.abs()).topk(k, dim=1).indices
+                sS = c.new_zeros(rows.numel(), k)
+            else:
+                full = self._violation((x[rows] - sb @ W) @ W.T)
+                full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
+                k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
+                idx = full.topk(k, dim=1).indices
+                sS = sb.gather(1, idx)
             flops[rows] += 2.0 * n * d
             # each sample's tolerance: loose while its set grows, tightened (down to ``tol``) while
             # its iterates do not yet give the support and signs of the set's exact solution
@@ -625,7 +636,7 @@ class ISTAEncoder(SparseEncoder):
                     WS = W[idx]  # (b, k, d)
                     GS = torch.bmm(WS, WS.transpose(1, 2))
                     flops[rows] += 2.0 * k * k * d
-                cS = c[rows.unsqueeze(1), idx]
+                cS = c.view(-1).index_select(0, (idx + (rows * n).unsqueeze(1)).view(-1)).view(idx.shape)
                 # samples whose codes are exact on their last set start from them with the violators
                 # added (the first active-set guess below); the others iterate first
                 run = (~fresh).nonzero().squeeze(1)
