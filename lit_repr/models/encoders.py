@@ -353,12 +353,14 @@ class ISTAEncoder(SparseEncoder):
     Solves ``min_{s ≥ 0} ½‖x_c − s·W‖² + penalty·‖s‖₁`` per sample (``nonnegative=False`` drops
     the sign constraint), the objective of scikit-learn's ``SparseCoder(transform_alpha=penalty,
     positive_code=True)``. With ``tol == 0`` every sample runs ``max_iter`` iterations on the full
-    problem. With ``tol > 0`` each sample is solved to convergence on a *working set* of atoms: its
-    iterations run on the few atoms of the set (with the step of the set's own Lipschitz bound)
-    until its largest code change falls below a loose tolerance relative to its largest code; the
-    support and signs of the iterate then give the set's exact solution by one small linear solve,
-    kept where the optimality conditions hold (else the sample iterates on, down to ``tol``). The
-    full gradient then checks the lasso's optimality conditions on every other atom, and the atoms
+    problem. With ``tol > 0`` each sample is solved to convergence on a *working set* of atoms: a
+    guessed support and signs (those of the gradient at the start, then those of the last solution
+    with the atoms that joined) give the set's exact solution by a small linear solve, corrected by a
+    few active-set steps and kept where the optimality conditions hold. Where no guess holds, the
+    sample iterates on the few atoms of the set (with the step of the set's own Lipschitz bound)
+    until its largest code change falls below a loose tolerance relative to its largest code, and
+    the support and signs of the iterate give the next guess (else it iterates on, down to ``tol``).
+    The full gradient then checks the lasso's optimality conditions on every other atom, and the atoms
     that violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does. Samples
     whose set would exceed a quarter of the atoms finish on the full problem. :attr:`last_iterations`
     is the mean over samples of the iterations each ran (a round of exact solves counts as one),
@@ -576,10 +578,12 @@ class ISTAEncoder(SparseEncoder):
         """Working-set (active-set) solve to convergence, exact by the optimality conditions.
 
         Each sample works on a small set of atoms (the non-zeros of its start and the atoms whose
-        gradient most exceeds the penalty). It first iterates on its set, with the step of the set's
-        own Lipschitz bound, to a loose tolerance; the support and signs of the iterate then give the
-        set's exact minimiser by one small linear solve (:meth:`_solve_support`, with a few
-        active-set corrections), accepted only where the set's optimality conditions hold. The full
+        gradient most exceeds the penalty). The support and signs of its start, with the atoms of the
+        set whose gradient exceeds the penalty, give a first guess of the set's exact minimiser by one
+        small linear solve (:meth:`_solve_support`, with a few active-set corrections), accepted only
+        where the set's optimality conditions hold; where it fails, the sample iterates on its set, with
+        the step of the set's own Lipschitz bound, to a loose tolerance, and the support and signs of
+        the iterate give the next guess. The full
         gradient ``(x − s·W)·Wᵀ`` is then checked on every atom outside the set: a sample is done when
         none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the lasso's optimality
         conditions), otherwise up to ``_WS_GROW`` violators join its set and the next exact solve
@@ -628,7 +632,7 @@ class ISTAEncoder(SparseEncoder):
             # each sample's tolerance: loose while its set grows, tightened (down to ``tol``) while
             # its iterates do not yet give the support and signs of the set's exact solution
             tol = torch.full((rows.numel(),), loose, dtype=c.dtype, device=c.device)
-            fresh = torch.zeros(rows.numel(), dtype=torch.bool, device=c.device)
+            fresh = torch.ones(rows.numel(), dtype=torch.bool, device=c.device)
             while rows.numel():
                 if gram is not None:  # the sets' Gram matrices, read from the dictionary's
                     GS = _gather_square(gram, idx)
@@ -637,8 +641,8 @@ class ISTAEncoder(SparseEncoder):
                     GS = torch.bmm(WS, WS.transpose(1, 2))
                     flops[rows] += 2.0 * k * k * d
                 cS = c.view(-1).index_select(0, (idx + (rows * n).unsqueeze(1)).view(-1)).view(idx.shape)
-                # samples whose codes are exact on their last set start from them with the violators
-                # added (the first active-set guess below); the others iterate first
+                # samples whose codes are exact on their last set (or that start) take them with the
+                # violators added as the first active-set guess below; the others iterate first
                 run = (~fresh).nonzero().squeeze(1)
                 if run.numel():
                     whole = run.numel() == rows.numel()
