@@ -606,6 +606,13 @@ class ISTAEncoder(SparseEncoder):
         gram = W @ W.T if n <= self._WS_GRAM_ATOMS else None
         flops += 2.0 * n * n * d / B if gram is not None else 0.0
         loose = max(self.tol, self._WS_LOOSE_TOL)
+        bordered = None
+        if gram is not None and self._AS_STEPS > 0:
+            # the Gram matrix in float64, bordered by the identity of ``k_max`` padding atoms
+            ext = torch.zeros(n + k_max, n + k_max, dtype=torch.float64, device=c.device)
+            ext[:n, :n] = gram
+            ext[n:, n:].diagonal().fill_(1.0)
+            bordered = (ext, ext[:, :n].contiguous())
         # blocks of rows are independent: with several threads, one worker per thread solves its own
         # blocks, each on one intra-op thread (the many small operations keep the cores busy, where
         # threads sharing each operation would mostly wait on each other, and much longer when the
@@ -617,9 +624,20 @@ class ISTAEncoder(SparseEncoder):
         def block(start: int) -> None:
             rows = torch.arange(start, min(B, start + size), device=c.device)
             sb = None if s0 is None else s0[rows]
+            if sb is None and bordered is not None:
+                # active-set steps on the whole dictionary; the samples they leave go on with working sets
+                steps = min(self._AS_STEPS, self.max_iter)
+                cb = c[start : start + rows.numel()]
+                sA, done, used, spent = self._active_set(cb.to(torch.float64), *bordered, eps, k_max, steps)
+                codes[rows] = sA.to(c.dtype)
+                iters[rows] += used.to(c.dtype)
+                flops[rows] += spent.to(c.dtype)
+                rows = rows[~done]
+                if not rows.numel():
+                    return
             if sb is None or not bool(sb.any()):  # from zero codes the gradient is ``x·Wᵀ`` itself
                 k = min(n, self._WS_START)
-                cb = c[start : start + rows.numel()]
+                cb = c[rows]
                 idx = (cb if self.nonnegative else cb.abs()).topk(k, dim=1).indices
                 sS = c.new_zeros(rows.numel(), k)
             else:
@@ -726,6 +744,96 @@ class ISTAEncoder(SparseEncoder):
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(block, starts))
         return codes, iters, flops
+
+    #: primal-dual active-set steps on the whole dictionary before the working sets take over
+    _AS_STEPS = 12
+    #: most atoms that join a support per active-set step
+    _AS_GROW = 3
+
+    def _active_set(
+        self, c: Tensor, gram: Tensor, gram_rows: Tensor, eps: float, max_size: int, steps: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Primal-dual active-set steps on the whole dictionary, from zero codes, in float64.
+
+        ``c = x·Wᵀ`` is ``(b, n)``; ``gram`` is the dictionary's Gram matrix bordered by an identity
+        block of ``max_size`` padding atoms (``(n + max_size, n + max_size)``) and ``gram_rows`` its
+        first ``n`` columns. Each step solves ``G_AA·s_A = c_A − penalty·σ`` for each sample's support
+        ``A`` and signs ``σ`` by one batched Cholesky factorisation (supports padded to the largest
+        with padding atoms, whose rows are the identity's), computes the whole gradient
+        ``c − s·G`` from the support's rows of ``G`` and checks the lasso's optimality conditions
+        on every atom: ``s_A`` keeps the signs ``σ``, ``|c_A − G_A·s − penalty·σ| <= eps`` and
+        ``|c_j − G_j·s| <= penalty + eps`` elsewhere (without the absolute value if codes are
+        non-negative). A sample where they hold is done; otherwise the atoms whose sign flipped
+        leave its support and up to ``_AS_GROW`` atoms whose gradient most exceeds the penalty join
+        it with the gradient's sign. A sample whose support would exceed ``max_size`` atoms, whose
+        support is (nearly) dependent, or that is not done after ``steps`` steps is left to the
+        working sets. Returns the codes (``(b, n)``, zero where not done), the ``(b,)`` mask of the
+        samples done, and the steps and FLOPs spent per sample.
+        """
+        b, n = c.shape
+        lam = self.penalty
+        dev = c.device
+        codes = torch.zeros_like(c)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        used = torch.zeros(b, dtype=c.dtype, device=dev)
+        flops = torch.zeros(b, dtype=c.dtype, device=dev)
+        rows = torch.arange(b, device=dev)
+        top, idx = (c if self.nonnegative else c.abs()).topk(min(n, self._AS_GROW, max_size), dim=1)
+        on = top > lam + eps
+        sg = c.gather(1, idx).sign()
+        grow = min(n, self._AS_GROW)
+        for _ in range(steps):
+            # each support first, padded to the largest with distinct padding atoms (index ``n`` in ``idx``)
+            m = int(on.sum(1).max())
+            if m:
+                order = torch.argsort((~on).to(torch.uint8), dim=1, stable=True)[:, :m]
+                idx, on, sg = idx.gather(1, order), on.gather(1, order), sg.gather(1, order)
+            else:
+                idx, on, sg = idx[:, :0], on[:, :0], sg[:, :0]
+            idx = idx.masked_fill(~on, n)
+            ids = torch.where(on, idx, n + torch.arange(m, device=dev))
+            if m:
+                M = _gather_square(gram, ids)
+                chol, _ = torch.linalg.cholesky_ex(M)
+                # a pivot that keeps less than 1e-9 of its atom's squared norm: a (nearly) dependent support
+                ok = (chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2)).all(1)
+                rhs = torch.where(on, c.gather(1, idx.clamp_max(n - 1)) - lam * sg, 0.0)
+                sol = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2).masked_fill_(~on, 0.0)
+            else:
+                ok = torch.ones(c.shape[0], dtype=torch.bool, device=dev)
+                sol = c.new_zeros(c.shape[0], 0)
+            # minus the gradient of the smooth part, on every atom (``n + 1`` columns: the last one
+            # collects the padding positions)
+            g = torch.empty(c.shape[0], n + 1, dtype=c.dtype, device=dev)
+            if m:
+                torch.sub(c, F.embedding_bag(ids, gram_rows, per_sample_weights=sol, mode="sum"), out=g[:, :n])
+            else:
+                g[:, :n] = c
+            gA = g.gather(1, idx)
+            keeps = (sol * sg > 0) | ~on
+            stationary = ((gA - lam * sg).abs() <= eps) | ~on
+            viol = g if self.nonnegative else g.abs()
+            viol.scatter_(1, idx, -math.inf)
+            top, new = viol[:, :n].topk(grow, dim=1)
+            joins = top > lam + eps
+            good = ok & keeps.all(1) & stationary.all(1) & ~joins[:, 0]
+            used[rows] += 1.0
+            flops[rows] += m**3 / 3.0 + 4.0 * m * m + 2.0 * m * n + 8.0 * n
+            if bool(good.any()):
+                at = rows[good]
+                full = torch.zeros(at.numel(), n + 1, dtype=c.dtype, device=dev).scatter_(1, idx[good], sol[good])
+                codes[at] = full[:, :n]
+                done[at] = True
+            # the next supports: the atoms that kept their sign, and the largest violators with the
+            # gradient's sign (a support that would outgrow ``max_size`` leaves for the working sets)
+            cont = ~good & ok & ((on & keeps).sum(1) + joins.sum(1) <= max_size)
+            if not bool(cont.any()):
+                break
+            sg = torch.cat([sg, g.gather(1, new).sign()], 1)
+            on = torch.cat([on & keeps, joins], 1)
+            idx = torch.cat([idx, new], 1)
+            rows, c, idx, on, sg = _select(cont, rows, c, idx, on, sg)
+        return codes, done, used, flops
 
     #: active-set corrections tried after the iterates' own support and signs
     _SUPPORT_CORRECTIONS = 8
