@@ -290,6 +290,17 @@ def _gather_square(M: Tensor, idx: Tensor, stride: int | None = None) -> Tensor:
     return M.reshape(-1).index_select(0, flat.view(-1)).view(b, k, k)
 
 
+def _gradient(c: Tensor, gram_rows: Tensor, ids: Tensor, sol: Tensor, n: int) -> Tensor:
+    """``c − s·G`` for codes ``sol`` on atoms ``ids`` (``(b, m)``; rows of ``gram_rows``), with one more
+    column (uninitialised) that padding positions may be scattered into."""
+    g = torch.empty(c.shape[0], n + 1, dtype=c.dtype, device=c.device)
+    if ids.shape[1]:
+        torch.sub(c, F.embedding_bag(ids, gram_rows, per_sample_weights=sol, mode="sum"), out=g[:, :n])
+    else:
+        g[:, :n] = c
+    return g
+
+
 def _select(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     """The rows of each tensor where ``mask`` (``(b,)``) holds, from one ``nonzero``."""
     at = mask.nonzero().squeeze(1)
@@ -612,7 +623,8 @@ class ISTAEncoder(SparseEncoder):
             ext = torch.zeros(n + k_max, n + k_max, dtype=torch.float64, device=c.device)
             ext[:n, :n] = gram
             ext[n:, n:].diagonal().fill_(1.0)
-            bordered = (ext, ext[:, :n].contiguous())
+            rows_of_gram = ext[:, :n].contiguous()
+            bordered = (ext, rows_of_gram, rows_of_gram.float())
         # blocks of rows are independent: with several threads, one worker per thread solves its own
         # blocks, each on one intra-op thread (the many small operations keep the cores busy, where
         # threads sharing each operation would mostly wait on each other, and much longer when the
@@ -751,24 +763,26 @@ class ISTAEncoder(SparseEncoder):
     _AS_GROW = 3
 
     def _active_set(
-        self, c: Tensor, gram: Tensor, gram_rows: Tensor, eps: float, max_size: int, steps: int
+        self, c: Tensor, gram: Tensor, gram_rows: Tensor, gram_rows32: Tensor, eps: float, max_size: int, steps: int
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Primal-dual active-set steps on the whole dictionary, from zero codes, in float64.
+        """Primal-dual active-set steps on the whole dictionary, from zero codes.
 
-        ``c = x·Wᵀ`` is ``(b, n)``; ``gram`` is the dictionary's Gram matrix bordered by an identity
-        block of ``max_size`` padding atoms (``(n + max_size, n + max_size)``) and ``gram_rows`` its
-        first ``n`` columns. Each step solves ``G_AA·s_A = c_A − penalty·σ`` for each sample's support
-        ``A`` and signs ``σ`` by one batched Cholesky factorisation (supports padded to the largest
-        with padding atoms, whose rows are the identity's), computes the whole gradient
-        ``c − s·G`` from the support's rows of ``G`` and checks the lasso's optimality conditions
-        on every atom: ``s_A`` keeps the signs ``σ``, ``|c_A − G_A·s − penalty·σ| <= eps`` and
-        ``|c_j − G_j·s| <= penalty + eps`` elsewhere (without the absolute value if codes are
-        non-negative). A sample where they hold is done; otherwise the atoms whose sign flipped
-        leave its support and up to ``_AS_GROW`` atoms whose gradient most exceeds the penalty join
-        it with the gradient's sign. A sample whose support would exceed ``max_size`` atoms, whose
-        support is (nearly) dependent, or that is not done after ``steps`` steps is left to the
-        working sets. Returns the codes (``(b, n)``, zero where not done), the ``(b,)`` mask of the
-        samples done, and the steps and FLOPs spent per sample.
+        ``c = x·Wᵀ`` is ``(b, n)``, in float64; ``gram`` is the dictionary's Gram matrix in float64
+        bordered by an identity block of ``max_size`` padding atoms (``(n + max_size, n + max_size)``),
+        ``gram_rows`` its first ``n`` columns and ``gram_rows32`` those in float32. Each step solves
+        ``G_AA·s_A = c_A − penalty·σ`` for each sample's support ``A`` and signs ``σ`` by one batched
+        Cholesky factorisation (supports padded to the largest with padding atoms, whose rows are the
+        identity's) and computes the whole gradient ``c − s·G`` from the support's rows of ``G`` in
+        float32: it chooses the atoms that join and the samples that may be done, whose lasso
+        optimality conditions are then confirmed in float64 on every atom: ``s_A`` keeps the signs
+        ``σ``, ``|c_A − G_A·s − penalty·σ| <= eps`` and ``|c_j − G_j·s| <= penalty + eps`` elsewhere
+        (without the absolute value if codes are non-negative). A sample where they hold is done;
+        otherwise the atoms whose sign flipped leave its support and up to ``_AS_GROW`` atoms whose
+        gradient most exceeds the penalty join it with the gradient's sign. A sample whose support
+        would exceed ``max_size`` atoms, whose support is (nearly) dependent, whose float32 check
+        is not confirmed, or that is not done after ``steps`` steps is left to the working sets.
+        Returns the codes (``(b, n)``, zero where not done), the ``(b,)`` mask of the samples done,
+        and the steps and FLOPs spent per sample.
         """
         b, n = c.shape
         lam = self.penalty
@@ -778,6 +792,7 @@ class ISTAEncoder(SparseEncoder):
         used = torch.zeros(b, dtype=c.dtype, device=dev)
         flops = torch.zeros(b, dtype=c.dtype, device=dev)
         rows = torch.arange(b, device=dev)
+        c32 = c.float()
         top, idx = (c if self.nonnegative else c.abs()).topk(min(n, self._AS_GROW, max_size), dim=1)
         on = top > lam + eps
         sg = c.gather(1, idx).sign()
@@ -802,21 +817,24 @@ class ISTAEncoder(SparseEncoder):
             else:
                 ok = torch.ones(c.shape[0], dtype=torch.bool, device=dev)
                 sol = c.new_zeros(c.shape[0], 0)
-            # minus the gradient of the smooth part, on every atom (``n + 1`` columns: the last one
-            # collects the padding positions)
-            g = torch.empty(c.shape[0], n + 1, dtype=c.dtype, device=dev)
-            if m:
-                torch.sub(c, F.embedding_bag(ids, gram_rows, per_sample_weights=sol, mode="sum"), out=g[:, :n])
-            else:
-                g[:, :n] = c
-            gA = g.gather(1, idx)
+            # the whole gradient in float32 chooses the atoms that join (and flags the samples that may be
+            # done); float64 confirms the optimality conditions of those samples before they are
+            g = _gradient(c32, gram_rows32, ids, sol.float(), n)
             keeps = (sol * sg > 0) | ~on
-            stationary = ((gA - lam * sg).abs() <= eps) | ~on
             viol = g if self.nonnegative else g.abs()
             viol.scatter_(1, idx, -math.inf)
             top, new = viol[:, :n].topk(grow, dim=1)
             joins = top > lam + eps
-            good = ok & keeps.all(1) & stationary.all(1) & ~joins[:, 0]
+            good = ok & keeps.all(1) & ~joins[:, 0]
+            if bool(good.any()):
+                at = good.nonzero().squeeze(1)
+                ida, sga = idx[at], sg[at]
+                g64 = _gradient(c[at], gram_rows, ids[at], sol[at], n)
+                stationary = ((g64.gather(1, ida) - lam * sga).abs() <= eps) | (ida == n)
+                v64 = g64 if self.nonnegative else g64.abs()
+                confirmed = stationary.all(1) & (v64.scatter_(1, ida, -math.inf)[:, :n].amax(1) <= lam + eps)
+                good[at] = confirmed
+                ok[at] &= confirmed  # not confirmed (a float32 rounding): left to the working sets
             used[rows] += 1.0
             flops[rows] += m**3 / 3.0 + 4.0 * m * m + 2.0 * m * n + 8.0 * n
             if bool(good.any()):
@@ -829,10 +847,10 @@ class ISTAEncoder(SparseEncoder):
             cont = ~good & ok & ((on & keeps).sum(1) + joins.sum(1) <= max_size)
             if not bool(cont.any()):
                 break
-            sg = torch.cat([sg, g.gather(1, new).sign()], 1)
+            sg = torch.cat([sg, g.gather(1, new).sign().to(sg.dtype)], 1)
             on = torch.cat([on & keeps, joins], 1)
             idx = torch.cat([idx, new], 1)
-            rows, c, idx, on, sg = _select(cont, rows, c, idx, on, sg)
+            rows, c, c32, idx, on, sg = _select(cont, rows, c, c32, idx, on, sg)
         return codes, done, used, flops
 
     #: active-set corrections tried after the iterates' own support and signs
