@@ -792,8 +792,8 @@ class ISTAEncoder(SparseEncoder):
         used = torch.zeros(b, dtype=c.dtype, device=dev)
         flops = torch.zeros(b, dtype=c.dtype, device=dev)
         rows = torch.arange(b, device=dev)
-        c32 = c.float()
-        top, idx = (c if self.nonnegative else c.abs()).topk(min(n, self._AS_GROW, max_size), dim=1)
+        c64, c32 = c, c.float()
+        top, idx = (c32 if self.nonnegative else c32.abs()).topk(min(n, self._AS_GROW, max_size), dim=1)
         on = top > lam + eps
         sg = c.gather(1, idx).sign()
         grow = min(n, self._AS_GROW)
@@ -812,11 +812,12 @@ class ISTAEncoder(SparseEncoder):
                 chol, _ = torch.linalg.cholesky_ex(M)
                 # a pivot that keeps less than 1e-9 of its atom's squared norm: a (nearly) dependent support
                 ok = (chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2)).all(1)
-                rhs = torch.where(on, c.gather(1, idx.clamp_max(n - 1)) - lam * sg, 0.0)
+                cA = c64.view(-1).index_select(0, (idx.clamp_max(n - 1) + (rows * n).unsqueeze(1)).view(-1))
+                rhs = torch.where(on, cA.view(idx.shape) - lam * sg, 0.0)
                 sol = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2).masked_fill_(~on, 0.0)
             else:
-                ok = torch.ones(c.shape[0], dtype=torch.bool, device=dev)
-                sol = c.new_zeros(c.shape[0], 0)
+                ok = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
+                sol = c.new_zeros(rows.numel(), 0)
             # the whole gradient in float32 chooses the atoms that join (and flags the samples that may be
             # done); float64 confirms the optimality conditions of those samples before they are
             g = _gradient(c32, gram_rows32, ids, sol.float(), n)
@@ -829,7 +830,7 @@ class ISTAEncoder(SparseEncoder):
             if bool(good.any()):
                 at = good.nonzero().squeeze(1)
                 ida, sga = idx[at], sg[at]
-                g64 = _gradient(c[at], gram_rows, ids[at], sol[at], n)
+                g64 = _gradient(c64[rows[at]], gram_rows, ids[at], sol[at], n)
                 stationary = ((g64.gather(1, ida) - lam * sga).abs() <= eps) | (ida == n)
                 v64 = g64 if self.nonnegative else g64.abs()
                 confirmed = stationary.all(1) & (v64.scatter_(1, ida, -math.inf)[:, :n].amax(1) <= lam + eps)
@@ -850,7 +851,7 @@ class ISTAEncoder(SparseEncoder):
             sg = torch.cat([sg, g.gather(1, new).sign().to(sg.dtype)], 1)
             on = torch.cat([on & keeps, joins], 1)
             idx = torch.cat([idx, new], 1)
-            rows, c, c32, idx, on, sg = _select(cont, rows, c, c32, idx, on, sg)
+            rows, c32, idx, on, sg = _select(cont, rows, c32, idx, on, sg)
         return codes, done, used, flops
 
     #: active-set corrections tried after the iterates' own support and signs
