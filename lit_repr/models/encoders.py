@@ -1,8 +1,8 @@
 """Sparse inference, decoupled from the dictionary: swappable encoders for sparse autoencoders.
 
 (Longer than the project's ~450 lines per file: the five encoders share one base class, build
-protocol and registry and are read side by side; the ISTA/FISTA solvers, full-problem and
-working-set, are 250 lines.)
+protocol and registry and are read side by side; the ISTA/FISTA solvers, full-problem, active-set
+and working-set, with their batched support solves, are about 700 lines.)
 
 A sparse autoencoder reconstructs ``x ≈ b + s·W`` from a dictionary ``W`` (``(num_latents, in_features)``,
 unit-norm rows called atoms) and a decoder bias ``b``. *How* the codes ``s`` are inferred is a
@@ -364,18 +364,22 @@ class ISTAEncoder(SparseEncoder):
     Solves ``min_{s ≥ 0} ½‖x_c − s·W‖² + penalty·‖s‖₁`` per sample (``nonnegative=False`` drops
     the sign constraint), the objective of scikit-learn's ``SparseCoder(transform_alpha=penalty,
     positive_code=True)``. With ``tol == 0`` every sample runs ``max_iter`` iterations on the full
-    problem. With ``tol > 0`` each sample is solved to convergence on a *working set* of atoms: a
-    guessed support and signs (those of the gradient at the start, then those of the last solution
-    with the atoms that joined) give the set's exact solution by a small linear solve, corrected by a
-    few active-set steps and kept where the optimality conditions hold. Where no guess holds, the
-    sample iterates on the few atoms of the set (with the step of the set's own Lipschitz bound)
-    until its largest code change falls below a loose tolerance relative to its largest code, and
-    the support and signs of the iterate give the next guess (else it iterates on, down to ``tol``).
-    The full gradient then checks the lasso's optimality conditions on every other atom, and the atoms
-    that violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does. Samples
-    whose set would exceed a quarter of the atoms finish on the full problem. :attr:`last_iterations`
-    is the mean over samples of the iterations each ran (a round of exact solves counts as one),
-    and :meth:`flops_per_sample` counts the FLOPs the solve spent.
+    problem. With ``tol > 0`` and no warm start, each sample first takes a few primal-dual active-set
+    steps on the whole dictionary (its support and signs give its exact codes by one small linear solve;
+    the atoms whose sign flipped leave, the atoms whose gradient most exceeds the penalty join), and is
+    done where the lasso's optimality conditions hold on every atom; this finishes most samples of
+    sparse problems. The others (and, with a warm start, every sample) are solved to convergence on a
+    *working set* of atoms: a guessed support and signs (those of the gradient at the start, then those
+    of the last solution with the atoms that joined) give the set's exact solution by a small linear
+    solve, corrected by a few active-set steps and kept where the optimality conditions hold. Where no
+    guess holds, the sample iterates on the few atoms of the set (with the step of the set's own
+    Lipschitz bound) until its largest code change falls below a loose tolerance relative to its largest
+    code, and the support and signs of the iterate give the next guess (else it iterates on, down to
+    ``tol``). The full gradient then checks the lasso's optimality conditions on every other atom, and
+    the atoms that violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does.
+    Samples whose set would exceed a quarter of the atoms finish on the full problem.
+    :attr:`last_iterations` is the mean over samples of the iterations each ran (an active-set step or a
+    round of exact solves counts as one), and :meth:`flops_per_sample` counts the FLOPs the solve spent.
 
     Args:
         penalty: L1 penalty ``>= 0``.
@@ -588,22 +592,25 @@ class ISTAEncoder(SparseEncoder):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Working-set (active-set) solve to convergence, exact by the optimality conditions.
 
-        Each sample works on a small set of atoms (the non-zeros of its start and the atoms whose
-        gradient most exceeds the penalty). The support and signs of its start, with the atoms of the
-        set whose gradient exceeds the penalty, give a first guess of the set's exact minimiser by one
-        small linear solve (:meth:`_solve_support`, with a few active-set corrections), accepted only
-        where the set's optimality conditions hold; where it fails, the sample iterates on its set, with
-        the step of the set's own Lipschitz bound, to a loose tolerance, and the support and signs of
-        the iterate give the next guess. The full
-        gradient ``(x − s·W)·Wᵀ`` is then checked on every atom outside the set: a sample is done when
-        none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the lasso's optimality
-        conditions), otherwise up to ``_WS_GROW`` violators join its set and the next exact solve
-        starts from its last solution and their gradient signs, with no iteration. A sample whose set
-        has no exact solution yet iterates on at a tighter tolerance, down to ``tol``, where it is done
-        as before. Samples whose set would exceed a quarter of the atoms finish on the full problem.
+        Without a warm start (``s0`` is ``None``) and where the dictionary's Gram matrix is kept, each
+        block of samples first takes up to ``_AS_STEPS`` active-set steps on the whole dictionary
+        (:meth:`_active_set`); the samples they leave go on as follows. Each sample works on a small set
+        of atoms (the non-zeros of its start and the atoms whose gradient most exceeds the penalty). The
+        support and signs of its start, with the atoms of the set whose gradient exceeds the penalty,
+        give a first guess of the set's exact minimiser by one small linear solve
+        (:meth:`_solve_support`, with a few active-set corrections), accepted only where the set's
+        optimality conditions hold; where it fails, the sample iterates on its set, with the step of the
+        set's own Lipschitz bound, to a loose tolerance, and the support and signs of the iterate give
+        the next guess. The full gradient ``(x − s·W)·Wᵀ`` is then checked on every atom outside the
+        set: a sample is done when none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the
+        lasso's optimality conditions), otherwise up to ``_WS_GROW`` violators join its set and the next
+        exact solve starts from its last solution and their gradient signs, with no iteration. A sample
+        whose set has no exact solution yet iterates on at a tighter tolerance, down to ``tol``, where
+        it is done as before. Samples whose set would exceed a quarter of the atoms finish on the full
+        problem.
 
-        Returns codes ``(B, n)``, iterations per sample (a round of exact solves counts as one) and
-        FLOPs per sample.
+        Returns codes ``(B, n)``, iterations per sample (an active-set step or a round of exact
+        solves counts as one) and FLOPs per sample.
         """
         B, n = c.shape
         d = W.shape[1]
