@@ -626,8 +626,10 @@ class ISTAEncoder(SparseEncoder):
         loose = max(self.tol, self._WS_LOOSE_TOL)
         bordered = None
         if gram is not None and self._AS_STEPS > 0:
-            # the Gram matrix in float64, bordered by the identity of ``k_max`` padding atoms
-            ext = torch.zeros(n + k_max, n + k_max, dtype=torch.float64, device=c.device)
+            # the Gram matrix in float64, bordered by the identity of one padding atom per support
+            # position (a support of more than ``d`` atoms is dependent: the steps leave it)
+            as_max = min(k_max, d)
+            ext = torch.zeros(n + as_max, n + as_max, dtype=torch.float64, device=c.device)
             ext[:n, :n] = gram
             ext[n:, n:].diagonal().fill_(1.0)
             rows_of_gram = ext[:, :n].contiguous()
@@ -647,7 +649,7 @@ class ISTAEncoder(SparseEncoder):
                 # active-set steps on the whole dictionary; the samples they leave go on with working sets
                 steps = min(self._AS_STEPS, self.max_iter)
                 cb = c[start : start + rows.numel()]
-                sA, done, used, spent = self._active_set(cb.to(torch.float64), *bordered, eps, k_max, steps)
+                sA, done, used, spent = self._active_set(cb.to(torch.float64), *bordered, eps, as_max, steps)
                 codes[rows] = sA.to(c.dtype)
                 iters[rows] += used.to(c.dtype)
                 flops[rows] += spent.to(c.dtype)
