@@ -619,6 +619,8 @@ class ISTAEncoder(SparseEncoder):
         codes = torch.zeros_like(c)
         iters = torch.zeros(B, dtype=c.dtype, device=c.device)
         flops = torch.full((B,), 2.0 * n * d, dtype=c.dtype, device=c.device)
+        if B == 0:
+            return codes, iters, flops
         k_max = max(self._WS_START, n // 4)
         # the dictionary's Gram matrix, from which each set's is read, unless it would be large
         gram = W @ W.T if n <= self._WS_GRAM_ATOMS else None

@@ -281,6 +281,7 @@ def test_all_zero_samples_and_a_penalty_that_zeroes_every_code():
         enc = FISTAEncoder(penalty=big, max_iter=5000, tol=1e-7, nonnegative=nonneg)
         assert bool((enc(x, W) == 0).all())
         assert enc.last_iterations <= 2
+        assert enc(x[:0], W).shape == (0, W.shape[0])  # an empty batch
 
 
 @pytest.mark.parametrize("steps", [0, 12])  # working sets alone, or after the active-set steps
