@@ -338,10 +338,10 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
             M = _gather_square(G.view(-1, k), p + (group * k).unsqueeze(1), k)
             M.masked_fill_(~(on.unsqueeze(2) & on.unsqueeze(1)), 0.0).diagonal(dim1=1, dim2=2).masked_fill_(~on, 1.0)
             chol, info = torch.linalg.cholesky_ex(M)
-            # a pivot that keeps less than 1e-9 of its atom's squared norm marks a dependent atom (the
-            # pivots after a failed one are not computed: ``~(>=)`` also flags them)
+            # a failed factorisation, or a pivot that keeps less than 1e-9 of its atom's squared norm,
+            # marks a dependent atom
             small = ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
-            good = ~small.any(1)
+            good = (info == 0) & ~small.any(1)
             if not bool(good.all()):
                 # the pivots before a failed one are valid; the first small one marks a dependent atom
                 failed_at = torch.where(info > 0, info - 1, hi)
@@ -820,9 +820,10 @@ class ISTAEncoder(SparseEncoder):
             ids = torch.where(on, idx, n + torch.arange(m, device=dev))
             if m:
                 M = _gather_square(gram, ids)
-                chol, _ = torch.linalg.cholesky_ex(M)
-                # a pivot that keeps less than 1e-9 of its atom's squared norm: a (nearly) dependent support
-                ok = (chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2)).all(1)
+                chol, info = torch.linalg.cholesky_ex(M)
+                # a failed factorisation, or a pivot that keeps less than 1e-9 of its atom's squared norm:
+                # a (nearly) dependent support
+                ok = (info == 0) & (chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2)).all(1)
                 cA = c64.view(-1).index_select(0, (idx.clamp_max(n - 1) + (rows * n).unsqueeze(1)).view(-1))
                 rhs = torch.where(on, cA.view(idx.shape) - lam * sg, 0.0)
                 sol = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2).masked_fill_(~on, 0.0)

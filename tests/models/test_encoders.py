@@ -248,6 +248,18 @@ def test_active_set_steps_and_the_working_sets_they_leave_match_sklearn_to_1e8(n
         assert bool((s >= 0).all())
 
 
+def test_support_solves_flag_a_failed_factorisation_whatever_its_pivots():
+    from lit_repr.models.encoders import _solve_supports
+
+    # not positive definite: the factorisation fails at the second pivot and leaves -3 there, a pivot
+    # large enough to pass the small-pivot test on its own
+    G = torch.tensor([[[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    rhs = torch.ones(2, 2, dtype=torch.float64)
+    sol, ok, dependent = _solve_supports(G, rhs, torch.ones(2, 2, dtype=torch.bool))
+    assert ok.tolist() == [False, True] and dependent.tolist() == [1, -1]
+    assert bool((sol[0] == 0).all()) and torch.allclose(sol[1], torch.full((2,), 1 / 1.5, dtype=torch.float64))
+
+
 def test_supports_beyond_the_first_working_set_and_sign_corrections():
     # 16 atoms of largest correlation form the first set; the supports here need atoms outside it
     x, W = _coherent_problem(n=96, d=24, b=16, active=8, seed=3)
