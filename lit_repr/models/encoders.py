@@ -669,7 +669,7 @@ class ISTAEncoder(SparseEncoder):
                 k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
                 idx = full.topk(k, dim=1).indices
                 sS = sb.gather(1, idx)
-            flops[rows] += 2.0 * n * d
+                flops[rows] += 4.0 * n * d
             # each sample's tolerance: loose while its set grows, tightened (down to ``tol``) while
             # its iterates do not yet give the support and signs of the set's exact solution
             tol = torch.full((rows.numel(),), loose, dtype=c.dtype, device=c.device)
