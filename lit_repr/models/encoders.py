@@ -1,8 +1,8 @@
 """Sparse inference, decoupled from the dictionary: swappable encoders for sparse autoencoders.
 
 (Longer than the project's ~450 lines per file: the five encoders share one base class, build
-protocol and registry and are read side by side; the ISTA/FISTA solvers, full-problem and
-working-set, are 250 lines.)
+protocol and registry and are read side by side; the ISTA/FISTA solvers, full-problem, active-set
+and working-set, with their batched support solves, are about 700 lines.)
 
 A sparse autoencoder reconstructs ``x ≈ b + s·W`` from a dictionary ``W`` (``(num_latents, in_features)``,
 unit-norm rows called atoms) and a decoder bias ``b``. *How* the codes ``s`` are inferred is a
@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from lit_repr.threads import num_threads as _threads
 
@@ -279,6 +280,27 @@ def _set_lipschitz(G: Tensor, L: float) -> Tensor:
     return G.abs().sum(2).amax(1, keepdim=True).clamp_max_(L).clamp_min_(1e-12)
 
 
+def _gather_square(M: Tensor, idx: Tensor, stride: int | None = None) -> Tensor:
+    """``M[idx[i, p], idx[i, q] % stride]`` as a ``(b, k, k)`` tensor (``idx`` ``(b, k)``): each row's
+    square submatrix of ``M`` (``(m, stride)``; ``stride`` defaults to its number of columns), from
+    one gather of the flattened matrix."""
+    b, k = idx.shape
+    cols = idx if stride is None else idx.remainder(stride)
+    flat = idx.unsqueeze(2) * M.shape[1] + cols.unsqueeze(1)
+    return M.reshape(-1).index_select(0, flat.view(-1)).view(b, k, k)
+
+
+def _gradient(c: Tensor, gram_rows: Tensor, ids: Tensor, sol: Tensor, n: int) -> Tensor:
+    """``c − s·G`` for codes ``sol`` on atoms ``ids`` (``(b, m)``; rows of ``gram_rows``), with one more
+    column (uninitialised) that padding positions may be scattered into."""
+    g = torch.empty(c.shape[0], n + 1, dtype=c.dtype, device=c.device)
+    if ids.shape[1]:
+        torch.sub(c, F.embedding_bag(ids, gram_rows, per_sample_weights=sol, mode="sum"), out=g[:, :n])
+    else:
+        g[:, :n] = c
+    return g
+
+
 def _select(mask: Tensor, *tensors: Tensor) -> tuple[Tensor, ...]:
     """The rows of each tensor where ``mask`` (``(b,)``) holds, from one ``nonzero``."""
     at = mask.nonzero().squeeze(1)
@@ -301,30 +323,38 @@ def _solve_supports(G: Tensor, rhs: Tensor, active: Tensor) -> tuple[Tensor, Ten
     dependent = torch.full((b,), -1, dtype=torch.long, device=rhs.device)
     size = active.sum(1)
     order = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)  # each support first
-    lo, hi = 0, 4
-    while lo < k:
-        hi = min(2 * hi, k)
+    # size classes: one batched factorisation per class, each padded to its largest support (a class
+    # splits where the padding would cost more than a factorisation call)
+    bounds = [int(size.max())]
+    while bounds[-1] > 16:
+        bounds.append(bounds[-1] // 2)
+    for lo, hi in zip([*bounds[1:], 0], bounds):
+        if hi == 0:
+            break
         group = ((size > lo) & (size <= hi)).nonzero().squeeze(1)
         if group.numel():
             p = order[group, :hi]
-            on = active[group].gather(1, p)
-            Gg = torch.take(G, (group.view(-1, 1, 1) * k + p.unsqueeze(2)) * k + p.unsqueeze(1))
-            M = torch.where(on.unsqueeze(2) & on.unsqueeze(1), Gg, 0.0)
-            M.diagonal(dim1=1, dim2=2).add_((~on).to(M.dtype))
+            on = torch.arange(hi, device=rhs.device) < size[group].unsqueeze(1)  # the support comes first
+            M = _gather_square(G.view(-1, k), p + (group * k).unsqueeze(1), k)
+            M.masked_fill_(~(on.unsqueeze(2) & on.unsqueeze(1)), 0.0).diagonal(dim1=1, dim2=2).masked_fill_(~on, 1.0)
             chol, info = torch.linalg.cholesky_ex(M)
-            # the pivots before a failed one are valid; the first small one marks a dependent atom
-            failed_at = torch.where(info > 0, info - 1, hi)
-            valid = torch.arange(hi, device=M.device) < failed_at.unsqueeze(1)
-            small = valid & ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
+            # a failed factorisation, or a pivot that keeps less than 1e-9 of its atom's squared norm,
+            # marks a dependent atom
+            small = ~(chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2))
             good = (info == 0) & ~small.any(1)
-            first = torch.where(small.any(1), small.to(torch.uint8).argmax(1), failed_at.clamp_max(hi - 1))
-            dependent[group] = torch.where(good, -1, p.gather(1, first.unsqueeze(1)).squeeze(1))
-            chol = torch.where(good[:, None, None], chol, torch.eye(hi, dtype=M.dtype, device=M.device))
-            x = torch.cholesky_solve(torch.where(on, rhs[group].gather(1, p), 0.0).unsqueeze(2), chol).squeeze(2)
-            x = torch.where(on & good[:, None], x, 0.0)
-            sol[group] = torch.zeros_like(x[:, :1]).expand(-1, k).scatter(1, p, x)
+            if not bool(good.all()):
+                # the pivots before a failed one are valid; the first small one marks a dependent atom
+                failed_at = torch.where(info > 0, info - 1, hi)
+                small &= torch.arange(hi, device=M.device) < failed_at.unsqueeze(1)
+                good = (info == 0) & ~small.any(1)
+                first = torch.where(small.any(1), small.to(torch.uint8).argmax(1), failed_at.clamp_max(hi - 1))
+                dependent[group] = torch.where(good, -1, p.gather(1, first.unsqueeze(1)).squeeze(1))
+                chol = torch.where(good[:, None, None], chol, torch.eye(hi, dtype=M.dtype, device=M.device))
+                on &= good[:, None]
+            # zero right-hand sides outside the support give zero solutions there (the identity's rows)
+            x = torch.cholesky_solve(rhs[group].gather(1, p).masked_fill_(~on, 0.0).unsqueeze(2), chol).squeeze(2)
+            sol[group] = x.new_zeros(x.shape[0], k).scatter_(1, p, x)
             ok[group] = good
-        lo = hi
     return sol, ok, dependent
 
 
@@ -334,16 +364,22 @@ class ISTAEncoder(SparseEncoder):
     Solves ``min_{s ≥ 0} ½‖x_c − s·W‖² + penalty·‖s‖₁`` per sample (``nonnegative=False`` drops
     the sign constraint), the objective of scikit-learn's ``SparseCoder(transform_alpha=penalty,
     positive_code=True)``. With ``tol == 0`` every sample runs ``max_iter`` iterations on the full
-    problem. With ``tol > 0`` each sample is solved to convergence on a *working set* of atoms: its
-    iterations run on the few atoms of the set (with the step of the set's own Lipschitz bound)
-    until its largest code change falls below a loose tolerance relative to its largest code; the
-    support and signs of the iterate then give the set's exact solution by one small linear solve,
-    kept where the optimality conditions hold (else the sample iterates on, down to ``tol``). The
-    full gradient then checks the lasso's optimality conditions on every other atom, and the atoms
-    that violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does. Samples
-    whose set would exceed a quarter of the atoms finish on the full problem. :attr:`last_iterations`
-    is the mean over samples of the iterations each ran (a round of exact solves counts as one),
-    and :meth:`flops_per_sample` counts the FLOPs the solve spent.
+    problem. With ``tol > 0`` and no warm start, each sample first takes a few primal-dual active-set
+    steps on the whole dictionary (its support and signs give its exact codes by one small linear solve;
+    the atoms whose sign flipped leave, the atoms whose gradient most exceeds the penalty join), and is
+    done where the lasso's optimality conditions hold on every atom; this finishes most samples of
+    sparse problems. The others (and, with a warm start, every sample) are solved to convergence on a
+    *working set* of atoms: a guessed support and signs (those of the gradient at the start, then those
+    of the last solution with the atoms that joined) give the set's exact solution by a small linear
+    solve, corrected by a few active-set steps and kept where the optimality conditions hold. Where no
+    guess holds, the sample iterates on the few atoms of the set (with the step of the set's own
+    Lipschitz bound) until its largest code change falls below a loose tolerance relative to its largest
+    code, and the support and signs of the iterate give the next guess (else it iterates on, down to
+    ``tol``). The full gradient then checks the lasso's optimality conditions on every other atom, and
+    the atoms that violate them (by more than ``sqrt(tol)·penalty``) join the set, until none does.
+    Samples whose set would exceed a quarter of the atoms finish on the full problem.
+    :attr:`last_iterations` is the mean over samples of the iterations each ran (an active-set step or a
+    round of exact solves counts as one), and :meth:`flops_per_sample` counts the FLOPs the solve spent.
 
     Args:
         penalty: L1 penalty ``>= 0``.
@@ -417,7 +453,7 @@ class ISTAEncoder(SparseEncoder):
             s0 = self.warm_start(x, W).detach()
             s0 = (s0.clamp_min(0) if self.nonnegative else s0).to(c.dtype)
         else:
-            s0 = torch.zeros_like(c)
+            s0 = None
         if self.tol > 0:
             # the working sets' many small operations run on one thread (threads would mostly wait
             # on each other, and much longer when the cores are shared); the gradient products do not
@@ -429,6 +465,8 @@ class ISTAEncoder(SparseEncoder):
             return codes
         out = torch.empty_like(c)
         converged_at = torch.full((x.shape[0],), float(self.max_iter), device=c.device)
+        if s0 is None:
+            s0 = torch.zeros_like(c)
         self._solve(s0, c.mul_(1.0 / L), self._full_ops(W, c.dtype, 1.0 / L), self.penalty / L, out, converged_at,
                     self.max_iter)  # fmt: skip
         self.last_iterations = float(self.max_iter)
@@ -550,24 +588,29 @@ class ISTAEncoder(SparseEncoder):
     _WS_TIGHTEN = 0.01
 
     def _solve_working_set(
-        self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor, L: float, threads: int
+        self, x: Tensor, W: Tensor, c: Tensor, s0: Tensor | None, L: float, threads: int
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Working-set (active-set) solve to convergence, exact by the optimality conditions.
 
-        Each sample works on a small set of atoms (the non-zeros of its start and the atoms whose
-        gradient most exceeds the penalty). It first iterates on its set, with the step of the set's
-        own Lipschitz bound, to a loose tolerance; the support and signs of the iterate then give the
-        set's exact minimiser by one small linear solve (:meth:`_solve_support`, with a few
-        active-set corrections), accepted only where the set's optimality conditions hold. The full
-        gradient ``(x − s·W)·Wᵀ`` is then checked on every atom outside the set: a sample is done when
-        none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the lasso's optimality
-        conditions), otherwise up to ``_WS_GROW`` violators join its set and the next exact solve
-        starts from its last solution and their gradient signs, with no iteration. A sample whose set
-        has no exact solution yet iterates on at a tighter tolerance, down to ``tol``, where it is done
-        as before. Samples whose set would exceed a quarter of the atoms finish on the full problem.
+        Without a warm start (``s0`` is ``None``) and where the dictionary's Gram matrix is kept, each
+        block of samples first takes up to ``_AS_STEPS`` active-set steps on the whole dictionary
+        (:meth:`_active_set`); the samples they leave go on as follows. Each sample works on a small set
+        of atoms (the non-zeros of its start and the atoms whose gradient most exceeds the penalty). The
+        support and signs of its start, with the atoms of the set whose gradient exceeds the penalty,
+        give a first guess of the set's exact minimiser by one small linear solve
+        (:meth:`_solve_support`, with a few active-set corrections), accepted only where the set's
+        optimality conditions hold; where it fails, the sample iterates on its set, with the step of the
+        set's own Lipschitz bound, to a loose tolerance, and the support and signs of the iterate give
+        the next guess. The full gradient ``(x − s·W)·Wᵀ`` is then checked on every atom outside the
+        set: a sample is done when none exceeds the penalty by more than ``sqrt(tol)·penalty`` (the
+        lasso's optimality conditions), otherwise up to ``_WS_GROW`` violators join its set and the next
+        exact solve starts from its last solution and their gradient signs, with no iteration. A sample
+        whose set has no exact solution yet iterates on at a tighter tolerance, down to ``tol``, where
+        it is done as before. Samples whose set would exceed a quarter of the atoms finish on the full
+        problem.
 
-        Returns codes ``(B, n)``, iterations per sample (a round of exact solves counts as one) and
-        FLOPs per sample.
+        Returns codes ``(B, n)``, iterations per sample (an active-set step or a round of exact
+        solves counts as one) and FLOPs per sample.
         """
         B, n = c.shape
         d = W.shape[1]
@@ -576,11 +619,23 @@ class ISTAEncoder(SparseEncoder):
         codes = torch.zeros_like(c)
         iters = torch.zeros(B, dtype=c.dtype, device=c.device)
         flops = torch.full((B,), 2.0 * n * d, dtype=c.dtype, device=c.device)
+        if B == 0:
+            return codes, iters, flops
         k_max = max(self._WS_START, n // 4)
         # the dictionary's Gram matrix, from which each set's is read, unless it would be large
         gram = W @ W.T if n <= self._WS_GRAM_ATOMS else None
         flops += 2.0 * n * n * d / B if gram is not None else 0.0
         loose = max(self.tol, self._WS_LOOSE_TOL)
+        bordered = None
+        if gram is not None and self._AS_STEPS > 0:
+            # the Gram matrix in float64, bordered by the identity of one padding atom per support
+            # position (a support of more than ``d`` atoms is dependent: the steps leave it)
+            as_max = min(k_max, d)
+            ext = torch.zeros(n + as_max, n + as_max, dtype=torch.float64, device=c.device)
+            ext[:n, :n] = gram
+            ext[n:, n:].diagonal().fill_(1.0)
+            rows_of_gram = ext[:, :n].contiguous()
+            bordered = (ext, rows_of_gram, rows_of_gram.float())
         # blocks of rows are independent: with several threads, one worker per thread solves its own
         # blocks, each on one intra-op thread (the many small operations keep the cores busy, where
         # threads sharing each operation would mostly wait on each other, and much longer when the
@@ -591,28 +646,44 @@ class ISTAEncoder(SparseEncoder):
 
         def block(start: int) -> None:
             rows = torch.arange(start, min(B, start + size), device=c.device)
-            sb = s0[rows]
-            # the gradient at the start (``x·Wᵀ`` itself from zero codes; ``c[rows]`` is a copy)
-            full = self._violation((x[rows] - sb @ W) @ W.T if bool(sb.any()) else c[rows])
-            full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
-            k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
-            idx = full.topk(k, dim=1).indices
-            sS = sb.gather(1, idx)
-            flops[rows] += 2.0 * n * d
+            sb = None if s0 is None else s0[rows]
+            if sb is None and bordered is not None:
+                # active-set steps on the whole dictionary; the samples they leave go on with working sets
+                steps = min(self._AS_STEPS, self.max_iter)
+                cb = c[start : start + rows.numel()]
+                sA, done, used, spent = self._active_set(cb.to(torch.float64), *bordered, eps, as_max, steps)
+                codes[rows] = sA.to(c.dtype)
+                iters[rows] += used.to(c.dtype)
+                flops[rows] += spent.to(c.dtype)
+                rows = rows[~done]
+                if not rows.numel():
+                    return
+            if sb is None or not bool(sb.any()):  # from zero codes the gradient is ``x·Wᵀ`` itself
+                k = min(n, self._WS_START)
+                cb = c[rows]
+                idx = (cb if self.nonnegative else cb.abs()).topk(k, dim=1).indices
+                sS = c.new_zeros(rows.numel(), k)
+            else:
+                full = self._violation((x[rows] - sb @ W) @ W.T)
+                full[sb != 0] = math.inf  # a warm start's non-zeros are in the set
+                k = min(n, max(self._WS_START, int((sb != 0).sum(1).max())))
+                idx = full.topk(k, dim=1).indices
+                sS = sb.gather(1, idx)
+                flops[rows] += 4.0 * n * d
             # each sample's tolerance: loose while its set grows, tightened (down to ``tol``) while
             # its iterates do not yet give the support and signs of the set's exact solution
             tol = torch.full((rows.numel(),), loose, dtype=c.dtype, device=c.device)
-            fresh = torch.zeros(rows.numel(), dtype=torch.bool, device=c.device)
+            fresh = torch.ones(rows.numel(), dtype=torch.bool, device=c.device)
             while rows.numel():
                 if gram is not None:  # the sets' Gram matrices, read from the dictionary's
-                    GS = torch.take(gram, idx.unsqueeze(2) * n + idx.unsqueeze(1))
+                    GS = _gather_square(gram, idx)
                 else:
                     WS = W[idx]  # (b, k, d)
                     GS = torch.bmm(WS, WS.transpose(1, 2))
                     flops[rows] += 2.0 * k * k * d
-                cS = c[rows.unsqueeze(1), idx]
-                # samples whose codes are exact on their last set start from them with the violators
-                # added (the first active-set guess below); the others iterate first
+                cS = c.view(-1).index_select(0, (idx + (rows * n).unsqueeze(1)).view(-1)).view(idx.shape)
+                # samples whose codes are exact on their last set (or that start) take them with the
+                # violators added as the first active-set guess below; the others iterate first
                 run = (~fresh).nonzero().squeeze(1)
                 if run.numel():
                     whole = run.numel() == rows.numel()
@@ -635,8 +706,9 @@ class ISTAEncoder(SparseEncoder):
                 grow = min(self._WS_GROW, n - k)
                 margin = torch.where(exact, eps, lam * tol.sqrt())  # beyond the iterate's own accuracy
                 if grow > 0:
-                    s_full = torch.zeros(rows.numel(), n, dtype=c.dtype, device=c.device).scatter_(1, idx, sS)
-                    score = self._violation(torch.addmm(x[rows], s_full, W, alpha=-1.0) @ W.T)
+                    # the residual from the set's atoms alone (a weighted sum of k rows of ``W`` per sample)
+                    r = x[rows].sub_(F.embedding_bag(idx, W, per_sample_weights=sS, mode="sum"))
+                    score = self._violation(r @ W.T)
                     top, new = score.scatter_(1, idx, -math.inf).topk(grow, dim=1)
                     joins = top > margin[:, None]  # the largest violators outside the set
                     bad = joins[:, 0]
@@ -695,6 +767,104 @@ class ISTAEncoder(SparseEncoder):
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(block, starts))
         return codes, iters, flops
+
+    #: primal-dual active-set steps on the whole dictionary before the working sets take over
+    _AS_STEPS = 12
+    #: most atoms that join a support per active-set step
+    _AS_GROW = 3
+
+    def _active_set(
+        self, c: Tensor, gram: Tensor, gram_rows: Tensor, gram_rows32: Tensor, eps: float, max_size: int, steps: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Primal-dual active-set steps on the whole dictionary, from zero codes.
+
+        ``c = x·Wᵀ`` is ``(b, n)``, in float64; ``gram`` is the dictionary's Gram matrix in float64
+        bordered by an identity block of ``max_size`` padding atoms (``(n + max_size, n + max_size)``),
+        ``gram_rows`` its first ``n`` columns and ``gram_rows32`` those in float32. Each step solves
+        ``G_AA·s_A = c_A − penalty·σ`` for each sample's support ``A`` and signs ``σ`` by one batched
+        Cholesky factorisation (supports padded to the largest with padding atoms, whose rows are the
+        identity's) and computes the whole gradient ``c − s·G`` from the support's rows of ``G`` in
+        float32: it chooses the atoms that join and the samples that may be done, whose lasso
+        optimality conditions are then confirmed in float64 on every atom: ``s_A`` keeps the signs
+        ``σ``, ``|c_A − G_A·s − penalty·σ| <= eps`` and ``|c_j − G_j·s| <= penalty + eps`` elsewhere
+        (without the absolute value if codes are non-negative). A sample where they hold is done;
+        otherwise the atoms whose sign flipped leave its support and up to ``_AS_GROW`` atoms whose
+        gradient most exceeds the penalty join it with the gradient's sign. A sample whose support
+        would exceed ``max_size`` atoms, whose support is (nearly) dependent, whose float32 check
+        is not confirmed, or that is not done after ``steps`` steps is left to the working sets.
+        Returns the codes (``(b, n)``, zero where not done), the ``(b,)`` mask of the samples done,
+        and the steps and FLOPs spent per sample.
+        """
+        b, n = c.shape
+        lam = self.penalty
+        dev = c.device
+        codes = torch.zeros_like(c)
+        done = torch.zeros(b, dtype=torch.bool, device=dev)
+        used = torch.zeros(b, dtype=c.dtype, device=dev)
+        flops = torch.zeros(b, dtype=c.dtype, device=dev)
+        rows = torch.arange(b, device=dev)
+        c64, c32 = c, c.float()
+        top, idx = (c32 if self.nonnegative else c32.abs()).topk(min(n, self._AS_GROW, max_size), dim=1)
+        on = top > lam + eps
+        sg = c.gather(1, idx).sign()
+        grow = min(n, self._AS_GROW)
+        for _ in range(steps):
+            # each support first, padded to the largest with distinct padding atoms (index ``n`` in ``idx``)
+            m = int(on.sum(1).max())
+            if m:
+                order = torch.argsort((~on).to(torch.uint8), dim=1, stable=True)[:, :m]
+                idx, on, sg = idx.gather(1, order), on.gather(1, order), sg.gather(1, order)
+            else:
+                idx, on, sg = idx[:, :0], on[:, :0], sg[:, :0]
+            idx = idx.masked_fill(~on, n)
+            ids = torch.where(on, idx, n + torch.arange(m, device=dev))
+            if m:
+                M = _gather_square(gram, ids)
+                chol, info = torch.linalg.cholesky_ex(M)
+                # a failed factorisation, or a pivot that keeps less than 1e-9 of its atom's squared norm:
+                # a (nearly) dependent support
+                ok = (info == 0) & (chol.diagonal(dim1=1, dim2=2).square() >= 1e-9 * M.diagonal(dim1=1, dim2=2)).all(1)
+                cA = c64.view(-1).index_select(0, (idx.clamp_max(n - 1) + (rows * n).unsqueeze(1)).view(-1))
+                rhs = torch.where(on, cA.view(idx.shape) - lam * sg, 0.0)
+                sol = torch.cholesky_solve(rhs.unsqueeze(2), chol).squeeze(2).masked_fill_(~on, 0.0)
+            else:
+                ok = torch.ones(rows.numel(), dtype=torch.bool, device=dev)
+                sol = c.new_zeros(rows.numel(), 0)
+            # the whole gradient in float32 chooses the atoms that join (and flags the samples that may be
+            # done); float64 confirms the optimality conditions of those samples before they are
+            g = _gradient(c32, gram_rows32, ids, sol.float(), n)
+            keeps = (sol * sg > 0) | ~on
+            viol = g if self.nonnegative else g.abs()
+            viol.scatter_(1, idx, -math.inf)
+            top, new = viol[:, :n].topk(grow, dim=1)
+            joins = top > lam + eps
+            good = ok & keeps.all(1) & ~joins[:, 0]
+            if bool(good.any()):
+                at = good.nonzero().squeeze(1)
+                ida, sga = idx[at], sg[at]
+                g64 = _gradient(c64[rows[at]], gram_rows, ids[at], sol[at], n)
+                stationary = ((g64.gather(1, ida) - lam * sga).abs() <= eps) | (ida == n)
+                v64 = g64 if self.nonnegative else g64.abs()
+                confirmed = stationary.all(1) & (v64.scatter_(1, ida, -math.inf)[:, :n].amax(1) <= lam + eps)
+                good[at] = confirmed
+                ok[at] &= confirmed  # not confirmed (a float32 rounding): left to the working sets
+            used[rows] += 1.0
+            flops[rows] += m**3 / 3.0 + 4.0 * m * m + 2.0 * m * n + 8.0 * n
+            if bool(good.any()):
+                at = rows[good]
+                full = torch.zeros(at.numel(), n + 1, dtype=c.dtype, device=dev).scatter_(1, idx[good], sol[good])
+                codes[at] = full[:, :n]
+                done[at] = True
+            # the next supports: the atoms that kept their sign, and the largest violators with the
+            # gradient's sign (a support that would outgrow ``max_size`` leaves for the working sets)
+            cont = ~good & ok & ((on & keeps).sum(1) + joins.sum(1) <= max_size)
+            if not bool(cont.any()):
+                break
+            sg = torch.cat([sg, g.gather(1, new).sign().to(sg.dtype)], 1)
+            on = torch.cat([on & keeps, joins], 1)
+            idx = torch.cat([idx, new], 1)
+            rows, c32, idx, on, sg = _select(cont, rows, c32, idx, on, sg)
+        return codes, done, used, flops
 
     #: active-set corrections tried after the iterates' own support and signs
     _SUPPORT_CORRECTIONS = 8

@@ -73,10 +73,13 @@ def test_adaptive_iterations_and_flops():
     per_iter = 2 * n * n + 11 * n  # n <= 2d: Gram route; 4n shrinkage, 7n momentum with restart
     assert fixed.flops_per_sample() == 2 * n * d + 50 * per_iter
     adaptive = FISTAEncoder(penalty=0.05, max_iter=2000, tol=1e-4)
-    adaptive(x, W)
+    s = adaptive(x, W)
     assert 1 <= adaptive.last_iterations < 2000
-    # adaptive runs iterate on small working sets: counted FLOPs, fewer than the full-problem iterations
-    assert 2 * n * d < adaptive.flops_per_sample() < 2 * n * d + adaptive.last_iterations * per_iter
+    # adaptive runs solve small working sets (iterations and exact solves on a few atoms, one gradient
+    # product per round): counted FLOPs, fewer than the 50 full-problem iterations, to a lower objective
+    assert 2 * n * d < adaptive.flops_per_sample() < fixed.flops_per_sample()
+    few = fixed(x, W)
+    assert bool((lasso_objective(x, s, W, 0.05) <= lasso_objective(x, few, W, 0.05) + 1e-12).all())
 
 
 def test_warm_start_saves_iterations():
@@ -214,6 +217,49 @@ def test_exact_working_set_solves_match_sklearn_to_1e8(nonneg, dtype):
     assert enc.last_iterations < 200  # the exact solves finish long before the iterates would
 
 
+@pytest.mark.parametrize("steps", [0, 1, 12])
+@pytest.mark.parametrize("nonneg", [True, False])
+def test_active_set_steps_and_the_working_sets_they_leave_match_sklearn_to_1e8(nonneg, steps):
+    # 0: working sets only; 1: one active-set step, after which most samples go on with working sets;
+    # 12 (the default): the steps finish most samples themselves
+    x, W = _coherent_problem(nonneg=nonneg)
+    penalty = 0.05
+    enc = FISTAEncoder(penalty=penalty, max_iter=5000, tol=1e-7, nonnegative=nonneg)
+    enc._AS_STEPS = steps
+    passes = []
+    steps_of = enc._active_set
+    enc._active_set = lambda *args: passes.append(steps_of(*args)) or passes[-1]
+    s = enc(x, W)
+    assert len(passes) == (1 if steps else 0)
+    if steps:
+        codes, done, used, _ = passes[0]
+        assert bool((used <= steps).all()) and bool((codes[~done] == 0).all())
+        assert (float(done.double().mean()) >= 0.5) == (steps > 1)
+        # the samples the steps finish satisfy the lasso's optimality conditions on every atom
+        sd = codes[done]
+        grad = (x[done] - sd @ W) @ W.T
+        on = sd != 0
+        assert bool((sd[on] * grad[on] > 0).all())
+        assert bool(((grad if nonneg else grad.abs()) - penalty <= penalty * math.sqrt(1e-7))[~on].all())
+        assert bool(((grad - penalty * sd.sign()).abs() <= penalty * math.sqrt(1e-7))[on].all())
+    ref = _sklearn_codes(x, W, penalty, nonneg)
+    assert float((lasso_objective(x, s, W, penalty) - lasso_objective(x, ref, W, penalty)).abs().max()) <= 1e-8
+    if nonneg:
+        assert bool((s >= 0).all())
+
+
+def test_support_solves_flag_a_failed_factorisation_whatever_its_pivots():
+    from lit_repr.models.encoders import _solve_supports
+
+    # not positive definite: the factorisation fails at the second pivot and leaves -3 there, a pivot
+    # large enough to pass the small-pivot test on its own
+    G = torch.tensor([[[1.0, 2.0], [2.0, 1.0]], [[1.0, 0.5], [0.5, 1.0]]], dtype=torch.float64)
+    rhs = torch.ones(2, 2, dtype=torch.float64)
+    sol, ok, dependent = _solve_supports(G, rhs, torch.ones(2, 2, dtype=torch.bool))
+    assert ok.tolist() == [False, True] and dependent.tolist() == [1, -1]
+    assert bool((sol[0] == 0).all()) and torch.allclose(sol[1], torch.full((2,), 1 / 1.5, dtype=torch.float64))
+
+
 def test_supports_beyond_the_first_working_set_and_sign_corrections():
     # 16 atoms of largest correlation form the first set; the supports here need atoms outside it
     x, W = _coherent_problem(n=96, d=24, b=16, active=8, seed=3)
@@ -247,18 +293,22 @@ def test_all_zero_samples_and_a_penalty_that_zeroes_every_code():
         enc = FISTAEncoder(penalty=big, max_iter=5000, tol=1e-7, nonnegative=nonneg)
         assert bool((enc(x, W) == 0).all())
         assert enc.last_iterations <= 2
+        assert enc(x[:0], W).shape == (0, W.shape[0])  # an empty batch
 
 
+@pytest.mark.parametrize("steps", [0, 12])  # working sets alone, or after the active-set steps
 @pytest.mark.parametrize("offset, bound", [(1e-3, 1e-8), (1e-6, 1e-6)])
 @pytest.mark.parametrize("nonneg", [True, False])
-def test_duplicate_and_strongly_correlated_atoms_fall_back_and_never_give_nan(nonneg, offset, bound):
+def test_duplicate_and_strongly_correlated_atoms_fall_back_and_never_give_nan(nonneg, offset, bound, steps):
     x, W = _coherent_problem(n=40, d=16, b=20, active=4, seed=5, nonneg=nonneg)
     g = torch.Generator().manual_seed(7)
     near = W[6:12] + offset * torch.randn(6, 16, generator=g, dtype=torch.float64)
     W = torch.cat([W, W[:6], near])
     W = W / W.norm(dim=1, keepdim=True)  # 6 exact duplicates and 6 near-duplicates: singular set systems
     penalty = 0.05
-    s = FISTAEncoder(penalty=penalty, max_iter=20000, tol=1e-9, nonnegative=nonneg)(x, W)
+    enc = FISTAEncoder(penalty=penalty, max_iter=20000, tol=1e-9, nonnegative=nonneg)
+    enc._AS_STEPS = steps
+    s = enc(x, W)
     assert bool(torch.isfinite(s).all())
     ref = _sklearn_codes(x, W, penalty, nonneg)
     # atoms 1e-6 apart leave the objective a curvature of ~1e-12 along their difference: within the
