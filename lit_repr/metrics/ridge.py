@@ -178,11 +178,12 @@ def _gcv_tridiagonal(
     ``T``.
     The same fit as the eigendecomposition without its eigenvectors (measured on one core, 114
     features: 0.4 ms against 0.75 ms; 512: 8 ms against 30 ms; on two cores, 2,049: 0.44 s against
-    0.75 s for the eigendecomposition alone). Returns ``(weight, scores, best)``, or
-    ``None`` where it does not apply (not a CPU float64 matrix of at least 32 rows; a least-squares fit that
-    interpolates, with as many directions with variance as samples, whose RSS only the eigendecomposition
-    splits without cancellation; directions without variance and a chosen penalty near the rounding
-    level): the caller then solves through :func:`_eigh`.
+    0.75 s for the eigendecomposition alone).
+    Where least squares interpolates (as many directions with variance as samples), the penalties whose
+    RSS is down at the rounding level of ``Σyy`` get a NaN score (the eigendecomposition computes them
+    without cancellation). Returns ``(weight, scores, best)``, or ``None`` where it does not apply (not a
+    CPU float64 matrix of at least 32 rows; directions without variance and a chosen penalty near the
+    rounding level; no score left): the caller then solves through :func:`_eigh`.
     """
     d = sxx.shape[0]
     if sxx.device.type != "cpu" or sxx.dtype != torch.float64 or d < 32:
@@ -208,15 +209,11 @@ def _gcv_tridiagonal(
         if info != 0:
             return None
         null = None
-        if m + df0 >= n:  # least squares interpolates: the eigendecomposition's RSS is exact
-            return None
         if lapack.dpttrf(diag - noise, off)[2] != 0:  # an eigenvalue of T at or below the rounding level
             evals, info_e = lapack.dsterf(diag, off)
             if info_e != 0 or evals[-1] <= 1e-12 * max(n, 1.0):
                 return None
             null = evals <= noise
-            if int((~null).sum()) + df0 >= n:  # least squares interpolates: the eigendecomposition's RSS is exact
-                return None
         reflectors, lwork = c[1:, :-1], 32 * max(k, 1)  # Q = diag(1, Q'), Q' from the reflectors
         bn = s_xy.copy()
         bn[1:], _, info_q = lapack.dormqr(b"L", b"T", reflectors, tau, bn[1:], lwork)  # Qᵀ Sxy
@@ -241,6 +238,13 @@ def _gcv_tridiagonal(
     z = z.reshape(a, m, k)
     rss = np.maximum(syy.numpy()[None, :] - (z * bn).sum(1) - al[:, None] * (z * z).sum(1), 0.0)  # (A, K)
     scores = (rss / n).mean(1) / np.maximum(1 - df / n, 1e-12) ** 2
+    if (m if null is None else int((~null).sum())) + df0 >= n:
+        # least squares interpolates (as many directions with variance as samples): RSS vanishes with α and
+        # is computed here as a difference, so where it is down at the rounding level of Σyy its GCV score
+        # is noise (NaN); a choice among the rest stands, none left goes to the eigendecomposition
+        scores = np.where(rss.mean(1) < 1e-8 * float(syy.mean()), np.nan, scores)
+        if np.isnan(scores).all():
+            return None
     best = int(np.argmin(np.where(np.isnan(scores), np.inf, scores)))
     if null is not None and bool(null.any()) and float(al[best]) < 1e4 * noise:
         # the eigendecomposition gives those directions weight 0; here they get (rounding of Xᵀy)/α,

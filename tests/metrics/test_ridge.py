@@ -199,10 +199,11 @@ def _both_paths(monkeypatch, stats):
     calls = []
     real = ridge._gcv_tridiagonal
     monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
-    fast = stats.compute()
-    assert calls and calls[-1] is not None  # (constant features: one more, recursive call)
+    fast = stats.solve()  # (not compute(): torchmetrics would return the first result again)
+    assert calls and calls[-1] is not None
     monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: None)
-    slow = stats.compute()
+    slow = stats.solve()
+    assert slow is not fast
     monkeypatch.setattr(ridge, "_gcv_tridiagonal", real)
     assert fast.alpha == slow.alpha
     return fast, slow
@@ -249,22 +250,18 @@ def test_tridiagonal_gcv_equals_the_eigendecomposition_without_full_rank(monkeyp
 
 
 def test_gcv_of_an_interpolating_fit_equals_the_kernel_form(monkeypatch):
-    # 30 samples, 40 features: least squares interpolates, and GCV's RSS and n - df both vanish as the
-    # penalty does. The n x n kernel form has no cancellation (RSS = sum_j (a/(l_j + a))^2 (u_j'y)^2): every
-    # penalty's score must agree with it, down to the smallest (there a difference of rounding errors would
-    # be all that is left of RSS)
-    from lit_repr.metrics import ridge
-
+    # 30 samples, 40 features: least squares interpolates, and GCV's RSS and n - df both vanish with the
+    # penalty. The n x n kernel form has no cancellation (RSS = sum_j (a/(l_j + a))^2 (u_j'y)^2). The
+    # eigendecomposition must match it at every penalty, down to the smallest (where a difference of
+    # rounding errors is all that is left of RSS computed as one); the tridiagonal solve at every penalty
+    # whose RSS it keeps (NaN below the rounding level), with the same choice
     x, y = _wide()
     x, y = x[:30], y[:30]
     stats = StreamingRidge(40, 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # fewer samples than features
         stats.update(torch.tensor(x), torch.tensor(y))
-        calls, real = [], ridge._gcv_tridiagonal
-        monkeypatch.setattr(ridge, "_gcv_tridiagonal", lambda *a: calls.append(real(*a)) or calls[-1])
-        fit = stats.compute()
-    assert calls == [None]  # handed to the eigendecomposition
+        fast, slow = _both_paths(monkeypatch, stats)
     xc, yc = x - x.mean(0), y - y.mean(0)
     lam, u = np.linalg.eigh(xc @ xc.T)
     lam = np.where(lam > 1e-9 * lam.max(), lam, 0.0)  # (the direction of the constant, removed by centring)
@@ -274,8 +271,12 @@ def test_gcv_of_an_interpolating_fit_equals_the_kernel_form(monkeypatch):
         rss = ((a / (lam + a))[:, None] * proj) ** 2
         df = (lam / (lam + a)).sum() + 1
         ref.append(rss.sum(0).mean() / 30 / (1 - df / 30) ** 2)
-    np.testing.assert_allclose(fit.scores.numpy(), ref, rtol=1e-6)
-    assert fit.alpha == stats.alphas[int(np.argmin(ref))]
+    ref = np.array(ref)
+    np.testing.assert_allclose(slow.scores.numpy(), ref, rtol=1e-6)
+    kept = ~torch.isnan(fast.scores)
+    assert 0 < int(kept.sum()) < len(ref)  # the smallest penalties lose their score
+    np.testing.assert_allclose(fast.scores[kept].numpy(), ref[kept.numpy()], rtol=1e-6)
+    assert fast.alpha == slow.alpha == stats.alphas[int(np.argmin(ref))]
 
 
 def test_tridiagonal_gcv_leaves_a_penalty_at_the_rounding_level_to_the_eigendecomposition():
