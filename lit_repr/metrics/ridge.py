@@ -45,7 +45,8 @@ class RidgeFit:
     """A fitted linear map ``y ≈ x @ weight + bias`` (``weight``: ``(D, K)``, ``bias``: ``(K,)``).
 
     ``alpha`` is the chosen penalty; ``scores`` the selection criterion per penalty in ``alphas``
-    (GCV error or held-out mean squared error, lower is better); ``projection`` the ``(D_in, D)``
+    (GCV error or held-out mean squared error, lower is better; NaN for a GCV error that rounding leaves
+    undefined, see :func:`_gcv_tridiagonal`); ``projection`` the ``(D_in, D)``
     matrix applied to raw features first, if any.
     """
 
