@@ -29,15 +29,14 @@ with every objective within 1e-9 of scikit-learn's. The aim on the lasso case, 8
 
 Then the primal-dual active-set steps on the whole dictionary before the working sets (one batched
 Cholesky solve per step on supports padded with identity atoms, the whole gradient from the supports'
-Gram rows in float32, confirmed in float64), measured by us on 2 cores shared with another job (load
-1.0-1.2), the encoder before and after them interleaved in one process with scikit-learn, best of 7
-(float64; times in s; speed-up over scikit-learn):
-    sparse codes s >= 0   0.062 -> 0.040   3.9x -> 5.9x
-    sparse codes signed   0.068 -> 0.038   4.5x -> 8.2x
-    lasso signed          0.113 -> 0.052   4.9x -> 10.6x  (scikit-learn 0.554 s)
-with every per-sample objective within 2e-10 of scikit-learn's (mean 0.310371 on the lasso case). Three
-more such runs gave 9.1x-11.8x on the lasso case (0.050-0.062 s), 5.9x-6.7x and 6.3x-8.2x on the
-sparse codes. The lasso row alone: ``python benchmarks/bench_fista.py --case lasso --repeats 7``.
+Gram rows in float32, confirmed in float64). This script with the encoder before and after them,
+alternating (before, after, before, after), 2 cores, load 1.4-1.7, best of 3 (float64; times in s;
+speed-up over scikit-learn):
+    sparse codes s >= 0   0.063 / 0.067 -> 0.037 / 0.042   3.9x / 3.6x -> 6.6x / 5.8x
+    sparse codes signed   0.077 / 0.081 -> 0.039 / 0.047   3.8x / 3.8x -> 7.6x / 6.7x
+    lasso signed          0.131 / 0.127 -> 0.058 / 0.062   4.5x / 4.5x -> 9.8x / 9.4x  (floor 4.0-5.0 s:
+                                                                                         65-72x faster)
+with every per-sample objective within 2e-10 of scikit-learn's (mean 0.310371 on the lasso case).
 """
 
 from __future__ import annotations

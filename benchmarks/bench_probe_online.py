@@ -15,12 +15,20 @@ The accumulation of buffered training rows is split between the training steps (
 ``buffer_rows`` rows fills) and the solve at validation (the rows still buffered).
 ``--profile`` adds the top functions of a cProfile of the probe's validation hooks (quickstart).
 
-Measured on 2 cores, other processes stopped, the commit before the one-Gram accumulation, the
-tridiagonal solve without full rank and the direct logging, then this one, back to back:
-quickstart: fixed cost per validation 10.40 ms -> 6.01 ms (solve 6.93 -> 3.63 ms, report 3.46 ->
-2.38 ms), per training step 95 -> 233 us (the blocks of 512 rows now accumulate there: 2.6 ms per
-epoch), whole-run ratio 1.287 -> 1.201. Wide site: 981 ms -> 551 ms per validation, whole-run ratio
-13.7 -> 7.8.
+The rows of the last, partial block of an epoch are accumulated in its last training step (the
+readouts' ``flush()``), so the accumulation column holds every training row and the solve at
+validation none: the same work as before, counted where it is done.
+
+Measured on 2 cores, this script with the library before and after the changes below, alternating
+(before, after, before, after; best of 3 each; the machine's speed drifts: steps of 1.5-2.4 ms):
+quickstart: fixed cost per validation 5.79 / 5.15 ms (of which 0.91 / 0.72 ms accumulating the rows
+still buffered) -> 3.26 / 3.08 ms, and 2.99-3.93 ms in two later runs (solve 1.7-2.1 ms, report
+1.3-1.8 ms); whole-run ratio 1.31 / 1.26 -> 1.08 / 1.23, then 1.23-1.34. Wide site (2,048 features,
+1,258 rows per epoch: fewer samples than features): 483 / 485 ms per validation (93 ms of it
+accumulating rows) -> 275-289 ms of solve, with its rows (96-121 ms per epoch) in the last step.
+The changes: GCV's degrees of freedom from two LDLᵀ factorisations of the tridiagonal systems (no
+eigenvalues), the small arrays of the solve and AUROC's sort in numpy, scipy's ``dormqr``, an
+accuracy of two counts, and the epoch's rows accumulated in its last training step.
 """
 
 from __future__ import annotations
@@ -152,9 +160,12 @@ def case(title: str, sites, hidden, epochs: int, repeats: int, profiler=None) ->
     fixed = (best["solve"] + best["report"]) / vals
     print(f"{title} (best of {repeats})")
     print(f"   without probe {base:6.2f} s | with probe {with_probe:6.2f} s | ratio {with_probe / base:.3f}")
+    rows_per_step = accumulate_steps * vals / steps
     print(
         f"   per training step: {1e6 * per_step:.0f} us in the hooks = {100 * per_step / step:.1f}% of "
-        f"the step ({1e3 * step:.2f} ms: forward, backward, optimiser, without probe)"
+        f"the step ({1e3 * step:.2f} ms: forward, backward, optimiser, without probe); without the "
+        f"accumulation of rows {1e6 * (per_step - rows_per_step):.0f} us = "
+        f"{100 * (per_step - rows_per_step) / step:.1f}%"
     )
     print(
         f"   per validation: fixed cost {1e3 * fixed:.2f} ms (solve {1e3 * best['solve'] / vals:.2f} ms, of which "
