@@ -264,6 +264,46 @@ def test_ovr_auroc_equals_torchmetrics_and_sklearn_with_ties(levels):
         assert abs(float(ours[c]) - roc_auc_score((y == c).numpy(), p[:, c].double().numpy())) < 2e-7
 
 
+@pytest.mark.parametrize("validate_args", [True, False])
+def test_evaluation_metrics_equal_torchmetrics_on_probabilities_and_logits(validate_args):
+    # the probe's accuracy (two counts) and AUROC (checked scores kept as they are) against torchmetrics',
+    # batch by batch; logits are normalised by a softmax as torchmetrics does
+    import torchmetrics
+
+    from lit_repr.metrics.probe import evaluation_metrics
+
+    gen = torch.Generator().manual_seed(1)
+    for logits in (False, True):
+        ours = evaluation_metrics("classification", 4, validate_args=validate_args)
+        acc = torchmetrics.classification.MulticlassAccuracy(num_classes=4, average="micro")
+        auroc = torchmetrics.classification.MulticlassAUROC(num_classes=4)
+        for _ in range(3):
+            s = 3 * torch.randn(50, 4, generator=gen)
+            p = s if logits else s.softmax(-1)
+            y = torch.randint(0, 4, (50,), generator=gen)
+            ours.update(p, y)
+            acc.update(p, y)
+            auroc.update(p, y)
+        got = ours.compute()
+        torch.testing.assert_close(got["acc"], acc.compute())
+        torch.testing.assert_close(got["auroc"], auroc.compute(), atol=1e-6, rtol=0)
+    empty = evaluation_metrics("classification", 4, validate_args=validate_args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torchmetrics: compute before update)
+        assert math.isnan(float(empty["acc"].compute()))
+
+
+def test_accuracy_checks_its_inputs_when_asked():
+    from lit_repr.metrics.probe import evaluation_metrics
+
+    acc = evaluation_metrics("classification", 3)["acc"]
+    with pytest.raises(ValueError, match=r"scores \(N, 3\) and class indices \(N,\)"):
+        acc.update(torch.rand(5, 4), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"class indices must lie in \[0, 3\), got \[0, 3\]"):
+        acc.update(torch.rand(2, 3), torch.tensor([0, 3]))
+    assert int(acc.total) == 0  # nothing was counted
+
+
 def test_linear64_in_blocks_equals_one_product():
     from lit_repr.metrics.probe import linear64
 
