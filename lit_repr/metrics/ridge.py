@@ -199,7 +199,7 @@ def _gcv_tridiagonal(
         keep = np.flatnonzero(live)
         if keep.size < 32:
             return None
-        s_xx, s_xy = s_xx[np.ix_(keep, keep)], s_xy[keep]
+        s_xx, s_xy = s_xx.take(keep, 0).take(keep, 1), s_xy.take(keep, 0)
     from scipy.linalg import lapack
 
     m, k = s_xy.shape
@@ -237,7 +237,8 @@ def _gcv_tridiagonal(
             s = np.where(null, 0.0, evals)
             df = (s[None, :] / (s[None, :] + al[:, None])).sum(1) + df0
     z = z.reshape(a, m, k)
-    rss = np.maximum(syy.numpy()[None, :] - (z * bn).sum(1) - al[:, None] * (z * z).sum(1), 0.0)  # (A, K)
+    fitted = np.einsum("amk,mk->ak", z, bn) + al[:, None] * np.einsum("amk,amk->ak", z, z)
+    rss = np.maximum(syy.numpy()[None, :] - fitted, 0.0)  # (A, K)
     scores = (rss / n).mean(1) / np.maximum(1 - df / n, 1e-12) ** 2
     if (m if null is None else int((~null).sum())) + df0 >= n:
         # least squares interpolates (as many directions with variance as samples): RSS vanishes with α and
