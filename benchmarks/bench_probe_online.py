@@ -20,12 +20,13 @@ readouts' ``flush()``), so the accumulation column holds every training row and 
 validation none: the same work as before, counted where it is done.
 
 Measured on 2 cores, this script with the library before and after the changes below, alternating
-(before, after, before, after; best of 3 each; the machine's speed drifts: steps of 1.5-2.4 ms):
-quickstart: fixed cost per validation 5.79 / 5.15 ms (of which 0.91 / 0.72 ms accumulating the rows
-still buffered) -> 3.26 / 3.08 ms, and 2.99-3.93 ms in two later runs (solve 1.7-2.1 ms, report
-1.3-1.8 ms); whole-run ratio 1.31 / 1.26 -> 1.08 / 1.23, then 1.23-1.34. Wide site (2,048 features,
-1,258 rows per epoch: fewer samples than features): 483 / 485 ms per validation (93 ms of it
-accumulating rows) -> 275-289 ms of solve, with its rows (96-121 ms per epoch) in the last step.
+(before, after, before, after; best of 3 each), on a quiet machine (training steps of 1.4 ms):
+quickstart: fixed cost per validation 4.70 / 4.36 ms (of which 0.59 / 0.56 ms accumulating the rows
+still buffered) -> 2.56 / 2.55 ms (solve 1.44 ms, report 1.12 ms); whole-run ratio 1.30 / 1.22 ->
+1.19 / 1.19. Wide site (2,048 features, 1,258 rows per epoch: fewer samples than features): 511 /
+505 ms per validation (89 / 92 ms of it accumulating rows) -> 266 / 268 ms; whole-run ratio 8.9 /
+9.8 -> 7.6 / 7.6. When the machine ran slower (steps of 1.5-2.4 ms) the quickstart's fixed cost
+was 5.2-5.8 ms before and 3.0-3.9 ms after.
 The changes: GCV's degrees of freedom from two LDLᵀ factorisations of the tridiagonal systems (no
 eigenvalues), the small arrays of the solve and AUROC's sort in numpy, scipy's ``dormqr``, an
 accuracy of two counts, and the epoch's rows accumulated in its last training step.
