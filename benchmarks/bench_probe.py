@@ -25,10 +25,12 @@ Prints ratios (lower time ratio = lit_repr faster); nothing here is a pass/fail 
            float32_products=True: 0.159 s (21.6x) before, 0.184 s (21.4x) after
    The float64 fit runs below the floor line (one general XtX product + one eigh): the triangle of the
    Gram matrix costs half its multiply-adds, and the penalty grid is solved from one tridiagonal form.
-   Measured again later, alternating with the library before the changes listed in
-   bench_probe_online.py (which do not touch this path: the dsyrk of the rows is ~125 ms of the fit):
-   before 0.216 / 0.222 s (16.2x / 14.6x), after 0.221 / 0.189 s (15.3x / 18.6x), RidgeCV 3.2-3.5 s;
-   float32_products 0.155-0.168 s (20.4x-22.7x).
+   Measured again later on a quiet machine, alternating with the library before the changes listed in
+   bench_probe_online.py: before 0.210 / 0.205 s (14.5x / 13.8x), after 0.172 / 0.166 s (19.2x /
+   20.4x), RidgeCV 2.8-3.4 s; float32_products 0.144 / 0.145 s -> 0.131 / 0.129 s (25.0x / 26.3x).
+   Of the 35-40 ms, the solve of the 513 x 513 system gives 6 ms; the dsyrk blocks themselves took
+   116 ms instead of 146 ms in a timing of each part (the same BLAS calls: what changed is the work
+   around them, now in scipy and numpy instead of torch; the cause is not established).
 """
 
 from __future__ import annotations
