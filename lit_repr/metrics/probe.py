@@ -131,9 +131,7 @@ class _Accuracy(torchmetrics.Metric):
                     f"accuracy takes scores (N, {self.num_classes}) and class indices (N,), got "
                     f"{tuple(preds.shape)} and {tuple(target.shape)}"
                 )
-            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= self.num_classes):
-                raise ValueError(f"class indices must lie in [0, {self.num_classes}), got "
-                                 f"[{int(target.min())}, {int(target.max())}]")
+            target = prepare_targets(target, "classification", self.num_classes, preds.shape[0])
         self.correct += (preds.argmax(1) == target).sum()
         self.total += target.numel()
 

@@ -236,27 +236,26 @@ def _gcv_tridiagonal(
         else:
             s = np.where(null, 0.0, evals)
             df = (s[None, :] / (s[None, :] + al[:, None])).sum(1) + df0
-    z = z.reshape(a, m, k)
-    fitted = np.einsum("amk,mk->ak", z, bn) + al[:, None] * np.einsum("amk,amk->ak", z, z)
-    rss = np.maximum(syy.numpy()[None, :] - fitted, 0.0)  # (A, K)
-    scores = (rss / n).mean(1) / np.maximum(1 - df / n, 1e-12) ** 2
-    if (m if null is None else int((~null).sum())) + df0 >= n:
-        # least squares interpolates (as many directions with variance as samples): RSS vanishes with α and
-        # is computed here as a difference, so where it is down at the rounding level of Σyy its GCV score
-        # is noise (NaN); a choice among the rest stands, none left goes to the eigendecomposition
-        scores = np.where(rss.mean(1) < 1e-8 * float(syy.mean()), np.nan, scores)
-        if np.isnan(scores).all():
+        z = z.reshape(a, m, k)
+        fitted = np.einsum("amk,mk->ak", z, bn) + al[:, None] * np.einsum("amk,amk->ak", z, z)
+        rss = np.maximum(syy.numpy()[None, :] - fitted, 0.0)  # (A, K)
+        scores = (rss / n).mean(1) / np.maximum(1 - df / n, 1e-12) ** 2
+        if (m if null is None else int((~null).sum())) + df0 >= n:
+            # least squares interpolates (as many directions with variance as samples): RSS vanishes with α and
+            # is computed here as a difference, so where it is down at the rounding level of Σyy its GCV score
+            # is noise (NaN); a choice among the rest stands, none left goes to the eigendecomposition
+            scores = np.where(rss.mean(1) < 1e-8 * float(syy.mean()), np.nan, scores)
+            if np.isnan(scores).all():
+                return None
+        best = int(np.argmin(np.where(np.isnan(scores), np.inf, scores)))
+        if null is not None and bool(null.any()) and float(al[best]) < 1e4 * noise:
+            # the eigendecomposition gives those directions weight 0; here they get (rounding of Xᵀy)/α,
+            # negligible unless α is near the rounding level itself
             return None
-    best = int(np.argmin(np.where(np.isnan(scores), np.inf, scores)))
-    if null is not None and bool(null.any()) and float(al[best]) < 1e4 * noise:
-        # the eigendecomposition gives those directions weight 0; here they get (rounding of Xᵀy)/α,
-        # negligible unless α is near the rounding level itself
-        return None
-    w = np.array(z[best])
-    with blas_threads(1 if m < 1024 else torch.get_num_threads()):
+        w = np.array(z[best])
         w[1:], _, info_q = lapack.dormqr(b"L", b"N", reflectors, tau, w[1:], lwork)  # Q z
-    if info_q != 0:
-        return None
+        if info_q != 0:
+            return None
     if keep is not None:
         full = np.zeros((d, k))
         full[keep] = w
