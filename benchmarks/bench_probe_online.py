@@ -112,10 +112,10 @@ class UpdateTimer:
         self._update = StreamingRidge._accumulate
         timer = self
 
-        def update(self, x, y):
+        def update(self, x, y, **kwargs):
             t0 = time.perf_counter()
             try:
-                return timer._update(self, x, y)
+                return timer._update(self, x, y, **kwargs)
             finally:
                 if hooks.current is not None:
                     timer.seconds[hooks.current] += time.perf_counter() - t0

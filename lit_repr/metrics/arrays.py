@@ -107,7 +107,7 @@ def fit_probe(
         # the fitting split's R², Pearson r and MSE come from its statistics (no second pass over it);
         # Spearman, from ranks, from evenly spaced rows (at most max_samples, as every split's is bounded)
         step = max(1, -(-features.shape[0] // readout.max_samples))
-        readout.update(features[::step], targets[::step], "fit (sample)")
+        readout.update_eval("fit (sample)", features[::step], targets[::step], checked=True)  # rows checked above
         scores["fit"] = {**moments, "spearman": readout.compute("fit (sample)")["spearman"]}
     for split, (ex, ey) in {**({} if moments is not None else {"fit": (features, targets)}), **eval_sets}.items():
         name = "fit (scored)" if split == FIT else split  # the fitting data, scored as an evaluation split

@@ -32,8 +32,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from torch import Tensor
 
-from lit_repr.metrics.moments import ShiftedMoments
-from lit_repr.metrics.ridge import all_finite
+from lit_repr.metrics.moments import ShiftedMoments, all_finite
 
 __all__ = [
     "MCCResult",

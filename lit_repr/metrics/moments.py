@@ -26,6 +26,7 @@ reference 0: it loads exactly (with references 0).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -42,7 +43,7 @@ try:  # BLAS dsyrk (the triangle of a Gram matrix) from the scipy the project de
 except ImportError:  # pragma: no cover - scipy is a dependency; without it the column-block path serves
     _dsyrk = None
 
-__all__ = ["ShiftedMoments", "CentredR2Score", "add_gram"]
+__all__ = ["ShiftedMoments", "CentredR2Score", "NonFiniteBatch", "add_gram", "all_finite"]
 
 States = dict[str, Tensor]
 _REFERENCE_ROWS = 1024
@@ -51,6 +52,34 @@ _CHUNK_ELEMENTS = 2**20
 #: elements of the row blocks of the one-Gram path (32 MiB of float64): fewer, larger dsyrk calls were
 #: both faster and steadier (40,000 x 513: 0.18-0.19 s against 0.20-0.23 s with 8 MiB blocks)
 _GRAM_BLOCK_ELEMENTS = 2**22
+
+
+def all_finite(x: Tensor) -> bool:
+    """Whether ``x`` holds no NaN or inf (one reduction in the common case)."""
+    if not x.is_floating_point():
+        return True
+    if math.isfinite(x.sum().item()):  # (a Python float: no 0-d tensor op per batch)
+        return True
+    return bool(torch.isfinite(x).all())  # the sum may overflow although every entry is finite
+
+
+class NonFiniteBatch(ValueError):
+    """A batch was refused by :meth:`ShiftedMoments.add_checked`; no state changed.
+
+    Args:
+        variables: the variables whose values were not all finite, or whose squares overflow float64.
+        overflow: the values of those variables were finite, but so large that their squares are not.
+
+    Example:
+        >>> str(NonFiniteBatch(["x"]))
+        "the batch of 'x' contains NaN or inf; nothing was accumulated"
+    """
+
+    def __init__(self, variables: list[str], overflow: bool = False) -> None:
+        self.variables, self.overflow = list(variables), overflow
+        names = " and ".join(repr(v) for v in self.variables)
+        why = "holds values whose squares overflow float64" if overflow else "contains NaN or inf"
+        super().__init__(f"the batch of {names} {why}; nothing was accumulated")
 
 
 def _syrk_upper(u: Tensor, c: "np.ndarray | None" = None) -> "np.ndarray":
@@ -269,14 +298,34 @@ class ShiftedMoments(Metric):
         # the Gram forms every product of every pair of variables: worth it while the unused ones are few
         return width * width / 2 <= 1.25 * needed + 4 * width
 
-    def _accumulate_gram(self, batches: Mapping[str, Tensor]) -> None:
+    def add_checked(self, **batches: Tensor) -> None:
+        """Add one batch per variable, as ``accumulate(return_centred=False, ...)``, if its values are finite.
+
+        Otherwise raise :class:`NonFiniteBatch` naming the variables at fault, with no state changed.
+        On the one-Gram path (float64 products of CPU batches, see :meth:`_accumulate_gram`) the check
+        costs nothing: it reads the diagonal of the batch's Gram matrix, ``Σ(v − r_v)²``, before any state
+        changes. That diagonal is finite exactly when every value is finite and no square overflows, so
+        it also refuses values too large for float64 products (beyond ``≈ 1e154``), which would
+        otherwise leave infinite sums. Elsewhere each batch is checked for NaN and inf first.
+        """
+        b = next(iter(batches.values())).shape[0]
+        if b > 0 and self._one_gram(batches):
+            self._accumulate_gram(batches, check=True)
+            return
+        bad = [v for v, x in batches.items() if not all_finite(x)]
+        if bad:
+            raise NonFiniteBatch(bad)
+        self.accumulate(return_centred=False, **batches)
+
+    def _accumulate_gram(self, batches: Mapping[str, Tensor], check: bool = False) -> None:
         """Add a batch from the Gram matrix of ``[x₁ − r₁ | x₂ − r₂ | … | 1]`` (float64, CPU).
 
         One BLAS ``dsyrk`` per block of rows forms the triangle of that matrix: every declared product
         (``Σ(v − r_v)(w − r_w)ᵀ`` is a block of it), every element-wise product (a block's diagonal) and
         every sum (the last column) in one pass over the block, at half the multiply-adds of a general
-        product. Each block is converted, centred and written into one buffer while it is in cache; the
-        states change only after the last block.
+        product. Each block is converted, centred and written into one buffer; the states (references
+        included) change only after the last block, and with ``check`` only if the diagonal is finite
+        (see :meth:`add_checked`).
         """
         names = list(self._variables)
         widths = [batches[v].shape[1] for v in names]
@@ -284,14 +333,24 @@ class ShiftedMoments(Metric):
         span = {v: slice(offsets[v], offsets[v] + w) for v, w in zip(names, widths)}
         width = sum(widths) + 1
         b = next(iter(batches.values())).shape[0]
-        if bool(self.n == 0):  # any reference within the spread of the data does: the first rows' mean is enough
-            for v in names:
-                setattr(self, self._variables[v][0], batches[v][:_REFERENCE_ROWS].to(torch.float64).mean(0))
+        first = bool(self.n == 0)
+        if first:  # any reference within the spread of the data does: the first rows' mean is enough
+            refs = {v: batches[v][:_REFERENCE_ROWS].mean(0, dtype=torch.float64) for v in names}
+        else:
+            refs = {v: getattr(self, self._variables[v][0]) for v in names}
         rows = min(b, max(256, _GRAM_BLOCK_ELEMENTS // width))
         buf = torch.empty(rows, width, dtype=torch.float64)
         buf[:, -1] = 1.0
         with blas_threads(torch.get_num_threads()):  # the caller's torch threads, not more
-            gram = self._gram_blocks(batches, names, span, buf)
+            gram = self._gram_blocks(batches, refs, span, buf)
+        if check:
+            diagonal = np.diagonal(gram)
+            bad = [v for v in names if not np.isfinite(diagonal[span[v]]).all()]
+            if bad:
+                raise NonFiniteBatch(bad, overflow=all(all_finite(batches[v]) for v in bad))
+        if first:
+            for v in names:
+                setattr(self, self._variables[v][0], refs[v])
         g = torch.from_numpy(gram)  # upper triangle; its strict lower triangle is zero
         for v in names:
             getattr(self, self._variables[v][1]).add_(g[span[v], -1])
@@ -305,15 +364,15 @@ class ShiftedMoments(Metric):
             getattr(self, name).add_(torch.diagonal(g[span[lo], span[hi]]))
         self.n += b
 
-    def _gram_blocks(self, batches: Mapping[str, Tensor], names: list[str], span: dict[str, slice],
+    @staticmethod
+    def _gram_blocks(batches: Mapping[str, Tensor], refs: Mapping[str, Tensor], span: dict[str, slice],
                      buf: Tensor) -> np.ndarray:
-        """The triangle of the Gram matrix of the batch, block by block of ``len(buf)`` rows."""
+        """The triangle of the Gram matrix of the batch about ``refs``, block by block of ``len(buf)`` rows."""
         b, rows, gram = next(iter(batches.values())).shape[0], buf.shape[0], None
-        refs = {v: getattr(self, self._variables[v][0]) for v in names}
         for start in range(0, b, rows):
             block = buf[: min(rows, b - start)]
             with num_threads(1):  # (torch's waiting threads would take the cores from the BLAS threads)
-                for v in names:  # a copy, then an in-place subtraction: 4x faster than one mixed-dtype sub
+                for v in refs:  # a copy, then an in-place subtraction: 4x faster than one mixed-dtype sub
                     block[:, span[v]].copy_(batches[v][start : start + block.shape[0]]).sub_(refs[v])
             gram = _syrk_upper(block, gram)
         return gram

@@ -22,13 +22,12 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection
 
 from lit_repr.metrics.logistic import fit_logistic
-from lit_repr.metrics.moments import CentredR2Score
+from lit_repr.metrics.moments import CentredR2Score, all_finite
 from lit_repr.metrics.readout import FIT, HELDOUT, SplitDict
 from lit_repr.metrics.ridge import (
     DEFAULT_ALPHAS,
     RidgeFit,
     StreamingRidge,
-    all_finite,
     local_only,
     moments_score,
     synced,
@@ -452,7 +451,23 @@ class ProbeReadout(nn.Module):
 
     # ---------------------------------------------------------------- fitting
     def update_fit(self, x: Tensor, y: Tensor) -> None:
-        """Accumulate a batch of the fitting split (checked now, added in blocks)."""
+        """Accumulate a batch of the fitting split (checked now, added in blocks).
+
+        A batch of at least ``buffer_rows`` rows arriving with nothing buffered (a whole array, as
+        :func:`~lit_repr.metrics.fit_probe` passes) is accumulated at once, its values checked by the
+        accumulation itself (no separate pass over them).
+        """
+        if not self._fit_buf and self.fit_samples is None and x.ndim == 2 and x.shape[0] >= self.buffer_rows:
+            y = self._targets(y, x.shape[0])
+            d = self.stats.dim
+            try:
+                with _threads_for(x.shape[0] * (self.in_features + d) * d, x.device):
+                    self.stats.update(x.detach(), self._design(y.detach()))
+            except ValueError:
+                if not all_finite(x):
+                    self._check_features(x)  # the readout's own message
+                raise
+            return
         x = self._check_features(x)
         y = self._targets(y, x.shape[0])
         self._fit_buf.append((x.detach(), y.detach()))
@@ -549,14 +564,19 @@ class ProbeReadout(nn.Module):
                     local_only(self.samples[split])
         return self.evals[split]  # type: ignore[return-value]
 
-    def update_eval(self, split: str, x: Tensor, y: Tensor) -> None:
-        """Score the fitted probe on a batch of evaluation split ``split`` (checked now, scored in blocks)."""
+    def update_eval(self, split: str, x: Tensor, y: Tensor, *, checked: bool = False) -> None:
+        """Score the fitted probe on a batch of evaluation split ``split`` (checked now, scored in blocks).
+
+        ``checked=True``: the features were checked finite already (e.g. rows of the fitting split);
+        their shape still is.
+        """
         if self.unfitted is not None:  # scores undefined: the split is still declared (every process computes it)
             self._eval(split)
             return
         if not self.fitted:
             raise RuntimeError("the probe has not been fitted yet: call update_fit(...) then fit()")
-        x = self._check_features(x)
+        if not (checked and x.ndim == 2 and x.shape[1] == self.in_features):
+            x = self._check_features(x)
         y = self._targets(y, x.shape[0])
         self._eval(split)
         self._eval_buf.setdefault(split, []).append((x.detach(), y.detach()))

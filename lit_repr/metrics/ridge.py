@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_repr.metrics.moments import ShiftedMoments
+from lit_repr.metrics.moments import NonFiniteBatch, ShiftedMoments
 from lit_repr.threads import blas_threads, num_threads
 
 __all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced", "synced_like"]
@@ -140,15 +140,6 @@ def synced(*metrics: Metric | None) -> Iterator[None]:
 
 def _never() -> bool:
     return False
-
-
-def all_finite(x: Tensor) -> bool:
-    """Whether ``x`` holds no NaN or inf (one reduction in the common case)."""
-    if not x.is_floating_point():
-        return True
-    if math.isfinite(x.sum().item()):  # (a Python float: no 0-d tensor op per batch)
-        return True
-    return bool(torch.isfinite(x).all())  # the sum may overflow although every entry is finite
 
 
 def _eigh(a: Tensor) -> tuple[Tensor, Tensor]:
@@ -359,9 +350,9 @@ class StreamingRidge(ShiftedMoments):
             elementwise={"yy": ("y", "y")},
         )
 
-    def _prepare(self, x: Tensor, y: Tensor, checked: bool = False) -> tuple[Tensor, Tensor]:
-        """Features and ``(B, K)`` float64 targets, shapes and values checked (values not again if ``checked``:
-        the caller checked every batch of the block already)."""
+    def _prepare(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Features and ``(B, K)`` float64 targets, their shapes checked (their values are checked as they
+        are accumulated)."""
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"features must have shape (batch, {self.in_features}), got {tuple(x.shape)}")
         if y.ndim == 1:
@@ -372,9 +363,6 @@ class StreamingRidge(ShiftedMoments):
                 f"{tuple(x.shape)}, got {tuple(y.shape)}"
             )
         y = y.to(torch.float64)
-        for t, what in () if checked else ((x, "features"), (y, "targets")):
-            if not all_finite(t):
-                raise ValueError(f"{what} contain NaN or inf; nothing was accumulated")
         if self.projection is not None:
             x = x.to(torch.float64) @ self.projection.to(x.device)
         return x, y  # converted to float64 as their reference is subtracted (unless float32_products)
@@ -382,13 +370,23 @@ class StreamingRidge(ShiftedMoments):
     def update(self, x: Tensor, y: Tensor, *, checked: bool = False) -> None:  # type: ignore[override]
         """Accumulate a batch of features ``(B, in_features)`` and targets ``(B, num_targets)``.
 
-        ``checked=True``: the values were checked finite already, batch by batch (as
+        A batch holding NaN or inf (or values whose squares overflow float64) raises ``ValueError`` and
+        changes nothing; on the CPU in float64 that check is read off the batch's own sums of squares, at
+        no extra pass. ``checked=True``: the values were checked already, batch by batch (as
         :class:`~lit_repr.metrics.ProbeReadout` does on arrival): only the shapes are checked here.
         """
-        self._accumulate(*self._prepare(x, y, checked=checked))
+        self._accumulate(*self._prepare(x, y), checked=checked)
 
-    def _accumulate(self, x: Tensor, y: Tensor) -> None:
-        self.accumulate(return_centred=False, x=x, y=y)
+    def _accumulate(self, x: Tensor, y: Tensor, checked: bool = False) -> None:
+        if checked:
+            self.accumulate(return_centred=False, x=x, y=y)
+            return
+        try:
+            self.add_checked(x=x, y=y)
+        except NonFiniteBatch as e:
+            what = " and ".join({"x": "features", "y": "targets"}[v] for v in e.variables)
+            why = "hold values whose squares overflow float64" if e.overflow else "contain NaN or inf"
+            raise ValueError(f"{what} {why}; nothing was accumulated") from None
 
     # ------------------------------------------------------------------ solving
     def _centred(self) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -73,6 +73,30 @@ def test_readout_bad_inputs():
         ProbeReadout(4, task="ranking")  # type: ignore[arg-type]
 
 
+def test_a_whole_array_is_checked_by_its_accumulation():
+    # a batch of at least buffer_rows rows with nothing buffered goes straight to the statistics; its
+    # values are checked there (from its sums of squares), with the readout's own message
+    x, y = _blobs()
+    r = ProbeReadout(8, task="classification", num_classes=4, buffer_rows=256)
+    bad = torch.tensor(x[:400]).clone()
+    bad[123, 4] = float("nan")
+    with pytest.raises(ValueError, match="features contain 1 NaN/inf values; the probe was not updated"):
+        r.update_fit(bad, torch.tensor(y[:400]))
+    with pytest.raises(ValueError, match=r"outside \[0, 4\)"):
+        r.update_fit(torch.tensor(x[:400]), torch.tensor(y[:400]) + 4)
+    assert r.n_fit == 0
+    r.update_fit(torch.tensor(x[:400]), torch.tensor(y[:400]))
+    assert r.n_fit == 400
+    r.fit()
+    ref = ProbeReadout(8, task="classification", num_classes=4, buffer_rows=256)
+    for start in range(0, 400, 50):  # the same rows in small batches: buffered, then added in blocks
+        ref.update_fit(torch.tensor(x[start : start + 50]), torch.tensor(y[start : start + 50]))
+    ref.fit()
+    torch.testing.assert_close(r.weight, ref.weight, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="NaN/inf"):
+        fit_probe(bad, torch.tensor(y[:400]), task="classification")
+
+
 def test_constant_features_log_undefined_correlations_as_nan():
     r = ProbeReadout(3, task="regression", num_targets=1)
     r.update_fit(torch.ones(50, 3), torch.randn(50))
@@ -218,9 +242,9 @@ def test_small_probes_run_on_one_thread_and_restore_the_thread_count(monkeypatch
     seen = []
     real_update = probe_module.StreamingRidge._accumulate
 
-    def spy(self, x, y):
+    def spy(self, x, y, **kwargs):
         seen.append(torch.get_num_threads())
-        return real_update(self, x, y)
+        return real_update(self, x, y, **kwargs)
 
     monkeypatch.setattr(probe_module.StreamingRidge, "_accumulate", spy)
     before = torch.get_num_threads()

@@ -92,6 +92,54 @@ def test_bad_input_leaves_state_untouched():
             StreamingRidge(3, 1, **kw)
 
 
+@pytest.mark.parametrize("first", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_non_finite_or_overflowing_batches_change_nothing(first, dtype):
+    # the values of a batch on the one-Gram path are checked from its own sums of squares: a NaN or an
+    # inf anywhere, or values whose squares overflow float64, raise before any state (references
+    # included) changes
+    g = torch.Generator().manual_seed(0)
+    r, clean = StreamingRidge(6, 2), StreamingRidge(6, 2)
+    good = [] if first else [(torch.randn(50, 6, generator=g, dtype=dtype), torch.randn(50, 2, generator=g))]
+    for xb, yb in good:
+        r.update(xb, yb)
+    before = {k: v.clone() for k, v in r.metric_state.items()}
+    x, y = torch.randn(300, 6, generator=g, dtype=dtype), torch.randn(300, 2, generator=g, dtype=torch.float64)
+    bad_x, bad_y, inf_x = x.clone(), y.clone(), x.clone()
+    bad_x[299, 3] = float("nan")  # the last row: after the rows the reference is taken from
+    bad_y[0, 1] = float("nan")  # the first row: inside the rows the reference is taken from
+    inf_x[7, 0], inf_x[8, 0] = float("inf"), float("-inf")
+    for xb, yb, match in [(bad_x, y, "^features contain NaN or inf"), (x, bad_y, "^targets contain NaN or inf"),
+                          (inf_x, y, "^features contain NaN or inf"), (bad_x, bad_y, "^features and targets")]:
+        with pytest.raises(ValueError, match=match):
+            r.update(xb, yb)
+    if dtype == torch.float64:
+        big = x.clone()
+        big[5, 1] = 1e200  # finite, but its square is not
+        with pytest.raises(ValueError, match="^features hold values whose squares overflow float64"):
+            r.update(big, y)
+    for k, v in r.metric_state.items():
+        assert torch.equal(v, before[k]), k
+    r.update(x, y)  # a good batch afterwards is taken as if nothing had happened
+    for xb, yb in [*good, (x, y)]:
+        clean.update(xb, yb)
+    for k, v in clean.metric_state.items():
+        assert torch.equal(r.metric_state[k], v), k
+
+
+def test_non_finite_batches_off_the_one_gram_path_change_nothing():
+    # float32 products take the per-variable path: each batch is checked for NaN and inf first
+    r = StreamingRidge(4, 1, float32_products=True)
+    r.update(torch.randn(20, 4), torch.randn(20))
+    before = {k: v.clone() for k, v in r.metric_state.items()}
+    x = torch.randn(30, 4)
+    x[3, 2] = float("inf")
+    with pytest.raises(ValueError, match="^features contain NaN or inf; nothing was accumulated"):
+        r.update(x, torch.randn(30))
+    for k, v in r.metric_state.items():
+        assert torch.equal(v, before[k]), k
+
+
 def test_few_samples_and_constant_features_warn_not_nan():
     r = StreamingRidge(10, 1)
     r.update(torch.randn(4, 10), torch.randn(4))
