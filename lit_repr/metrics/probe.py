@@ -521,8 +521,9 @@ class ProbeReadout(nn.Module):
         self.flush()
         with synced(self.stats):
             fit = RidgeFit(self.weight, self.bias, self.alpha, self.stats.alphas, torch.empty(0), None)
-            raw = moments_score(fit, self.stats)
-            vy = self.stats.centred()[3]["yy"]
+            centred = self.stats.centred()
+            raw = moments_score(fit, self.stats, centred)
+            vy = centred[3]["yy"]
         flat = (self.weight == 0).all(0)
         raw["r2"] = torch.where(vy > 0, raw["r2"], float("nan"))
         raw["pearson"] = torch.where((vy > 0) & ~flat, raw["pearson"], float("nan"))

@@ -79,13 +79,14 @@ class RidgeFit:
         return cls(d["weight"], d["bias"], float(d["alpha"]), d["alphas"], d["scores"], d.get("projection"))
 
 
-def moments_score(fit: RidgeFit, stats: "StreamingRidge") -> dict[str, Tensor]:
+def moments_score(fit: RidgeFit, stats: "StreamingRidge", centred: tuple | None = None) -> dict[str, Tensor]:
     """Exact MSE, R² and Pearson r per target of ``fit`` on the data summarised by ``stats``.
 
     Uses only the sufficient statistics of ``stats`` (``n``, sums, ``XᵀX``, ``Xᵀy``, ``Σy²`` about
-    their references). Returns ``{"mse": (K,), "r2": (K,), "pearson": (K,)}`` in float64.
+    their references), or ``centred``, their ``stats.centred()`` already formed (scoring several fits on
+    the same statistics). Returns ``{"mse": (K,), "r2": (K,), "pearson": (K,)}`` in float64.
     """
-    count, means, prods, elem = stats.centred()
+    count, means, prods, elem = stats.centred() if centred is None else centred
     n = count.clamp_min(1)
     mx, my = means["x"], means["y"]
     cxx, cxy, vy = prods["xtx"] / n, prods["xty"] / n, elem["yy"] / n
@@ -472,9 +473,10 @@ class StreamingRidge(ShiftedMoments):
             scores = (rss / n).mean(1) / resid_df**2
         else:
             scores = torch.empty(alphas.numel(), dtype=torch.float64, device=evals.device)
+            held = heldout.centred()
             for i in range(alphas.numel()):
                 fit_i = self._fit_for(evecs, q, denom[i], mx, my)
-                scores[i] = moments_score(fit_i, heldout)["mse"].mean()
+                scores[i] = moments_score(fit_i, heldout, held)["mse"].mean()
         best = int(torch.argmin(torch.nan_to_num(scores, nan=float("inf"))))
         fit = self._fit_for(evecs, q, denom[best], mx, my)
         fit.alpha = float(alphas[best])
