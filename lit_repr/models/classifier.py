@@ -157,7 +157,7 @@ class Classifier(pl.LightningModule):
         probs = logits.softmax(-1) if self.task == "multiclass" else logits.sigmoid()
         y_int = y.long()
         acc = self.metrics[f"{stage}_acc"]
-        acc(probs, y_int)
+        acc.update(probs, y_int)  # (logged per epoch only: no per-batch value to compute, as forward would)
         self.log(f"{stage}/acc", acc, prog_bar=True, batch_size=bs, on_epoch=True, on_step=False)
         if f"{stage}_auroc" in self.metrics:
             auroc = self.metrics[f"{stage}_auroc"]
