@@ -206,3 +206,37 @@ def test_product_states_have_an_expanded_default_and_reset_to_dense_zeros():
     assert float(m.n) == 50
     state = m.state_dict()
     assert "xtx" not in state or state["xtx"].is_contiguous()
+
+
+@pytest.mark.parametrize("gram", [True, False])
+def test_add_checked_names_the_variables_at_fault_and_changes_nothing(gram):
+    from lit_repr.metrics.moments import NonFiniteBatch, ShiftedMoments
+
+    class Pair(ShiftedMoments):
+        def __init__(self):
+            super().__init__()
+            self.add_moments(variables={"a": ("sum_a", 3), "b": ("sum_b", 2)}, products={"ab": ("a", "b")},
+                             elementwise={"aa": ("a", "a")} if gram else {})
+            self.float32_products = not gram  # float32 batches then take the per-variable path
+
+        def update(self, a, b):
+            self.add_checked(a=a, b=b)
+
+        def compute(self):
+            return self.centred()
+
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.float64 if gram else torch.float32
+    a, b = torch.randn(40, 3, generator=g, dtype=dtype), torch.randn(40, 2, generator=g, dtype=dtype)
+    m, clean = Pair(), Pair()
+    assert m._one_gram({"a": a, "b": b}) == gram
+    bad_b = b.clone()
+    bad_b[39, 1] = float("-inf")
+    with pytest.raises(NonFiniteBatch, match="the batch of 'b' contains NaN or inf") as err:
+        m.update(a, bad_b)
+    assert err.value.variables == ["b"] and not err.value.overflow
+    assert float(m.n) == 0 and all(bool((v == 0).all()) for v in m.metric_state.values())
+    m.update(a, b)
+    clean.update(a, b)
+    for k, v in clean.metric_state.items():
+        assert torch.equal(m.metric_state[k], v), k
