@@ -88,8 +88,8 @@ class TapCallback(ReadoutState, Callback):
       site named;
     - ``trainer.test``: online, the readouts fitted during training score the test batches; frozen,
       a measurement fits on ``fit_split`` and scores the test loaders (``test``, ``test_1``, ...);
-    - under DDP, online evaluation batches lose the duplicates ``DistributedSampler`` pads with, by
-      their ``index`` (one warning when batches have none);
+    - under DDP, online training and evaluation batches lose the duplicates ``DistributedSampler``
+      pads with, by their ``index`` (one warning per loader when batches have none);
     - ``state_dict``/``load_state_dict``: a changed configuration on resume warns and names what
       it drops; a readout whose target changed under the same name (its :meth:`fingerprint`) or
       whose widths changed starts fresh with a warning naming the change; an instance reused on
@@ -198,6 +198,7 @@ class TapCallback(ReadoutState, Callback):
         self._warned: set[tuple] = set()
         self._restored: set[tuple[str, str | None]] = set()  # (site, target) loaded, widths not yet seen
         self._padding: dict[int, PaddingFilter | None] = {}  # per evaluation loader (online DDP)
+        self._train_padding: PaddingFilter | None = None  # of this epoch's training loader (online DDP)
 
     # ------------------------------------------------------------------ what a subclass declares
     def make_readouts(self, site: str, target: str | None, in_features: int, target_features: int) -> Mapping:
@@ -489,6 +490,10 @@ class TapCallback(ReadoutState, Callback):
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.mode == "online":
             self.reset()
+            # under DDP the training loader's sampler pads an indivisible split with duplicates: this
+            # epoch's (its sampler has its epoch already) are dropped from the fitting split by 'index'
+            loader = trainer.train_dataloader if trainer.world_size > 1 else None
+            self._train_padding = padding_filter(loader, "training") if loader is not None else None
 
     @override
     def on_train_batch_start(
@@ -505,7 +510,10 @@ class TapCallback(ReadoutState, Callback):
         if self.mode == "online" and self.tap is not None:
             self.tap.enabled = False
             if self.tap.has_features():
-                self.feed(self.tap.read(), batch, FIT)
+                feats = self.tap.read()
+                if self._train_padding is not None:
+                    feats, batch = self._train_padding(feats, batch, self.name)
+                self.feed(feats, batch, FIT)
             if batch_idx + 1 >= trainer.num_training_batches:  # the epoch's rows are all in
                 self.flush()
 

@@ -17,10 +17,10 @@ from torch.utils.data import DataLoader, Subset
 __all__ = ["probe_loaders_for", "shard", "padding_filter", "PaddingFilter"]
 
 PADDING_WARNING = (
-    "{name}: under DDP, Lightning's DistributedSampler pads this evaluation loader of {n} samples to {total} "
-    "with duplicates, and its batches carry no 'index' to drop them by: online scores include the {pad} "
+    "{name}: under DDP, Lightning's DistributedSampler pads this {role} loader of {n} samples to {total} "
+    "with duplicates, and its batches carry no 'index' to drop them by: online {what} include the {pad} "
     "duplicate(s). Give batches an 'index' entry (a dict batch; lit_repr's DataModules do) for exact "
-    "online scores, or use mode='frozen', which is exact under DDP."
+    "online {what}, or use mode='frozen', which is exact under DDP."
 )
 
 
@@ -38,6 +38,7 @@ class PaddingFilter:
         rank: this process.
         world: the number of processes.
         num_samples: samples of the dataset.
+        role: ``"evaluation"`` or ``"training"``: which loader the warning names.
 
     Example:
         >>> flt = PaddingFilter([1, 0], rank=1, world=2, num_samples=3)  # reads 1, then 0 again as padding
@@ -46,18 +47,20 @@ class PaddingFilter:
         (1, [1])
     """
 
-    def __init__(self, local: Sequence[int], rank: int, world: int, num_samples: int) -> None:
+    def __init__(self, local: Sequence[int], rank: int, world: int, num_samples: int, role: str = "evaluation") -> None:
         self.allowed = Counter(int(i) for k, i in enumerate(local) if rank + k * world < num_samples)
         self.known = {int(i) for i in local}
         self.seen: Counter = Counter()
         self.num_samples, self.total_size = num_samples, -(-num_samples // world) * world
         self.usable = True
+        self.role = role
 
     def _unusable(self, name: str) -> None:
         if self.usable:
             self.usable = False
-            rank_zero_warn(PADDING_WARNING.format(name=name, n=self.num_samples, total=self.total_size,
-                                                  pad=self.total_size - self.num_samples))
+            what = "fitting statistics" if self.role == "training" else "scores"
+            rank_zero_warn(PADDING_WARNING.format(name=name, role=self.role, what=what, n=self.num_samples,
+                                                  total=self.total_size, pad=self.total_size - self.num_samples))
 
     def __call__(self, features: Mapping[str, Tensor], batch: Any, name: str) -> tuple[Mapping[str, Tensor], Any]:
         index = batch.get("index") if isinstance(batch, Mapping) else None
@@ -82,9 +85,13 @@ class PaddingFilter:
         return features, batch
 
 
-def padding_filter(loader: Any) -> PaddingFilter | None:
+def padding_filter(loader: Any, role: str = "evaluation") -> PaddingFilter | None:
     """A :class:`PaddingFilter` for ``loader`` if its sampler is a ``DistributedSampler`` that pads
-    (Lightning's default for evaluation loaders under DDP when the size does not divide); else ``None``."""
+    (Lightning's default under DDP when the size does not divide); else ``None``.
+
+    A shuffling sampler's order is that of its current epoch: build the filter after ``set_epoch``
+    (Lightning calls it before ``on_train_epoch_start``). ``role`` names the loader in the warning.
+    """
     sampler = getattr(loader, "sampler", None)
     if not isinstance(sampler, torch.utils.data.DistributedSampler) or sampler.drop_last:
         return None
@@ -95,7 +102,7 @@ def padding_filter(loader: Any) -> PaddingFilter | None:
 
     with preserved_rng():  # a wrapped sampler may draw from the global generators
         local = [int(i) for i in iter(sampler)]
-    return PaddingFilter(local, sampler.rank, sampler.num_replicas, n)
+    return PaddingFilter(local, sampler.rank, sampler.num_replicas, n, role)
 
 
 def shard(loader: Any, rank: int, world: int) -> Any:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.moments import CentredR2Score, all_finite
@@ -32,7 +33,7 @@ from lit_repr.metrics.ridge import (
     moments_score,
     synced,
 )
-from lit_repr.metrics.samples import SampleBuffer
+from lit_repr.metrics.samples import SampleBuffer, fill_empty_cat_states
 from lit_repr.threads import num_threads
 
 __all__ = [
@@ -173,6 +174,10 @@ class _AUROC(torchmetrics.classification.MulticlassAUROC):
                 warnings.simplefilter("ignore")  # absent classes: their per-class value is dropped below
                 per_class = _multiclass_auroc_compute((preds, target), self.num_classes, None, self.thresholds)
         return per_class[present.to(per_class.device)].mean()
+
+    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
+        fill_empty_cat_states(self, process_group or self.process_group)  # a process that scored no rows
+        super()._sync_dist(dist_sync_fn, process_group)
 
 
 def ovr_auroc(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -609,6 +614,7 @@ class ProbeReadout(nn.Module):
     def compute_eval(self, split: str) -> dict[str, Tensor]:
         """Scores of split ``split`` (per output for regression), synchronised under DDP."""
         self._flush_eval(split)
+        self._eval(split)  # a process whose shard of the split was empty has its (empty) metrics too
         with warnings.catch_warnings(), _threads_for(32 * self._eval_size(split), self.weight.device):
             warnings.simplefilter("ignore")  # one warning below says what is undefined
             raw = {k: torch.as_tensor(v) for k, v in self._eval(split).compute().items()}

@@ -18,13 +18,59 @@ k-NN alignment, logistic probes and the predicted-vs-true figures. They all keep
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_repr.checks import check_int
 
-__all__ = ["SampleBuffer"]
+__all__ = ["SampleBuffer", "fill_empty_cat_states"]
+
+
+def fill_empty_cat_states(metric: Metric, group: Any = None) -> None:
+    """Give each empty ``cat`` state of ``metric`` an empty tensor shaped and typed like the other
+    processes' rows, before torchmetrics gathers the states under DDP; a no-op outside DDP.
+
+    torchmetrics stands in a 1-D tensor of the metric's float dtype for the state of a process that
+    received no rows. Beside the ``(N, C)`` scores or the int64 targets of the other processes, the
+    gather then mixes shapes or dtypes and fails (an evaluation split with fewer samples than
+    processes leaves some shards empty). One small object gather, on every process, learns each
+    state's row shape and dtype from a process that holds rows; where none does, nothing changes.
+    Call it on every process, where the states are synchronised (an override of ``_sync_dist``).
+
+    Example:
+        >>> buf = SampleBuffer(max_samples=4)
+        >>> fill_empty_cat_states(buf)  # no process group: nothing to do
+        >>> buf.keys
+        []
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    names = [a for a, fx in metric._reductions.items() if fx is dim_zero_cat]
+    if not names:
+        return
+
+    def row_spec(state: Tensor | list[Tensor]) -> tuple[tuple[int, ...], str] | None:
+        t = state[0] if isinstance(state, list) and state else state if isinstance(state, Tensor) else None
+        return None if t is None else (tuple(t.shape[1:]), str(t.dtype).removeprefix("torch."))
+
+    local = {a: row_spec(getattr(metric, a)) for a in names}
+    specs: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(specs, local, group=group)
+    for a in names:
+        state = getattr(metric, a)
+        if not isinstance(state, list) or state:
+            continue
+        found = next((s[a] for s in specs if s is not None and s.get(a) is not None), None)
+        if found is not None:
+            shape, dtype = found
+            state.append(torch.zeros((0, *shape), dtype=getattr(torch, dtype), device=metric.device))
 
 
 def _rank() -> int:
@@ -106,6 +152,10 @@ class SampleBuffer(Metric):
     def reset(self) -> None:
         super().reset()
         self._generator = None
+
+    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
+        fill_empty_cat_states(self, process_group or self.process_group)  # a process that kept no rows
+        super()._sync_dist(dist_sync_fn, process_group)
 
 
 def _bottom_k(keys: Tensor, cols: list[Tensor], k: int) -> tuple[Tensor, list[Tensor]]:

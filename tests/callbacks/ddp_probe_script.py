@@ -2,7 +2,8 @@
 
 Arguments: output path, number of processes, mode, strategy (``ddp`` or ``ddp_spawn``), data
 (``digits``: dict batches with ``index``; ``tuples``: ``(x, y)`` batches without one). The
-validation split has 359 samples: odd, so DistributedSampler pads it for 2 processes.
+training split has 1437 samples and the validation split 359: odd, so DistributedSampler pads both
+for 2 processes.
 """
 
 import sys
@@ -46,7 +47,7 @@ def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "
         enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    dm = DigitsDataModule(batch_size=64, val_fraction=0.2, test_fraction=0.0)
+    dm = DigitsDataModule(batch_size=64, val_fraction=0.2, test_fraction=0.0006)  # splits of 1437, 359 and 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         if tuples:
@@ -58,6 +59,13 @@ def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "
             trainer.validate(model, dm, verbose=False)
         else:
             trainer.fit(model, dm)
+    keys = ("digit", "ink")
+    counts = {}
+    if probe.readouts:  # the fitting samples of all processes (a collective: every process takes part)
+        local = torch.tensor([float(probe.readout("backbone.0", k).stats.n) for k in keys], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(local)
+        counts = dict(zip(keys, local.long().tolist()))
     if trainer.is_global_zero:
         result = {"scores": {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("probe/")},
                   "warnings": [str(w.message) for w in caught]}
@@ -66,9 +74,9 @@ def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "
                 k: {
                     "weight": probe.readout("backbone.0", k).weight,
                     "bias": probe.readout("backbone.0", k).bias,
-                    "n": int(probe.readout("backbone.0", k).stats.n),
+                    "n": counts[k],
                 }
-                for k in ("digit", "ink")
+                for k in keys
             }
         torch.save(result, out)
     if dist.is_initialized():  # close gloo before the interpreter exits (its threads can abort the process otherwise)
