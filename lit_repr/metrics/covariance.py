@@ -10,10 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lit_repr.metrics.moments import ShiftedMoments
+from lit_repr.metrics.moments import NonFiniteBatch, ShiftedMoments, symmetrise_
 
 __all__ = ["CovarianceMoments"]
-
 
 class CovarianceMoments(ShiftedMoments):
     """Streaming mean and (population) covariance of features, accumulated in float64.
@@ -58,15 +57,18 @@ class CovarianceMoments(ShiftedMoments):
                 f"x must have shape (N, {self.num_features}) (num_features={self.num_features}), "
                 f"got shape {tuple(x.shape)}"
             )
-        x = x.detach().reshape(-1, self.num_features).to(device=self.sum_x.device, dtype=torch.float64)
-        if not torch.isfinite(x).all():
-            raise ValueError("x must be finite, got NaN or infinite values")
-        self.accumulate(x=x)
+        x = x.detach().reshape(-1, self.num_features).to(device=self.sum_x.device)
+        if not x.is_floating_point():
+            x = x.to(torch.float64)  # (floating-point batches are converted as their reference is subtracted)
+        try:
+            self.add_checked(x=x)  # (on the CPU in float64 the check reads the Gram's diagonal: no extra pass)
+        except NonFiniteBatch as e:
+            why = "values whose squares overflow float64" if e.overflow else "NaN or infinite values"
+            raise ValueError(f"x must be finite, got {why}") from None
 
     def compute(self) -> tuple[Tensor, Tensor]:
         """``(mean, covariance)`` in float64; raises ValueError if no samples were seen."""
         if float(self.n) < 1:
             raise ValueError("CovarianceMoments has seen no samples (n=0); call update() first")
         n, means, prods, _ = self.centred()
-        cov = prods["sum_xxT"] / n
-        return means["x"], (cov + cov.T) / 2
+        return means["x"], symmetrise_(prods["sum_xxT"].div_(n))  # (a new tensor: the states stay as they are)

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_repr.metrics.moments import NonFiniteBatch, ShiftedMoments
+from lit_repr.metrics.moments import NonFiniteBatch, ShiftedMoments, symmetrise_
 from lit_repr.threads import blas_threads, num_threads
 
 __all__ = ["StreamingRidge", "RidgeFit", "DEFAULT_ALPHAS", "moments_score", "local_only", "synced", "synced_like"]
@@ -402,7 +402,7 @@ class StreamingRidge(ShiftedMoments):
             my = torch.zeros_like(self.sum_y)
             raw = self.moments_about({"x": mx, "y": my})
             sxx, sxy, syy = raw["xtx"], raw["xty"], raw["yy"]
-        return mx, my, (sxx + sxx.T) / 2, sxy, syy
+        return mx, my, symmetrise_(sxx), sxy, syy  # (sxx is a new tensor: the states stay as they are)
 
     def solve(self, heldout: "StreamingRidge | None" = None) -> RidgeFit:
         """Fit over the penalty grid and return the selected :class:`RidgeFit`.
