@@ -127,10 +127,21 @@ def symmetrise_(a: Tensor, block: int = 256) -> Tensor:
     return a
 
 
-def _add_mirrored(out: Tensor, upper: Tensor) -> Tensor:
+def _add_mirrored(out: Tensor, upper: Tensor, block: int = 256) -> Tensor:
     """``out`` plus the exactly symmetric matrix whose upper triangle (diagonal included) is ``upper``'s,
-    for an ``upper`` whose strict lower triangle is zero (as ``dsyrk`` leaves it): one temporary."""
-    return out.add_(upper).add_(upper.T.tril(-1))
+    for an ``upper`` whose strict lower triangle is zero (as ``dsyrk`` leaves it). A large one is mirrored
+    block by block (no full-size temporary, no strided pass over the whole of it); the same values."""
+    out.add_(upper)
+    d = out.shape[0]
+    if d <= block:
+        return out.add_(upper.T.tril(-1))
+    for i in range(0, d, block):
+        rows = slice(i, min(i + block, d))
+        out[rows, rows].add_(upper[rows, rows].T.tril(-1))
+        for j in range(i + block, d, block):
+            cols = slice(j, min(j + block, d))
+            out[cols, rows].add_(upper[rows, cols].T)
+    return out
 
 
 def _use_syrk(u: Tensor) -> bool:
