@@ -39,7 +39,10 @@ Prints ratios (lower time ratio = lit_repr faster); nothing here is a pass/fail 
    18.1-20.8x (18.5x), 13.1-19.4x (18.1x); RidgeCV 3.6-3.9 s, fit_probe 0.20-0.22 s in those runs
    (0.155-0.17 s in quieter stretches: 14.8-24.5x, median 21.4x). The float64 fit is 117 ms of dsyrk
    (90 GFLOP/s), ~10 ms of float32 -> float64 conversion and ~30 ms of solve and scores; the check of
-   the values, which was a separate pass (~3 ms), now reads the Gram's diagonal.
+   the values, which was a separate pass (~3 ms), now reads the Gram's diagonal. Once more, with the
+   d x d bookkeeping also done without full-size temporaries: before 11.6-20.6x (median 16.5x, fit
+   0.205 s), 16.5-22.9x (19.4x, 0.199 s); after 17.7-22.9x (21.8x, 0.167 s), 17.1-24.6x (22.8x,
+   0.160 s); RidgeCV 3.4-4.0 s; float32_products 23.7-30.8x.
 """
 
 from __future__ import annotations
