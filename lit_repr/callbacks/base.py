@@ -67,6 +67,14 @@ def log_scores(trainer: pl.Trainer | None, pl_module: pl.LightningModule, scores
     connector.log_metrics(values)
 
 
+def _warned_once(new: PaddingFilter | None, old: PaddingFilter | None) -> PaddingFilter | None:
+    """``new`` (this epoch's filter of a loader), told that ``old`` (the last epoch's) found batches without an
+    ``index`` and warned: one warning per loader and run, not one per epoch."""
+    if new is not None and old is not None and not old.usable:
+        new.usable = False
+    return new
+
+
 class TapCallback(ReadoutState, Callback):
     """Base of callbacks that read features at named sites: a callback is a *readout factory*.
 
@@ -493,7 +501,8 @@ class TapCallback(ReadoutState, Callback):
             # under DDP the training loader's sampler pads an indivisible split with duplicates: this
             # epoch's (its sampler has its epoch already) are dropped from the fitting split by 'index'
             loader = trainer.train_dataloader if trainer.world_size > 1 else None
-            self._train_padding = padding_filter(loader, "training") if loader is not None else None
+            flt = padding_filter(loader, "training") if loader is not None else None
+            self._train_padding = _warned_once(flt, self._train_padding)
 
     @override
     def on_train_batch_start(
@@ -525,7 +534,8 @@ class TapCallback(ReadoutState, Callback):
                 r.reset(split)
         self._splits = []
         listed = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        self._padding = {i: padding_filter(dl) for i, dl in enumerate(listed) if dl is not None}
+        self._padding = {i: _warned_once(padding_filter(dl), self._padding.get(i)) for i, dl in enumerate(listed)
+                         if dl is not None}
 
     def _eval_batch_start(self, trainer: pl.Trainer) -> None:
         if self.mode == "online" and self.tap is not None:

@@ -1,7 +1,7 @@
 """Run LinearProbe in 1 or 2 CPU processes (gloo) and save the fitted probes; used by test_probe_ddp.
 
 Arguments: output path, number of processes, mode, strategy (``ddp`` or ``ddp_spawn``), data
-(``digits``: dict batches with ``index``; ``tuples``: ``(x, y)`` batches without one). The
+(``digits``: dict batches with ``index``; ``tuples``: ``(x, y)`` batches without one), epochs. The
 training split has 1437 samples and the validation split 359: odd, so DistributedSampler pads both
 for 2 processes.
 """
@@ -23,7 +23,7 @@ def ink(batch):  # module level, so the probe pickles for ddp_spawn
     return batch["x"].sum(1) if isinstance(batch, dict) else batch[0].sum(1)
 
 
-def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "digits") -> None:
+def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "digits", epochs: str = "1") -> None:
     pl.seed_everything(0)
     tuples = data == "tuples"
     model = Classifier(in_features=64, hidden=[32], lr=1e-12, weight_decay=0.0,
@@ -39,7 +39,7 @@ def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "
         accelerator="cpu",
         devices=devices,
         strategy=strategy if devices > 1 else "auto",
-        max_epochs=1,
+        max_epochs=int(epochs),
         callbacks=[probe],
         logger=False,
         enable_progress_bar=False,

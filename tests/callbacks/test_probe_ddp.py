@@ -39,9 +39,9 @@ def test_ddp_spawn_with_defaults(run_ddp_script):
 
 
 def test_online_ddp_without_index_warns_once(run_ddp_script):
-    two = run_ddp_script(SCRIPT, 2, "online", "ddp", "tuples")
+    two = run_ddp_script(SCRIPT, 2, "online", "ddp", "tuples", 2)
     padding = sorted(w for w in two["warnings"] if "padding" in w or "pads" in w)
-    assert len(padding) == 2, padding  # one per padded loader
+    assert len(padding) == 2, padding  # one per padded loader, not one per epoch
     assert "evaluation loader of 359 samples to 360" in padding[0] and "online scores include" in padding[0]
     assert "training loader of 1437 samples to 1438" in padding[1] and "fitting statistics include" in padding[1]
     assert all("mode='frozen'" in w for w in padding)
