@@ -6,6 +6,7 @@ training split has 1437 samples and the validation split 359: odd, so Distribute
 for 2 processes.
 """
 
+import atexit
 import sys
 import warnings
 
@@ -21,6 +22,20 @@ from lit_repr.models import Classifier
 
 def ink(batch):  # module level, so the probe pickles for ddp_spawn
     return batch["x"].sum(1) if isinstance(batch, dict) else batch[0].sum(1)
+
+
+def _close_gloo() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class CloseGlooAtExit(pl.Callback):
+    """Close gloo before a process's interpreter exits: ``ddp_spawn``'s workers never reach the end of
+    ``main`` (which closes it in the ``ddp`` processes), and gloo's threads, left to the interpreter's
+    shutdown, now and then abort the worker ("terminate called without an active exception")."""
+
+    def teardown(self, trainer, pl_module, stage):
+        atexit.register(_close_gloo)
 
 
 def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "digits", epochs: str = "1") -> None:
@@ -40,7 +55,7 @@ def main(out: str, devices: int, mode: str, strategy: str = "ddp", data: str = "
         devices=devices,
         strategy=strategy if devices > 1 else "auto",
         max_epochs=int(epochs),
-        callbacks=[probe],
+        callbacks=[probe, CloseGlooAtExit()],
         logger=False,
         enable_progress_bar=False,
         enable_checkpointing=False,
