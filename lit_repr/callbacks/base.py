@@ -500,8 +500,7 @@ class TapCallback(ReadoutState, Callback):
             self.reset()
             # under DDP the training loader's sampler pads an indivisible split with duplicates: this
             # epoch's (its sampler has its epoch already) are dropped from the fitting split by 'index'
-            loader = trainer.train_dataloader if trainer.world_size > 1 else None
-            flt = padding_filter(loader, "training") if loader is not None else None
+            flt = padding_filter(trainer.train_dataloader, "training") if trainer.world_size > 1 else None
             self._train_padding = _warned_once(flt, self._train_padding)
 
     @override

@@ -14,6 +14,7 @@ from lit_repr.metrics.moments import NonFiniteBatch, ShiftedMoments, symmetrise_
 
 __all__ = ["CovarianceMoments"]
 
+
 class CovarianceMoments(ShiftedMoments):
     """Streaming mean and (population) covariance of features, accumulated in float64.
 

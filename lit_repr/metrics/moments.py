@@ -27,7 +27,7 @@ reference 0: it loads exactly (with references 0).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -102,6 +102,13 @@ def _less_outer(state: Tensor, a: Tensor, b: Tensor, n: Tensor) -> Tensor:
     return torch.sub(state, out, out=out)
 
 
+def _blocks_on_and_above(d: int, block: int) -> Iterator[tuple[slice, slice]]:
+    """``(rows, cols)`` of the ``block × block`` tiles of a ``d × d`` matrix on and above its diagonal."""
+    for i in range(0, d, block):
+        for j in range(i, d, block):
+            yield slice(i, min(i + block, d)), slice(j, min(j + block, d))
+
+
 def symmetrise_(a: Tensor, block: int = 256) -> Tensor:
     """``a`` replaced in place by ``(a + aᵀ) / 2``, the same values, block by block.
 
@@ -113,34 +120,22 @@ def symmetrise_(a: Tensor, block: int = 256) -> Tensor:
         tensor([[1., 3.],
                 [3., 3.]])
     """
-    d = a.shape[0]
-    for i in range(0, d, block):
-        rows = slice(i, min(i + block, d))
-        diag = a[rows, rows]
-        diag.copy_((diag + diag.T) / 2)
-        for j in range(i + block, d, block):
-            cols = slice(j, min(j + block, d))
-            upper, lower = a[rows, cols], a[cols, rows]
-            mean = (upper + lower.T) / 2
-            upper.copy_(mean)
+    for rows, cols in _blocks_on_and_above(a.shape[0], block):
+        upper, lower = a[rows, cols], a[cols, rows]
+        mean = (upper + lower.T) / 2
+        upper.copy_(mean)
+        if rows != cols:
             lower.copy_(mean.T)
     return a
 
 
 def _add_mirrored(out: Tensor, upper: Tensor, block: int = 256) -> Tensor:
     """``out`` plus the exactly symmetric matrix whose upper triangle (diagonal included) is ``upper``'s,
-    for an ``upper`` whose strict lower triangle is zero (as ``dsyrk`` leaves it). A large one is mirrored
-    block by block (no full-size temporary, no strided pass over the whole of it); the same values."""
+    for an ``upper`` whose strict lower triangle is zero (as ``dsyrk`` leaves it). The mirror is added
+    block by block (no full-size temporary, no strided pass over the whole matrix); the same values."""
     out.add_(upper)
-    d = out.shape[0]
-    if d <= block:
-        return out.add_(upper.T.tril(-1))
-    for i in range(0, d, block):
-        rows = slice(i, min(i + block, d))
-        out[rows, rows].add_(upper[rows, rows].T.tril(-1))
-        for j in range(i + block, d, block):
-            cols = slice(j, min(j + block, d))
-            out[cols, rows].add_(upper[rows, cols].T)
+    for rows, cols in _blocks_on_and_above(out.shape[0], block):
+        out[cols, rows].add_(upper[rows, cols].T.tril(-1) if rows == cols else upper[rows, cols].T)
     return out
 
 

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor, nn
 from torchmetrics import MetricCollection
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_repr.metrics.logistic import fit_logistic
 from lit_repr.metrics.moments import CentredR2Score, all_finite
@@ -33,7 +32,7 @@ from lit_repr.metrics.ridge import (
     moments_score,
     synced,
 )
-from lit_repr.metrics.samples import SampleBuffer, fill_empty_cat_states
+from lit_repr.metrics.samples import EmptyShardSync, SampleBuffer
 from lit_repr.threads import num_threads
 
 __all__ = [
@@ -141,7 +140,7 @@ class _Accuracy(torchmetrics.Metric):
         return (self.correct / self.total).float()
 
 
-class _AUROC(torchmetrics.classification.MulticlassAUROC):
+class _AUROC(EmptyShardSync, torchmetrics.classification.MulticlassAUROC):
     """One-vs-rest AUROC averaged over the classes present (each needs positives and negatives); NaN when
     fewer than two classes are present (the AUROC of an absent class is undefined, not 0)."""
 
@@ -174,10 +173,6 @@ class _AUROC(torchmetrics.classification.MulticlassAUROC):
                 warnings.simplefilter("ignore")  # absent classes: their per-class value is dropped below
                 per_class = _multiclass_auroc_compute((preds, target), self.num_classes, None, self.thresholds)
         return per_class[present.to(per_class.device)].mean()
-
-    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
-        fill_empty_cat_states(self, process_group or self.process_group)  # a process that scored no rows
-        super()._sync_dist(dist_sync_fn, process_group)
 
 
 def ovr_auroc(preds: Tensor, target: Tensor, num_classes: int) -> Tensor:
@@ -399,11 +394,15 @@ class ProbeReadout(nn.Module):
             if self.fit_samples is not None:
                 self.fit_samples.update(x.to(torch.float64), y)
             else:
-                d = self.stats.dim
-                with _threads_for(x.shape[0] * (self.in_features + d) * d, x.device):
-                    self.stats.update(x, self._design(y), checked=True)  # every batch was checked on arrival
+                self._add_to_stats(x, y, checked=True)  # every batch was checked on arrival
         for split in list(self._eval_buf):
             self._flush_eval(split)
+
+    def _add_to_stats(self, x: Tensor, y: Tensor, checked: bool) -> None:
+        """Add features and checked targets to the ridge statistics (values checked there unless ``checked``)."""
+        d = self.stats.dim
+        with _threads_for(x.shape[0] * (self.in_features + d) * d, x.device):
+            self.stats.update(x, self._design(y), checked=checked)
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
         for name in ("weight", "bias"):  # fitted weights have the saved shape (empty before a fit)
@@ -464,10 +463,8 @@ class ProbeReadout(nn.Module):
         """
         if not self._fit_buf and self.fit_samples is None and x.ndim == 2 and x.shape[0] >= self.buffer_rows:
             y = self._targets(y, x.shape[0])
-            d = self.stats.dim
             try:
-                with _threads_for(x.shape[0] * (self.in_features + d) * d, x.device):
-                    self.stats.update(x.detach(), self._design(y.detach()))
+                self._add_to_stats(x.detach(), y.detach(), checked=False)
             except ValueError:
                 if not all_finite(x):
                     self._check_features(x)  # the readout's own message

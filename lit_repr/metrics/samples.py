@@ -28,7 +28,7 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lit_repr.checks import check_int
 
-__all__ = ["SampleBuffer", "fill_empty_cat_states"]
+__all__ = ["SampleBuffer", "EmptyShardSync", "fill_empty_cat_states"]
 
 
 def fill_empty_cat_states(metric: Metric, group: Any = None) -> None:
@@ -73,6 +73,28 @@ def fill_empty_cat_states(metric: Metric, group: Any = None) -> None:
             state.append(torch.zeros((0, *shape), dtype=getattr(torch, dtype), device=metric.device))
 
 
+class EmptyShardSync:
+    """Mixin for a torchmetrics ``Metric`` with ``cat`` list states: under DDP, a process that received no
+    rows gathers empty states of the other processes' row shape and dtype (:func:`fill_empty_cat_states`).
+
+    Example:
+        >>> class Rows(EmptyShardSync, Metric):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.add_state("rows", [], dist_reduce_fx="cat")
+        ...     def update(self, x):
+        ...         self.rows.append(x)
+        ...     def compute(self):
+        ...         return torch.cat(self.rows)
+        >>> m = Rows(); m.update(torch.ones(2, 3)); m.compute().shape
+        torch.Size([2, 3])
+    """
+
+    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
+        fill_empty_cat_states(self, process_group or self.process_group)  # type: ignore[arg-type, attr-defined]
+        super()._sync_dist(dist_sync_fn, process_group)  # type: ignore[misc]
+
+
 def _rank() -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank()
@@ -85,7 +107,7 @@ def _cat(state: Tensor | list[Tensor]) -> Tensor:
     return torch.cat(state) if state else torch.zeros(0)
 
 
-class SampleBuffer(Metric):
+class SampleBuffer(EmptyShardSync, Metric):
     """A bounded uniform subsample of paired tensors (rows aligned), exact when the data fit.
 
     Args:
@@ -152,10 +174,6 @@ class SampleBuffer(Metric):
     def reset(self) -> None:
         super().reset()
         self._generator = None
-
-    def _sync_dist(self, dist_sync_fn: Any = gather_all_tensors, process_group: Any = None) -> None:
-        fill_empty_cat_states(self, process_group or self.process_group)  # a process that kept no rows
-        super()._sync_dist(dist_sync_fn, process_group)
 
 
 def _bottom_k(keys: Tensor, cols: list[Tensor], k: int) -> tuple[Tensor, list[Tensor]]:

@@ -240,3 +240,18 @@ def test_add_checked_names_the_variables_at_fault_and_changes_nothing(gram):
     clean.update(a, b)
     for k, v in clean.metric_state.items():
         assert torch.equal(m.metric_state[k], v), k
+
+
+@pytest.mark.parametrize("d", [1, 5, 255, 256, 257, 600])
+def test_blockwise_symmetrise_mirror_and_centring_equal_the_plain_expressions(d):
+    # the d x d bookkeeping done block by block (or into one new tensor) gives bitwise the values of the
+    # plain expressions it replaces, on sizes around the block edges
+    from lit_repr.metrics.moments import _add_mirrored, _less_outer, symmetrise_
+
+    g = torch.Generator().manual_seed(d)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64)
+    assert torch.equal(symmetrise_(a.clone()), (a + a.T) / 2)
+    upper, out = torch.randn(d, d, generator=g, dtype=torch.float64).triu_(), a.clone()
+    assert torch.equal(_add_mirrored(out, upper), a.clone().add_(upper).add_(upper.T.tril(-1)))
+    s, n = torch.randn(d, generator=g, dtype=torch.float64), torch.tensor(7.0, dtype=torch.float64)
+    assert torch.equal(_less_outer(a, s, s, n), a - torch.outer(s, s) / n)
